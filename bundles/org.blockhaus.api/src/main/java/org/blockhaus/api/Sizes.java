@@ -1,0 +1,73 @@
+package org.blockhaus.api;
+
+import java.math.BigDecimal;
+import java.math.MathContext;
+import java.math.RoundingMode;
+
+/** Sizes as QEMU writes and reads them. */
+public final class Sizes {
+    private static final String SUFFIXES = "BKMGTPE";
+
+    private Sizes() {
+    }
+
+    /**
+     * Parses a size: a non-negative decimal number (a fraction allowed) with an optional suffix
+     * b, k, M, G, T, P or E (either case; powers of 1024). No suffix means bytes.
+     */
+    public static long parse(String text) throws BlockException {
+        String t = text == null ? "" : text.trim();
+        if (t.isEmpty()) {
+            throw BlockException.invalid("empty size");
+        }
+        int shift = 0;
+        char last = Character.toUpperCase(t.charAt(t.length() - 1));
+        if (Character.isLetter(last)) {
+            int idx = SUFFIXES.indexOf(last);
+            if (idx < 0) {
+                throw BlockException.invalid("invalid size suffix in '" + text + "'");
+            }
+            shift = idx * 10;
+            t = t.substring(0, t.length() - 1);
+        }
+        if (!t.matches("[0-9]+(\\.[0-9]*)?")) {
+            throw BlockException.invalid("invalid size '" + text + "'");
+        }
+        BigDecimal v = new BigDecimal(t).multiply(BigDecimal.ONE.movePointRight(0).multiply(
+                new BigDecimal(java.math.BigInteger.ONE.shiftLeft(shift))));
+        if (t.contains(".") && shift == 0 && v.stripTrailingZeros().scale() > 0) {
+            throw BlockException.invalid("fractional byte count in '" + text + "'");
+        }
+        BigDecimal whole = v.setScale(0, RoundingMode.DOWN);
+        if (whole.compareTo(BigDecimal.valueOf(Long.MAX_VALUE)) > 0) {
+            throw new BlockException(BlockException.Reason.OUT_OF_RANGE, "size too large: '" + text + "'");
+        }
+        return whole.longValueExact();
+    }
+
+    /**
+     * QEMU's human size: three significant digits and a binary unit, switching to the next unit
+     * from 1000 of the current one ("10 MiB", "68 KiB", "0.977 KiB", "1.5 GiB").
+     */
+    public static String human(long bytes) {
+        if (bytes <= 0) {
+            return bytes + " B";
+        }
+        String[] units = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+        double scaled = bytes * 1.024;
+        int log2 = 63 - Long.numberOfLeadingZeros((long) Math.floor(scaled));
+        int unit = Math.min(log2 / 10, units.length - 1);
+        BigDecimal value = new BigDecimal(bytes).divide(new BigDecimal(java.math.BigInteger.ONE.shiftLeft(unit * 10)));
+        return threeSignificant(value) + " " + units[unit];
+    }
+
+    /** printf's %.3g for positive values below 1000 after rounding (switches to e-notation at 1000). */
+    private static String threeSignificant(BigDecimal v) {
+        BigDecimal r = v.round(new MathContext(3, RoundingMode.HALF_EVEN));
+        if (r.compareTo(new BigDecimal(1000)) >= 0) {
+            return "1e+03";
+        }
+        r = r.stripTrailingZeros();
+        return r.scale() < 0 ? r.setScale(0).toPlainString() : r.toPlainString();
+    }
+}
