@@ -1,0 +1,32 @@
+package org.blockhaus.api.spi;
+
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.Options;
+import org.osgi.annotation.versioning.ProviderType;
+
+/** Everything a driver gets to create an image; the core implements it. */
+@ProviderType
+public interface CreateContext {
+    String filename();
+
+    /** Create options ({@code -o}), validated against the descriptor; includes "size". */
+    Options options();
+
+    /** Virtual size in bytes. */
+    long size();
+
+    /**
+     * Formats: creates the storage below the image with the protocol the filename names
+     * (passing {@code protocolOptions} such as preallocation and nocow) and opens it read-write,
+     * empty.
+     */
+    BlockNode createFile(Options protocolOptions) throws BlockException;
+
+    /** Opens a backing image read-only, to check it and to learn its size. */
+    BlockNode openBacking(String backingFilename, String backingFormat) throws BlockException;
+
+    byte[] secret(String id) throws BlockException;
+
+    void warn(String message);
+}

@@ -1,0 +1,51 @@
+package org.blockhaus.api.spi;
+
+import java.util.List;
+import java.util.Objects;
+
+/**
+ * What a driver is and which options it takes.
+ *
+ * @param name          QEMU's driver name ("qcow2", "file", "nbd")
+ * @param kind          format, protocol or filter
+ * @param description   one line for {@code blk:drivers}
+ * @param protocols     URI schemes ("nbd", "nbd+unix") or prefixes ending in ':' ("nbd:", "fat:")
+ *                      that select this protocol driver from a filename
+ * @param openOptions   options accepted at open time (besides children subtrees)
+ * @param createOptions options accepted by create ({@code -o})
+ */
+public record DriverDescriptor(String name, Kind kind, String description, List<String> protocols,
+        List<OptionSpec> openOptions, List<OptionSpec> createOptions) {
+    public enum Kind {
+        FORMAT, PROTOCOL, FILTER;
+
+        public String qemuName() {
+            return name().toLowerCase(java.util.Locale.ROOT);
+        }
+    }
+
+    public DriverDescriptor {
+        Objects.requireNonNull(name, "name");
+        Objects.requireNonNull(kind, "kind");
+        protocols = List.copyOf(protocols);
+        openOptions = List.copyOf(openOptions);
+        createOptions = List.copyOf(createOptions);
+    }
+
+    public OptionSpec openOption(String key) {
+        return find(openOptions, key);
+    }
+
+    public OptionSpec createOption(String key) {
+        return find(createOptions, key);
+    }
+
+    private static OptionSpec find(List<OptionSpec> specs, String key) {
+        for (OptionSpec s : specs) {
+            if (s.matches(key)) {
+                return s;
+            }
+        }
+        return null;
+    }
+}

@@ -1,0 +1,47 @@
+package org.blockhaus.api.spi;
+
+import java.util.Set;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.Options;
+import org.osgi.annotation.versioning.ProviderType;
+
+/** Everything a driver gets to open one node; the core implements it. */
+@ProviderType
+public interface OpenContext {
+    /** The filename this node was opened with, or null (e.g. for a node given only by options). */
+    String filename();
+
+    /** This node's own options: children subtrees ("file.", "backing.") removed. */
+    Options options();
+
+    boolean readOnly();
+
+    /** Permissions the users of this node need ({@code CONSISTENT_READ}, {@code WRITE}, ...). */
+    Set<Permission> permissions();
+
+    /** Permissions the users of this node let others have at the same time. */
+    Set<Permission> sharedPermissions();
+
+    /** Opens the child with role "file" (the storage below a format or filter). */
+    BlockNode openFile() throws BlockException;
+
+    /**
+     * Opens the child with {@code role} from the options subtree of that name, or, if there is
+     * none, from {@code filename} resolved relative to this image (null filename: the child is
+     * absent and null is returned). {@code format} null means "probe".
+     */
+    BlockNode openChild(String role, String filename, boolean probeFormat) throws BlockException;
+
+    /**
+     * Opens the backing image named in this image's header, read-only. Returns null when the user
+     * asked for no backing ({@code backing=null}). Relative names resolve against this image.
+     */
+    BlockNode openBacking(String backingFilename, String backingFormat) throws BlockException;
+
+    /** A secret given with {@code --object secret,id=...}. */
+    byte[] secret(String id) throws BlockException;
+
+    /** Shows a warning to the user the way qemu-img does ("qemu-img: warning: ..."). */
+    void warn(String message);
+}

@@ -1,0 +1,34 @@
+package org.blockhaus.core;
+
+import java.util.List;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockService;
+import org.blockhaus.api.spi.BlockDriver;
+import org.blockhaus.api.spi.OptionSpec;
+import org.osgi.annotation.versioning.ProviderType;
+
+/**
+ * The core's own face, for the shell and for embedding without a framework: a
+ * {@link BlockService} plus what qemu-img's commands need beyond it.
+ */
+@ProviderType
+public interface BlockCore extends BlockService {
+    /** Creates a core outside OSGi; add drivers with {@link #addDriver}. */
+    static BlockCore standalone() {
+        return new org.blockhaus.core.impl.CoreService();
+    }
+
+    /** Registers a driver by hand (outside a framework; inside, drivers are services). */
+    void addDriver(BlockDriver driver);
+
+    /** Removes a driver, closing every image opened through it and every image above those. */
+    void removeDriverAndClose(BlockDriver driver);
+
+    /** The create options of a format, with those of the protocol {@code filename} would use. */
+    List<OptionSpec> createOptions(String format, String filename) throws BlockException;
+
+    /** A secret for {@code --object secret,id=...}; drivers ask for it by id. */
+    void addSecret(String id, byte[] value);
+
+    void removeSecret(String id);
+}

@@ -1,0 +1,189 @@
+package org.blockhaus.core.impl;
+
+import java.nio.ByteBuffer;
+import java.util.ArrayDeque;
+import java.util.List;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockException.Reason;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.BlockService.Progress;
+import org.blockhaus.api.BlockStatus;
+import org.blockhaus.api.ConvertOptions;
+import org.blockhaus.api.Image;
+
+/**
+ * qemu-img convert's copy loop. The source is walked by block status (merged down its backing
+ * chain), so holes and zero clusters are never read; data is read by several virtual threads
+ * ahead of a single writer that writes in order (out of order only with -W is not needed for
+ * correctness, so we keep order always). Runs of zeroes at least {@code -S} long become holes.
+ */
+final class CopyEngine {
+    private static final int SECTOR = 512;
+
+    /** One piece of the copy: either data to write, or a zero range. */
+    private record Piece(long targetOffset, long length, ByteBuffer data) {
+    }
+
+    void convert(List<Image> sources, Image target, ConvertOptions opts, Progress progress) throws BlockException {
+        long total = 0;
+        for (Image s : sources) {
+            total = Math.addExact(total, s.size());
+        }
+        long targetSize = target.size();
+        if (targetSize < total) {
+            throw BlockException.invalid("Output image is too small (" + targetSize + " < " + total + " bytes)");
+        }
+        boolean zeroInit = opts.targetIsZero();
+        progress.update(0);
+        long base = 0;
+        long done = 0;
+        try (ExecutorService readers = Executors.newVirtualThreadPerTaskExecutor()) {
+            ArrayDeque<Future<List<Piece>>> window = new ArrayDeque<>();
+            for (Image src : sources) {
+                long size = src.size();
+                for (long off = 0; off < size; ) {
+                    long len = Math.min(opts.bufferSize(), size - off);
+                    final long at = off;
+                    final long tbase = base;
+                    window.add(readers.submit(() -> readChunk(src, at, len, tbase, opts)));
+                    off += len;
+                    if (window.size() >= opts.parallel()) {
+                        done += writeAll(target, take(window), zeroInit);
+                        progress.update(100.0 * done / Math.max(1, total));
+                    }
+                }
+                base += size;
+            }
+            while (!window.isEmpty()) {
+                done += writeAll(target, take(window), zeroInit);
+                progress.update(100.0 * done / Math.max(1, total));
+            }
+        }
+        target.flush();
+        progress.update(100);
+    }
+
+    private static List<Piece> take(ArrayDeque<Future<List<Piece>>> window) throws BlockException {
+        Future<List<Piece>> f = window.poll();
+        try {
+            return f.get();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new BlockException(Reason.IO, "convert interrupted");
+        } catch (ExecutionException e) {
+            if (e.getCause() instanceof BlockException be) {
+                throw be;
+            }
+            throw new BlockException(Reason.IO, "convert failed: " + e.getCause(), e.getCause());
+        }
+    }
+
+    private static long writeAll(Image target, List<Piece> pieces, boolean zeroInit) throws BlockException {
+        long n = 0;
+        for (Piece p : pieces) {
+            if (p.data() != null) {
+                target.write(p.targetOffset(), p.data(), 0);
+            } else if (!zeroInit) {
+                target.writeZeroes(p.targetOffset(), p.length(), BlockNode.MAY_UNMAP);
+            }
+            n += p.length();
+        }
+        return n;
+    }
+
+    /** Reads one chunk of the source and splits it into data and zero pieces. */
+    private static List<Piece> readChunk(Image src, long off, long len, long targetBase, ConvertOptions opts)
+            throws BlockException {
+        List<Piece> out = new java.util.ArrayList<>();
+        long end = off + len;
+        long at = off;
+        while (at < end) {
+            BlockStatus st = status(src, at, end - at);
+            long n = st.length();
+            if (st.isZero()) {
+                out.add(new Piece(targetBase + at, n, null));
+            } else {
+                ByteBuffer buf = ByteBuffer.allocateDirect((int) n);
+                src.read(at, buf);
+                buf.flip();
+                splitZeroes(buf, targetBase + at, opts.minSparse(), out);
+            }
+            at += n;
+        }
+        return out;
+    }
+
+    /** Block status of a whole chain: unallocated ranges are looked up in the backing image. */
+    static BlockStatus status(Image img, long off, long len) throws BlockException {
+        BlockStatus st = img.blockStatus(off, len);
+        if (st.isAllocated() || st.isZero()) {
+            return st;
+        }
+        Image backing = img.backing();
+        if (backing == null) {
+            return new BlockStatus(off, st.length(), BlockStatus.ZERO, -1, null);
+        }
+        long bsize = backing.size();
+        if (off >= bsize) {
+            return new BlockStatus(off, st.length(), BlockStatus.ZERO, -1, null);
+        }
+        BlockStatus b = status(backing, off, Math.min(st.length(), bsize - off));
+        return new BlockStatus(off, b.length(), b.flags() & ~BlockStatus.ALLOCATED, b.hostOffset(), b.file());
+    }
+
+    /**
+     * qemu-img's -S: a run of zero sectors at least {@code minSparse} bytes long is not written;
+     * shorter runs are written as data. {@code minSparse == 0} writes everything.
+     */
+    static void splitZeroes(ByteBuffer buf, long targetOffset, long minSparse, List<Piece> out) {
+        int len = buf.remaining();
+        if (minSparse <= 0) {
+            out.add(new Piece(targetOffset, len, buf));
+            return;
+        }
+        int granule = (int) Math.min(Math.max(SECTOR, minSparse), 4096);
+        int dataStart = 0;
+        int pos = 0;
+        while (pos < len) {
+            int zeroStart = nextZeroGranule(buf, pos, granule, len);
+            if (zeroStart >= len) {
+                break;
+            }
+            int zeroEnd = zeroStart;
+            while (zeroEnd < len && isZero(buf, zeroEnd, Math.min(granule, len - zeroEnd))) {
+                zeroEnd += Math.min(granule, len - zeroEnd);
+            }
+            if (zeroEnd - zeroStart >= minSparse) {
+                if (zeroStart > dataStart) {
+                    out.add(new Piece(targetOffset + dataStart, zeroStart - dataStart,
+                            buf.slice(dataStart, zeroStart - dataStart)));
+                }
+                out.add(new Piece(targetOffset + zeroStart, zeroEnd - zeroStart, null));
+                dataStart = zeroEnd;
+            }
+            pos = zeroEnd;
+        }
+        if (dataStart < len) {
+            out.add(new Piece(targetOffset + dataStart, len - dataStart, buf.slice(dataStart, len - dataStart)));
+        }
+    }
+
+    private static int nextZeroGranule(ByteBuffer buf, int from, int granule, int len) {
+        for (int p = from; p < len; p += granule) {
+            if (isZero(buf, p, Math.min(granule, len - p))) {
+                return p;
+            }
+        }
+        return len;
+    }
+
+    private static final ByteBuffer ZEROES = ByteBuffer.allocateDirect(4096);
+
+    static boolean isZero(ByteBuffer buf, int pos, int n) {
+        return buf.slice(pos, n).mismatch(ZEROES.slice(0, n)) < 0;
+    }
+}

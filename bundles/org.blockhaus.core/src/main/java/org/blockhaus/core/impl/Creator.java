@@ -1,0 +1,276 @@
+package org.blockhaus.core.impl;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.EnumSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.function.Consumer;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockException.Reason;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.BlockService.CreateResult;
+import org.blockhaus.api.Options;
+import org.blockhaus.api.Sizes;
+import org.blockhaus.api.spi.CreateContext;
+import org.blockhaus.api.spi.DriverDescriptor;
+import org.blockhaus.api.spi.DriverDescriptor.Kind;
+import org.blockhaus.api.spi.OptionSpec;
+import org.blockhaus.api.spi.Permission;
+
+/**
+ * qemu-img create: checks every option against the format's and the protocol's create options
+ * before anything is touched, tells the caller what it will create ("Formatting ..."), then
+ * lets the format driver build the image. A failed create removes a file it made.
+ */
+final class Creator {
+    private final DriverRegistry registry;
+    private final ChainResolver resolver;
+    private final Secrets secrets;
+
+    Creator(DriverRegistry registry, ChainResolver resolver, Secrets secrets) {
+        this.registry = registry;
+        this.resolver = resolver;
+        this.secrets = secrets;
+    }
+
+    /** Format and protocol create options together, as {@code -o help} and create see them. */
+    List<OptionSpec> createOptions(String format, String filename) throws BlockException {
+        DriverRegistry.Entry fmt = requireFormat(format);
+        List<OptionSpec> all = new ArrayList<>(fmt.descriptor().createOptions());
+        if (fmt.descriptor().kind() != Kind.PROTOCOL) {
+            DriverRegistry.Entry proto = filename == null ? registry.find("file") : resolver.protocolFor(filename);
+            if (proto != null) {
+                for (OptionSpec s : proto.descriptor().createOptions()) {
+                    if (all.stream().noneMatch(o -> o.name().equals(s.name()))) {
+                        all.add(s);
+                    }
+                }
+            }
+        }
+        return all;
+    }
+
+    DriverRegistry.Entry requireFormat(String format) throws BlockException {
+        DriverRegistry.Entry fmt = registry.find(format);
+        if (fmt == null) {
+            throw new BlockException(Reason.NOT_FOUND, "Unknown file format '" + format + "'");
+        }
+        return fmt;
+    }
+
+    CreateResult create(String filename, String format, Options given, Consumer<String> formatting,
+            Consumer<String> warnings) throws BlockException {
+        DriverRegistry.Entry fmt = requireFormat(format);
+        DriverRegistry.Entry proto = fmt.descriptor().kind() == Kind.PROTOCOL ? fmt : resolver.protocolFor(filename);
+        List<OptionSpec> specs = createOptions(format, filename);
+        for (String key : given.asMap().keySet()) {
+            if (specs.stream().noneMatch(s -> s.matches(key))) {
+                throw BlockException.invalid(filename + ": Invalid parameter '" + key + "'");
+            }
+        }
+        for (OptionSpec s : specs) {
+            String v = given.get(s.name());
+            if (v != null) {
+                checkValue(s, v);
+            }
+        }
+        Options opts = given;
+        long size;
+        if (opts.has("size")) {
+            size = Sizes.parse(opts.get("size"));
+            opts = opts.with("size", Long.toString(size));
+        } else if (opts.get("backing_file") != null) {
+            size = backingSize(filename, opts.get("backing_file"), opts.get("backing_fmt"), warnings);
+            opts = opts.with("size", Long.toString(size));
+        } else {
+            throw BlockException.invalid(filename + ": Image creation needs a size parameter");
+        }
+        String summary = summary(format, specs, opts);
+        formatting.accept(summary);
+
+        Path path = localPath(proto, filename);
+        boolean existed = path == null || Files.exists(path);
+        final Options effective = opts;
+        final long finalSize = size;
+        List<BlockNode> opened = new ArrayList<>();
+        CreateContext ctx = new CreateContext() {
+            @Override public String filename() { return filename; }
+            @Override public Options options() { return effective; }
+            @Override public long size() { return finalSize; }
+            @Override public byte[] secret(String id) throws BlockException { return secrets.get(id); }
+            @Override public void warn(String message) { warnings.accept(message); }
+
+            @Override
+            public BlockNode createFile(Options protocolOptions) throws BlockException {
+                // Protocol options the format does not know about go to the protocol unchanged.
+                Options p = protocolOptions;
+                for (OptionSpec s : proto.descriptor().createOptions()) {
+                    if (fmt.descriptor().createOption(s.name()) == null && effective.has(s.name()) && !p.has(s.name())) {
+                        p = p.with(s.name(), effective.get(s.name()));
+                    }
+                }
+                Options fp = p;
+                proto.driver().create(new CreateContext() {
+                    @Override public String filename() { return filename; }
+                    @Override public Options options() { return fp; }
+                    @Override public long size() { return fp.has("size") ? Long.parseLong(fp.get("size")) : 0; }
+                    @Override public BlockNode createFile(Options o) throws BlockException {
+                        throw BlockException.unsupported("a protocol below a protocol");
+                    }
+                    @Override public BlockNode openBacking(String f, String fm) throws BlockException {
+                        throw BlockException.unsupported("backing files for protocols");
+                    }
+                    @Override public byte[] secret(String id) throws BlockException { return secrets.get(id); }
+                    @Override public void warn(String m) { warnings.accept(m); }
+                });
+                ManagedNode n = resolver.openNode(filename, Options.of("driver", proto.descriptor().name()),
+                        new ChainResolver.Request(false, false, warnings),
+                        EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE, Permission.RESIZE),
+                        EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE_UNCHANGED), false, 0,
+                        java.util.Set.of());
+                opened.add(n);
+                return n;
+            }
+
+            @Override
+            public BlockNode openBacking(String backingFilename, String backingFormat) throws BlockException {
+                BlockNode n = openBackingForCreate(filename, backingFilename, backingFormat, warnings);
+                opened.add(n);
+                return n;
+            }
+        };
+        try {
+            fmt.driver().create(ctx);
+        } catch (BlockException | RuntimeException e) {
+            closeAll(opened);
+            if (!existed) {
+                try {
+                    Files.deleteIfExists(path);
+                } catch (Exception ignored) {
+                    // the create error is what the user needs to see
+                }
+            }
+            if (e instanceof RuntimeException re) {
+                throw new BlockException(Reason.IO, "Driver '" + format + "' failed: " + re, re);
+            }
+            throw (BlockException) e;
+        }
+        closeAll(opened);
+        return new CreateResult(filename, format, summary);
+    }
+
+    private static void closeAll(List<BlockNode> nodes) throws BlockException {
+        BlockException first = null;
+        for (int i = nodes.size() - 1; i >= 0; i--) {
+            try {
+                nodes.get(i).close();
+            } catch (BlockException e) {
+                first = first == null ? e : first;
+            }
+        }
+        nodes.clear();
+        if (first != null) {
+            throw first;
+        }
+    }
+
+    private long backingSize(String filename, String backing, String backingFmt, Consumer<String> warnings)
+            throws BlockException {
+        try (BlockNode n = openBackingForCreate(filename, backing, backingFmt, warnings)) {
+            return n.size();
+        }
+    }
+
+    private BlockNode openBackingForCreate(String filename, String backing, String backingFmt,
+            Consumer<String> warnings) throws BlockException {
+        String name = backing;
+        if (!backing.startsWith("/") && !backing.contains("://") && !backing.startsWith("json:")) {
+            Path parent = Path.of(filename).getParent();
+            name = parent == null ? backing : parent.resolve(backing).toString();
+        }
+        Options o = backingFmt == null ? Options.empty() : Options.of("driver", backingFmt);
+        try {
+            return resolver.openTop(name, o, false, true, warnings);
+        } catch (BlockException e) {
+            throw e.prepend("Could not open backing image: ");
+        }
+    }
+
+    /** qemu-img's summary: options with a value or a default, in the driver's order. */
+    static String summary(String format, List<OptionSpec> specs, Options opts) {
+        Map<String, String> shown = new LinkedHashMap<>();
+        for (OptionSpec s : specs) {
+            if (s.name().endsWith(".*")) {
+                String prefix = s.name().substring(0, s.name().length() - 1);
+                opts.asMap().forEach((k, v) -> {
+                    if (k.startsWith(prefix)) {
+                        shown.put(k, v);
+                    }
+                });
+                continue;
+            }
+            String v = opts.get(s.name());
+            if (v == null) {
+                v = s.defaultValue();
+            }
+            if (v != null) {
+                shown.put(s.name(), v);
+            }
+        }
+        StringBuilder sb = new StringBuilder("fmt=").append(format);
+        shown.forEach((k, v) -> sb.append(' ').append(k).append('=').append(v));
+        return sb.toString();
+    }
+
+    static void checkValue(OptionSpec s, String v) throws BlockException {
+        switch (s.type()) {
+            case SIZE -> {
+                try {
+                    Sizes.parse(v);
+                } catch (BlockException e) {
+                    if (s.name().equals("size")) {
+                        throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E"
+                                + " suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+                    }
+                    throw BlockException.invalid("Parameter '" + s.name() + "' expects a non-negative number below"
+                            + " 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                            + "and exabytes, respectively.");
+                }
+            }
+            case BOOL -> {
+                if (!List.of("on", "off", "true", "false", "yes", "no").contains(v)) {
+                    throw BlockException.invalid("Parameter '" + s.name() + "' expects 'on' or 'off'");
+                }
+            }
+            case NUMBER -> {
+                try {
+                    Long.parseLong(v);
+                } catch (NumberFormatException e) {
+                    throw BlockException.invalid("Parameter '" + s.name() + "' expects a number");
+                }
+            }
+            case STRING -> {
+                // enumerations are checked by the driver, after "Formatting ...", as qemu-img does
+            }
+        }
+    }
+
+    private static Path localPath(DriverRegistry.Entry proto, String filename) {
+        if (!proto.descriptor().name().equals("file")) {
+            return null;
+        }
+        String f = filename.startsWith("file:") ? filename.substring(5) : filename;
+        try {
+            return Path.of(f);
+        } catch (Exception e) {
+            return null;
+        }
+    }
+
+    static boolean isFormat(DriverDescriptor d) {
+        return d.kind() == Kind.FORMAT;
+    }
+}
