@@ -82,6 +82,9 @@ final class ChainResolver {
     ManagedNode openNode(String filename, Options opts, Request req, Set<Permission> perm, Set<Permission> shared,
             boolean probe, int depth, Set<String> chain) throws BlockException {
         String driverName = opts.get("driver");
+        // A name typed by the user goes through the protocol's filename parser; a "filename"
+        // option is already the protocol's own option and is taken as it is.
+        String typed = filename;
         if (filename == null && opts.get("filename") != null) {
             filename = opts.get("filename");
         }
@@ -92,7 +95,7 @@ final class ChainResolver {
                 throw new BlockException(Reason.NOT_FOUND, "Unknown driver '" + driverName + "'");
             }
             if (entry.descriptor().kind() == Kind.PROTOCOL) {
-                return openProtocol(entry, filename, opts, req, perm, shared);
+                return openProtocol(entry, typed, opts, req, perm, shared);
             }
             return openFormat(entry, filename, opts, null, req, perm, shared, depth, chain);
         }
@@ -189,7 +192,8 @@ final class ChainResolver {
             own = parsed.merge(opts.without("filename"));
         }
         checkOptions(entry.descriptor(), own, false);
-        final String shownName = filename != null ? filename : describe(own);
+        final String shownName = filename != null ? filename
+                : own.get("filename") != null ? own.get("filename") : describe(own);
         final Options nodeOpts = own.without("driver");
         OpenContext ctx = new Context(entry, shownName, nodeOpts, req, perm, shared, 0, Set.of(), List.of());
         return finish(entry, shownName, ctx, req, List.of());
@@ -362,13 +366,13 @@ final class ChainResolver {
             }
             Options sub = options.subtree("file");
             String name = options.get("file");
-            if (name == null) {
-                name = sub.get("filename", fileHint);
+            if (name == null && !sub.has("filename")) {
+                name = fileHint;
             }
-            if (name == null && !sub.has("driver")) {
+            if (name == null && !sub.has("filename") && !sub.has("driver")) {
                 throw BlockException.invalid("A block device must be specified for \"file\"");
             }
-            ManagedNode n = openNode(name, sub.without("filename"), req, childPerm(entry.descriptor(), perm),
+            ManagedNode n = openNode(name, sub, req, childPerm(entry.descriptor(), perm),
                     childShared(entry.descriptor(), shared), false, depth, chain);
             children.add(new Image.Child("file", n));
             return n;

@@ -1,0 +1,122 @@
+package org.blockhaus.shell.impl;
+
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * qemu-img's option syntax (getopt_long): short options that may be grouped ({@code -pU}),
+ * short options with an argument attached or separate ({@code -fqcow2}, {@code -f qcow2}), long
+ * options with {@code =} or a separate argument, {@code --} ending options. Options may appear
+ * after positional arguments, as GNU getopt permutes them.
+ */
+final class Args {
+    /** A usage error: qemu-img prints the message and exits 1. */
+    static final class UsageException extends Exception {
+        UsageException(String message) {
+            super(message);
+        }
+    }
+
+    private final Map<String, List<String>> options = new LinkedHashMap<>();
+    private final List<String> positional = new ArrayList<>();
+
+    /**
+     * @param shortWithArg short options taking an argument, e.g. "f", "O", "o"
+     * @param shortFlags   short options without argument
+     * @param longWithArg  long options taking an argument, e.g. "output"
+     * @param longFlags    long options without argument
+     */
+    static Args parse(String[] argv, String shortWithArg, String shortFlags, Set<String> longWithArg,
+            Set<String> longFlags) throws UsageException {
+        Args a = new Args();
+        boolean onlyPositional = false;
+        for (int i = 0; i < argv.length; i++) {
+            String arg = argv[i];
+            if (onlyPositional || arg.equals("-") || !arg.startsWith("-")) {
+                a.positional.add(arg);
+                continue;
+            }
+            if (arg.equals("--")) {
+                onlyPositional = true;
+                continue;
+            }
+            if (arg.startsWith("--")) {
+                String name = arg.substring(2);
+                String value = null;
+                int eq = name.indexOf('=');
+                if (eq >= 0) {
+                    value = name.substring(eq + 1);
+                    name = name.substring(0, eq);
+                }
+                if (longWithArg.contains(name)) {
+                    if (value == null) {
+                        if (i + 1 >= argv.length) {
+                            throw new UsageException("option '--" + name + "' requires an argument");
+                        }
+                        value = argv[++i];
+                    }
+                    a.add(name, value);
+                } else if (longFlags.contains(name)) {
+                    if (value != null) {
+                        throw new UsageException("option '--" + name + "' doesn't allow an argument");
+                    }
+                    a.add(name, "");
+                } else {
+                    throw new UsageException("unrecognized option '" + arg + "'");
+                }
+                continue;
+            }
+            for (int j = 1; j < arg.length(); j++) {
+                char c = arg.charAt(j);
+                String key = String.valueOf(c);
+                if (shortWithArg.indexOf(c) >= 0) {
+                    String value;
+                    if (j + 1 < arg.length()) {
+                        value = arg.substring(j + 1);
+                    } else if (i + 1 < argv.length) {
+                        value = argv[++i];
+                    } else {
+                        throw new UsageException("option requires an argument -- '" + c + "'");
+                    }
+                    a.add(key, value);
+                    break;
+                } else if (shortFlags.indexOf(c) >= 0) {
+                    a.add(key, "");
+                } else {
+                    throw new UsageException("invalid option -- '" + c + "'");
+                }
+            }
+        }
+        return a;
+    }
+
+    private void add(String key, String value) {
+        options.computeIfAbsent(key, k -> new ArrayList<>()).add(value);
+    }
+
+    boolean has(String key) {
+        return options.containsKey(key);
+    }
+
+    /** The last value given for the option (later options win, as in qemu-img). */
+    String get(String key) {
+        List<String> v = options.get(key);
+        return v == null ? null : v.get(v.size() - 1);
+    }
+
+    String get(String key, String defaultValue) {
+        String v = get(key);
+        return v == null ? defaultValue : v;
+    }
+
+    List<String> all(String key) {
+        return options.getOrDefault(key, List.of());
+    }
+
+    List<String> positional() {
+        return positional;
+    }
+}

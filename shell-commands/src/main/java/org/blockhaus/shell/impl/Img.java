@@ -1,0 +1,570 @@
+package org.blockhaus.shell.impl;
+
+import java.io.PrintStream;
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.TreeMap;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockService.OpenMode;
+import org.blockhaus.api.BlockStatus;
+import org.blockhaus.api.ConvertOptions;
+import org.blockhaus.api.Image;
+import org.blockhaus.api.Options;
+import org.blockhaus.api.Sizes;
+import org.blockhaus.api.spi.OptionSpec;
+import org.blockhaus.core.BlockCore;
+import org.blockhaus.shell.impl.Args.UsageException;
+import org.blockhaus.shell.impl.Results.Compare;
+import org.blockhaus.shell.impl.Results.Converted;
+import org.blockhaus.shell.impl.Results.Created;
+import org.blockhaus.shell.impl.Results.Drivers;
+import org.blockhaus.shell.impl.Results.Info;
+import org.blockhaus.shell.impl.Results.MapEntry;
+import org.blockhaus.shell.impl.Results.MapResult;
+import org.blockhaus.shell.impl.Results.Output;
+import org.blockhaus.shell.impl.Results.Text;
+
+/**
+ * qemu-img's subcommands: each parses qemu-img's arguments and returns a result object; nothing
+ * here prints data (progress bars and warnings go to the given streams as qemu-img's do).
+ */
+final class Img {
+    /** A failure with the exit code qemu-img gives for it (2 for compare errors, else 1). */
+    static final class CommandException extends Exception {
+        final int exitCode;
+
+        CommandException(String message, int exitCode) {
+            super(message);
+            this.exitCode = exitCode;
+        }
+    }
+
+    private final BlockCore core;
+    private final PrintStream out;
+    private final PrintStream err;
+
+    Img(BlockCore core, PrintStream out, PrintStream err) {
+        this.core = core;
+        this.out = out;
+        this.err = err;
+    }
+
+    static final Set<String> SUBCOMMANDS = Set.of("drivers", "create", "info", "convert", "compare", "map");
+
+    Object run(String command, String[] args) throws UsageException, BlockException, CommandException {
+        return switch (command) {
+            case "drivers" -> new Drivers(core.drivers());
+            case "create" -> create(args);
+            case "info" -> info(args);
+            case "convert" -> convert(args);
+            case "compare" -> compare(args);
+            case "map" -> map(args);
+            default -> throw new UsageException("Command not found: " + command);
+        };
+    }
+
+    // ---- create -------------------------------------------------------------------------
+
+    Object create(String[] argv) throws UsageException, BlockException {
+        Args a = Args.parse(argv, "foFb", "quh", Set.of("object"), Set.of("help"));
+        String fmt = a.get("f", "raw");
+        String optText = String.join(",", a.all("o"));
+        List<String> pos = a.positional();
+        if (isHelp(optText)) {
+            return new Text(optionHelp(fmt, pos.isEmpty() ? null : pos.get(0)));
+        }
+        if (pos.isEmpty()) {
+            throw new UsageException("Expecting image file name");
+        }
+        if (pos.size() > 2) {
+            throw new UsageException("Unexpected argument: " + pos.get(2));
+        }
+        String filename = pos.get(0);
+        Options o = Options.parseKeyValue(optText, null);
+        if (pos.size() == 2) {
+            long size;
+            try {
+                size = Sizes.parse(pos.get(1));
+            } catch (BlockException e) {
+                throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E suffixes"
+                        + " for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+            }
+            o = o.with("size", Long.toString(size));
+        }
+        if (a.has("b")) {
+            o = o.with("backing_file", a.get("b"));
+        }
+        if (a.has("F")) {
+            o = o.with("backing_fmt", a.get("F"));
+        }
+        if (o.get("backing_file") != null && o.get("backing_fmt") == null && !a.has("u")) {
+            throw BlockException.invalid(filename + ": Backing file specified without backing format");
+        }
+        boolean quiet = a.has("q");
+        String[] summary = new String[1];
+        core.create(filename, fmt, o, s -> {
+            summary[0] = s;
+            if (!quiet) {
+                // qemu-img shows what it will create before it tries, so a late failure follows it
+                out.print("Formatting '" + filename + "', " + s + "\n");
+                out.flush();
+            }
+        }, this::warn);
+        return new Created(filename, summary[0], true);
+    }
+
+    private static boolean isHelp(String optText) {
+        for (String item : optText.split(",")) {
+            if (item.equals("help") || item.equals("?")) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** {@code -o help}: the format's and protocol's create options, sorted as qemu-img lists them. */
+    String optionHelp(String fmt, String filename) throws BlockException {
+        List<OptionSpec> specs = core.createOptions(fmt, filename);
+        Map<String, OptionSpec> sorted = new TreeMap<>();
+        for (OptionSpec s : specs) {
+            sorted.put(s.name(), s);
+        }
+        StringBuilder sb = new StringBuilder("Supported options:\n");
+        for (OptionSpec s : sorted.values()) {
+            String left = "  " + s.name() + "=<" + s.type().label() + ">";
+            sb.append(String.format("%-24s", left));
+            if (left.length() >= 24) {
+                sb.append(' ');
+            }
+            sb.append("- ").append(s.help()).append('\n');
+        }
+        return sb.toString();
+    }
+
+    // ---- info ---------------------------------------------------------------------------
+
+    Object info(String[] argv) throws UsageException, BlockException {
+        Args a = Args.parse(argv, "f", "hU", Set.of("output", "object"),
+                Set.of("backing-chain", "force-share", "image-opts", "help"));
+        Output output = output(a);
+        String filename = single(a, "Expecting one image file name");
+        Image img = open(filename, a.get("f"), a.has("image-opts"), false, a.has("U") || a.has("force-share"));
+        try {
+            List<Map<String, Object>> images = new ArrayList<>();
+            for (Image i = img; i != null; i = a.has("backing-chain") ? i.backing() : null) {
+                images.add(describe(i));
+            }
+            return new Info(images, a.has("backing-chain"), output);
+        } finally {
+            img.close();
+        }
+    }
+
+    /** qemu-img info's facts about one image, with its JSON member names. */
+    static Map<String, Object> describe(Image img) throws BlockException {
+        Map<String, Object> m = new LinkedHashMap<>();
+        Map<String, Object> extra = img.info();
+        m.put("virtual-size", img.size());
+        m.put("filename", img.filename());
+        m.put("format", img.driverName());
+        long actual = actualSize(img);
+        if (actual >= 0) {
+            m.put("actual-size", actual);
+        }
+        m.put("dirty-flag", false);
+        m.putAll(extra);
+        Image backing = img.backing();
+        if (backing != null || extra.containsKey("backing-filename")) {
+            if (backing != null) {
+                m.put("full-backing-filename", backing.filename());
+            }
+        }
+        return m;
+    }
+
+    /** Host bytes used: the driver's answer, else the sum of its storage children's (not backing). */
+    static long actualSize(Image img) throws BlockException {
+        long own = img.allocatedSize();
+        if (own >= 0) {
+            return own;
+        }
+        long sum = -1;
+        for (Image.Child c : img.children()) {
+            if (c.role().equals("backing")) {
+                continue;
+            }
+            long s = actualSize(c.image());
+            if (s >= 0) {
+                sum = Math.max(sum, 0) + s;
+            }
+        }
+        return sum;
+    }
+
+    // ---- map ----------------------------------------------------------------------------
+
+    Object map(String[] argv) throws UsageException, BlockException {
+        Args a = Args.parse(argv, "f", "hU", Set.of("output", "object", "start-offset", "max-length"),
+                Set.of("force-share", "image-opts", "help"));
+        Output output = output(a);
+        String filename = single(a, "Expecting one image file name");
+        long start = a.has("start-offset") ? parseOffset(a.get("start-offset"), "start offset") : 0;
+        long maxLength = a.has("max-length") ? parseOffset(a.get("max-length"), "max length") : Long.MAX_VALUE;
+        Image img = open(filename, a.get("f"), a.has("image-opts"), false, a.has("U") || a.has("force-share"));
+        try {
+            long size = img.size();
+            long end = Math.min(size, start + Math.min(maxLength, Long.MAX_VALUE - start));
+            List<MapEntry> entries = new ArrayList<>();
+            for (long off = start; off < end; ) {
+                MapEntry e = mapEntry(img, off, end - off);
+                MapEntry last = entries.isEmpty() ? null : entries.get(entries.size() - 1);
+                if (last != null && mergeable(last, e)) {
+                    entries.set(entries.size() - 1, new MapEntry(last.start(), last.length() + e.length(),
+                            last.depth(), last.present(), last.zero(), last.data(), last.offset(), last.file()));
+                } else {
+                    entries.add(e);
+                }
+                off += e.length();
+            }
+            return new MapResult(entries, output);
+        } finally {
+            img.close();
+        }
+    }
+
+    private static boolean mergeable(MapEntry a, MapEntry b) {
+        return a.depth() == b.depth() && a.present() == b.present() && a.zero() == b.zero() && a.data() == b.data()
+                && (a.offset() < 0) == (b.offset() < 0)
+                && (a.offset() < 0 || a.offset() + a.length() == b.offset())
+                && java.util.Objects.equals(a.file(), b.file());
+    }
+
+    /** One extent of the chain: which layer (depth) decides it, and where its data lives. */
+    static MapEntry mapEntry(Image top, long off, long len) throws BlockException {
+        int depth = 0;
+        Image img = top;
+        while (true) {
+            BlockStatus st = img.blockStatus(off, len);
+            if (st.isAllocated() || st.isZero() && img.backing() == null && depth == 0) {
+                return fromStatus(st, depth, true);
+            }
+            Image backing = img.backing();
+            if (backing == null) {
+                return new MapEntry(off, st.length(), depth, false, true, false, -1, null);
+            }
+            long bsize = backing.size();
+            if (off >= bsize) {
+                return new MapEntry(off, st.length(), depth + 1, false, true, false, -1, null);
+            }
+            len = Math.min(st.length(), bsize - off);
+            img = backing;
+            depth++;
+        }
+    }
+
+    private static MapEntry fromStatus(BlockStatus st, int depth, boolean present) {
+        long hostOffset = st.hostOffset();
+        String file = null;
+        org.blockhaus.api.BlockNode n = st.file();
+        if (n instanceof Image fileImage) {
+            // the offset is reported in the bottom-most node that holds the data
+            file = fileImage.filename();
+        }
+        return new MapEntry(st.offset(), st.length(), depth, present, st.isZero(), st.isData(),
+                hostOffset, file);
+    }
+
+    // ---- compare ------------------------------------------------------------------------
+
+    Object compare(String[] argv) throws UsageException, CommandException {
+        Args a;
+        try {
+            a = Args.parse(argv, "fF", "hpqsU", Set.of("object"), Set.of("force-share", "image-opts", "help"));
+        } catch (UsageException e) {
+            throw e;
+        }
+        List<String> pos = a.positional();
+        if (pos.size() != 2) {
+            throw new UsageException("Expecting two image file names");
+        }
+        boolean strict = a.has("s");
+        boolean quiet = a.has("q");
+        boolean share = a.has("U") || a.has("force-share");
+        List<String> lines = new ArrayList<>();
+        Image i1 = null;
+        Image i2 = null;
+        try {
+            i1 = open(pos.get(0), a.get("f"), a.has("image-opts"), false, share);
+            i2 = open(pos.get(1), a.get("F", a.get("f")), a.has("image-opts"), false, share);
+            int rc = compareImages(i1, i2, strict, lines, a.has("p"));
+            return new Compare(quiet ? List.of() : lines, rc);
+        } catch (BlockException e) {
+            throw new CommandException(e.getMessage(), 2);
+        } finally {
+            closeQuietly(i1);
+            closeQuietly(i2);
+        }
+    }
+
+    private int compareImages(Image a, Image b, boolean strict, List<String> lines, boolean progress)
+            throws BlockException {
+        long sa = a.size();
+        long sb = b.size();
+        if (sa != sb) {
+            if (strict) {
+                lines.add("Strict mode: Image size mismatch!");
+                return 1;
+            }
+            lines.add("Warning: Image size mismatch!");
+        }
+        long common = Math.min(sa, sb);
+        int chunk = 2 << 20;
+        ByteBuffer ba = ByteBuffer.allocateDirect(chunk);
+        ByteBuffer bb = ByteBuffer.allocateDirect(chunk);
+        Progress p = new Progress(progress ? out : null);
+        for (long off = 0; off < common; ) {
+            long len = Math.min(chunk, common - off);
+            BlockStatus s1 = statusOfChain(a, off, len);
+            BlockStatus s2 = statusOfChain(b, off, Math.min(len, s1.length()));
+            long n = Math.min(s1.length(), s2.length());
+            if (strict && s1.isAllocated() != s2.isAllocated()) {
+                lines.add("Strict mode: Offset " + off + " block status mismatch!");
+                return 1;
+            }
+            if (!(s1.isZero() && s2.isZero())) {
+                ba.clear().limit((int) n);
+                bb.clear().limit((int) n);
+                readOrZero(a, off, ba, s1);
+                readOrZero(b, off, bb, s2);
+                ba.flip();
+                bb.flip();
+                int mm = ba.mismatch(bb);
+                if (mm >= 0) {
+                    lines.add("Content mismatch at offset " + ((off + mm) & ~511L) + "!");
+                    return 1;
+                }
+            }
+            off += n;
+            p.update(100.0 * off / Math.max(1, Math.max(sa, sb)));
+        }
+        Image longer = sa > sb ? a : b;
+        for (long off = common; off < Math.max(sa, sb); ) {
+            long len = Math.min(chunk, Math.max(sa, sb) - off);
+            BlockStatus s = statusOfChain(longer, off, len);
+            if (!s.isZero()) {
+                ByteBuffer buf = ba.clear().limit((int) s.length());
+                longer.read(off, buf);
+                buf.flip();
+                for (int i = 0; i < buf.limit(); i++) {
+                    if (buf.get(i) != 0) {
+                        lines.add("Content mismatch at offset " + ((off + i) & ~511L) + "!");
+                        return 1;
+                    }
+                }
+            }
+            off += s.length();
+        }
+        p.finish();
+        lines.add("Images are identical.");
+        return 0;
+    }
+
+    private static void readOrZero(Image img, long off, ByteBuffer buf, BlockStatus s) throws BlockException {
+        if (s.isZero()) {
+            while (buf.hasRemaining()) {
+                buf.put((byte) 0);
+            }
+        } else {
+            img.read(off, buf);
+        }
+    }
+
+    /** Block status of a chain: allocated in some layer, zero or data. */
+    static BlockStatus statusOfChain(Image top, long off, long len) throws BlockException {
+        MapEntry e = mapEntry(top, off, len);
+        int flags = (e.zero() ? BlockStatus.ZERO : 0) | (e.data() ? BlockStatus.DATA : 0)
+                | (e.present() ? BlockStatus.ALLOCATED : 0);
+        return new BlockStatus(off, e.length(), flags, -1, null);
+    }
+
+    // ---- convert ------------------------------------------------------------------------
+
+    Object convert(String[] argv) throws UsageException, BlockException {
+        Args a = Args.parse(argv, "fOoSmtTB", "hpqncUW", Set.of("object", "target-is-zero"),
+                Set.of("force-share", "image-opts", "target-image-opts", "help", "target-is-zero", "salvage"));
+        List<String> pos = a.positional();
+        if (pos.size() < 2) {
+            throw new UsageException("Expecting image file name");
+        }
+        String outFmt = a.get("O", "raw");
+        String optText = String.join(",", a.all("o"));
+        if (isHelp(optText)) {
+            return new Text(optionHelp(outFmt, pos.get(pos.size() - 1)));
+        }
+        long minSparse = 4096;
+        if (a.has("S")) {
+            long s;
+            try {
+                s = Sizes.parse(a.get("S"));
+            } catch (BlockException e) {
+                throw BlockException.invalid("Invalid buffer size for sparse output specified. You may use k, M, G,"
+                        + " T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and"
+                        + " exabytes.");
+            }
+            if (s % 512 != 0 || s > (64L << 20) * 512) {
+                throw BlockException.invalid("Invalid buffer size for sparse output specified. You may use k, M, G,"
+                        + " T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and"
+                        + " exabytes.");
+            }
+            minSparse = s;
+        }
+        int parallel = 8;
+        if (a.has("m")) {
+            try {
+                parallel = Integer.parseInt(a.get("m"));
+            } catch (NumberFormatException e) {
+                parallel = -1;
+            }
+            if (parallel < 1 || parallel > 16) {
+                throw BlockException.invalid("Invalid number of coroutines. Allowed number of coroutines is between"
+                        + " 1 and 16");
+            }
+        }
+        boolean noCreate = a.has("n");
+        boolean share = a.has("U") || a.has("force-share");
+        String target = pos.get(pos.size() - 1);
+        List<Image> sources = new ArrayList<>();
+        Image dst = null;
+        try {
+            long total = 0;
+            for (String s : pos.subList(0, pos.size() - 1)) {
+                Image img = open(s, a.get("f"), a.has("image-opts"), false, share);
+                sources.add(img);
+                total = Math.addExact(total, img.size());
+            }
+            if (!noCreate) {
+                Options o = Options.parseKeyValue(optText, null).with("size", Long.toString(total));
+                if (a.has("B")) {
+                    o = o.with("backing_file", a.get("B"));
+                }
+                core.create(target, outFmt, o, s -> { }, this::warn);
+            }
+            Options topts = a.has("target-image-opts") ? Options.parseKeyValue(target, null)
+                    : Options.of("driver", outFmt);
+            dst = core.open(a.has("target-image-opts") ? null : target, topts, new OpenMode(true, false, this::warn));
+            boolean zero = a.has("target-is-zero") || !noCreate && dst.hasZeroInit();
+            ConvertOptions copts = ConvertOptions.DEFAULT.withMinSparse(minSparse).withCompress(a.has("c"))
+                    .withTargetIsZero(zero).withParallel(parallel).withOutOfOrder(a.has("W"));
+            Progress p = new Progress(a.has("p") && !a.has("q") ? out : null);
+            core.convert(sources, dst, copts, p::update);
+            p.finish();
+            return new Converted(total);
+        } finally {
+            closeQuietly(dst);
+            for (Image s : sources) {
+                closeQuietly(s);
+            }
+        }
+    }
+
+    // ---- helpers ------------------------------------------------------------------------
+
+    private static Output output(Args a) throws UsageException {
+        String o = a.get("output", "human");
+        return switch (o) {
+            case "human" -> Output.HUMAN;
+            case "json" -> Output.JSON;
+            default -> throw new UsageException("--output must be used with human or json as argument.");
+        };
+    }
+
+    private static String single(Args a, String missing) throws UsageException {
+        List<String> pos = a.positional();
+        if (pos.isEmpty()) {
+            throw new UsageException(missing);
+        }
+        if (pos.size() > 1) {
+            throw new UsageException("Expecting one image file name");
+        }
+        return pos.get(0);
+    }
+
+    private static long parseOffset(String text, String what) throws BlockException {
+        try {
+            return Sizes.parse(text);
+        } catch (BlockException e) {
+            throw BlockException.invalid("Invalid " + what + " specified! You may use k, M, G, T, P or E suffixes for"
+                    + "\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        }
+    }
+
+    Image open(String filename, String fmt, boolean imageOpts, boolean writable, boolean forceShare)
+            throws BlockException {
+        try {
+            Options o = Options.empty();
+            String name = filename;
+            if (imageOpts) {
+                o = Options.parseKeyValue(filename, "file");
+                name = null;
+                if (fmt != null) {
+                    throw BlockException.invalid("--image-opts and --format are mutually exclusive");
+                }
+            } else if (fmt != null) {
+                o = Options.of("driver", fmt);
+            }
+            return core.open(name, o, new OpenMode(writable, forceShare, this::warn));
+        } catch (BlockException e) {
+            throw e.prepend("Could not open '" + filename + "': ");
+        }
+    }
+
+    private void warn(String message) {
+        // qemu's raw-probing warning carries its own "WARNING:" prefix; the others get qemu-img's
+        err.print(message.startsWith("WARNING") ? message + "\n" : "qemu-img: warning: " + message + "\n");
+        err.flush();
+    }
+
+    private static void closeQuietly(Image img) {
+        if (img != null) {
+            try {
+                img.close();
+            } catch (BlockException ignored) {
+                // closing after an error: the first error is what the user needs
+            }
+        }
+    }
+
+    /** qemu-img's progress line: "    (12.00/100%)" redrawn with \r, at least 1% apart. */
+    static final class Progress {
+        private final PrintStream out;
+        private double last = -100;
+
+        Progress(PrintStream out) {
+            this.out = out;
+            if (out != null) {
+                update(0);
+            }
+        }
+
+        synchronized void update(double percent) {
+            if (out == null || percent - last < 1.0 && percent < 100) {
+                return;
+            }
+            last = percent;
+            out.printf(java.util.Locale.ROOT, "    (%3.2f/100%%)\r", percent);
+            out.flush();
+        }
+
+        void finish() {
+            if (out != null) {
+                out.printf(java.util.Locale.ROOT, "    (%3.2f/100%%)\r", 100.0);
+                out.print("\n");
+                out.flush();
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+package org.blockhaus.shell.impl;
+
+import java.util.List;
+import java.util.Map;
+import org.blockhaus.api.DriverInfo;
+
+/**
+ * What the commands return: plain data. {@link Render} is the one place that turns these into
+ * qemu-img's human text or JSON; Gogo shows them through the same renderer.
+ */
+final class Results {
+    private Results() {
+    }
+
+    /** Output selected with --output. */
+    enum Output { HUMAN, JSON }
+
+    /** Something a command returns, with the exit code qemu-img would give. */
+    interface Result {
+        default int exitCode() {
+            return 0;
+        }
+    }
+
+    /** qemu-img info; {@code images} has one map per image (several with --backing-chain). */
+    record Info(List<Map<String, Object>> images, boolean chain, Output output) implements Result {
+    }
+
+    /** One line of qemu-img map. */
+    record MapEntry(long start, long length, int depth, boolean present, boolean zero, boolean data, long offset,
+            String file) {
+    }
+
+    record MapResult(List<MapEntry> entries, Output output) implements Result {
+    }
+
+    /** qemu-img compare: the lines it prints and its exit code. */
+    record Compare(List<String> lines, int exitCode) implements Result {
+    }
+
+    /** qemu-img create: the "Formatting ..." line, unless -q. */
+    record Created(String filename, String summary, boolean quiet) implements Result {
+    }
+
+    record Converted(long bytes) implements Result {
+    }
+
+    record Drivers(List<DriverInfo> drivers) implements Result {
+    }
+
+    /** Plain text that a command prints as it is ({@code -o help}). */
+    record Text(String text) implements Result {
+    }
+}
