@@ -72,6 +72,9 @@ final class JsonParser {
         while (true) {
             skipWs();
             if (peek() != '"') {
+                if (pos < s.length() && Character.isLetter(s.charAt(pos))) {
+                    keyword(); // qemu's lexer reports a bare word as an invalid keyword first
+                }
                 throw new IllegalArgumentException("expected a string key at offset " + pos);
             }
             String key = string();

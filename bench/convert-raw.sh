@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): ./blk convert against qemu-img convert, raw to raw, on a 2 GiB image
+# of 1 MiB chunks cycling random / zeros / random / text; plus start-up of `info` for both.
+# Usage: bench/convert-raw.sh [workdir]   (needs hyperfine and qemu-img; writes bench/RESULTS-convert-raw.md)
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+work="${1:-$here/bench/out}"
+mkdir -p "$work"
+src="$work/mixed-2g.raw"
+if [ ! -f "$src" ]; then
+  python3 - "$src" <<'PY'
+import os, sys
+MiB = 1 << 20
+text = (b"Blockhaus benchmark text, compressible and not zero. " * 20000)[:MiB]
+with open(sys.argv[1], "wb") as f:
+    for i in range(2048):
+        kind = i % 4
+        if kind in (0, 2):
+            f.write(os.urandom(MiB))
+        elif kind == 1:
+            f.seek(MiB, 1)          # zeros, left as a hole like a fresh disk's free space
+        else:
+            f.write(text)
+    f.truncate(2048 * MiB)
+PY
+fi
+"$here/blk" info "$src" >/dev/null   # builds if needed, warms the JVM's class data
+hyperfine --warmup 1 --runs 5 --export-markdown "$work/convert.md" \
+  --prepare "rm -f $work/q.raw $work/b.raw" \
+  "qemu-img convert -f raw -O raw $src $work/q.raw" \
+  "$here/blk convert -f raw -O raw $src $work/b.raw"
+cmp "$work/q.raw" "$work/b.raw"
+hyperfine --warmup 2 --runs 10 --export-markdown "$work/info.md" \
+  "qemu-img info $src" "$here/blk info $src"
+rss() { /usr/bin/time -f "%M" "$@" 2>&1 >/dev/null | tail -1; }
+{
+  echo "# convert raw->raw and info start-up, $(date -u +%Y-%m-%d)"
+  echo
+  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $(qemu-img --version | head -1); $(java -version 2>&1 | head -1)"
+  echo
+  echo "## convert (2 GiB: random / zeros / random / text, 1 MiB chunks; page cache warm for both)"
+  cat "$work/convert.md"
+  echo
+  echo "## info start-up (wall time)"
+  cat "$work/info.md"
+  echo
+  echo "Peak RSS of info: qemu-img $(rss qemu-img info "$src") KiB, blk $(rss "$here/blk" info "$src") KiB"
+} > "$here/bench/RESULTS-convert-raw.md"
+cat "$here/bench/RESULTS-convert-raw.md"
