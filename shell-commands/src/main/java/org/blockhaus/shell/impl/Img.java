@@ -473,12 +473,12 @@ final class Img {
 
     // ---- helpers ------------------------------------------------------------------------
 
-    private static Output output(Args a) throws UsageException {
+    private static Output output(Args a) throws BlockException {
         String o = a.get("output", "human");
         return switch (o) {
             case "human" -> Output.HUMAN;
             case "json" -> Output.JSON;
-            default -> throw new UsageException("--output must be used with human or json as argument.");
+            default -> throw BlockException.invalid("--output must be used with human or json as argument.");
         };
     }
 

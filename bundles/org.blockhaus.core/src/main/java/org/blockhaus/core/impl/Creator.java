@@ -63,7 +63,12 @@ final class Creator {
 
     CreateResult create(String filename, String format, Options given, Consumer<String> formatting,
             Consumer<String> warnings) throws BlockException {
-        DriverRegistry.Entry fmt = requireFormat(format);
+        DriverRegistry.Entry fmt;
+        try {
+            fmt = requireFormat(format);
+        } catch (BlockException e) {
+            throw e.prepend(filename + ": ");
+        }
         DriverRegistry.Entry proto = fmt.descriptor().kind() == Kind.PROTOCOL ? fmt : resolver.protocolFor(filename);
         List<OptionSpec> specs = createOptions(format, filename);
         for (String key : given.asMap().keySet()) {

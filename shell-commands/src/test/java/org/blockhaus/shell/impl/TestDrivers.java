@@ -1,0 +1,14 @@
+package org.blockhaus.shell.impl;
+
+import org.blockhaus.api.spi.BlockDriver;
+import org.blockhaus.protocol.file.impl.FileDriver;
+
+/** The drivers the shell tests run with, outside a framework. */
+final class TestDrivers {
+    private TestDrivers() {
+    }
+
+    static BlockDriver file() {
+        return new FileDriver();
+    }
+}
