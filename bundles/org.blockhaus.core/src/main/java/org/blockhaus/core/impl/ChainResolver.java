@@ -97,7 +97,7 @@ final class ChainResolver {
             if (entry.descriptor().kind() == Kind.PROTOCOL) {
                 return openProtocol(entry, typed, opts, req, perm, shared);
             }
-            return openFormat(entry, filename, opts, null, req, perm, shared, depth, chain);
+            return openFormat(entry, filename, opts, null, req, perm, shared, depth, chain, false);
         }
         if (filename == null) {
             throw BlockException.invalid("A block device must be specified for \"file\"");
@@ -128,7 +128,8 @@ final class ChainResolver {
                     + " on block 0 will be restricted.\n"
                     + "         Specify the 'raw' format explicitly to remove the restrictions.");
         }
-        return openFormat(fmt, filename, opts, null, req, perm, shared, depth, chain);
+        boolean guard = fmt.descriptor().name().equals("raw") && !req.readOnly();
+        return openFormat(fmt, filename, opts, null, req, perm, shared, depth, chain, guard);
     }
 
     DriverRegistry.Entry protocolFor(String filename) throws BlockException {
@@ -196,12 +197,12 @@ final class ChainResolver {
                 : own.get("filename") != null ? own.get("filename") : describe(own);
         final Options nodeOpts = own.without("driver");
         OpenContext ctx = new Context(entry, shownName, nodeOpts, req, perm, shared, 0, Set.of(), List.of());
-        return finish(entry, shownName, ctx, req, List.of());
+        return finish(entry, shownName, ctx, req, List.of(), false);
     }
 
     private ManagedNode openFormat(DriverRegistry.Entry entry, String filename, Options opts, ManagedNode file,
-            Request req, Set<Permission> perm, Set<Permission> shared, int depth, Set<String> chain)
-            throws BlockException {
+            Request req, Set<Permission> perm, Set<Permission> shared, int depth, Set<String> chain,
+            boolean guardSectorZero) throws BlockException {
         checkOptions(entry.descriptor(), opts, true);
         List<Image.Child> children = new ArrayList<>();
         if (file != null) {
@@ -212,7 +213,7 @@ final class ChainResolver {
         Context ctx = new Context(entry, shown, own, req, perm, shared, depth, chain, children);
         ctx.fileHint = filename;
         try {
-            return finish(entry, shown, ctx, req, children);
+            return finish(entry, shown, ctx, req, children, guardSectorZero);
         } catch (BlockException | RuntimeException e) {
             for (Image.Child c : children) {
                 closeQuietly((ManagedNode) c.image());
@@ -222,7 +223,7 @@ final class ChainResolver {
     }
 
     private ManagedNode finish(DriverRegistry.Entry entry, String shown, OpenContext ctx, Request req,
-            List<Image.Child> children) throws BlockException {
+            List<Image.Child> children, boolean guardSectorZero) throws BlockException {
         BlockNode node;
         try {
             node = entry.driver().open(ctx);
@@ -231,6 +232,9 @@ final class ChainResolver {
         }
         if (node == null) {
             throw new BlockException(Reason.IO, "Driver '" + entry.descriptor().name() + "' returned no node");
+        }
+        if (guardSectorZero) {
+            node = new SectorZeroGuard(node, registry);
         }
         ManagedNode[] self = new ManagedNode[1];
         ManagedNode m = new ManagedNode(entry.descriptor().name(), shown, node, req.readOnly(), children,

@@ -210,4 +210,34 @@ class CoreTest {
                 () -> core.open("mem:l", Options.of("driver", "loop"), OpenMode.READ_ONLY));
         assertTrue(e.getMessage().contains("loop") || e.getMessage().contains("deeper"), e.getMessage());
     }
+
+    @Test
+    void anImageGuessedAsRawCannotBeGivenAnotherFormatsHeader() throws Exception {
+        core.addDriver(new BlockDriver() {
+            @Override
+            public DriverDescriptor descriptor() {
+                return new DriverDescriptor("raw", DriverDescriptor.Kind.FORMAT, "t", List.of(), List.of(), List.of());
+            }
+
+            @Override
+            public int probe(ByteBuffer head, String filename) {
+                return 1;
+            }
+
+            @Override
+            public BlockNode open(OpenContext ctx) throws BlockException {
+                return new ForwardingNode(ctx.openFile());
+            }
+        });
+        mem.disks.put("z", new byte[4096]);
+        List<String> warnings = new ArrayList<>();
+        Image img = core.open("mem:z", null, new OpenMode(true, false, warnings::add));
+        assertEquals("raw", img.driverName());
+        assertTrue(warnings.get(0).contains("probing guessed raw"), warnings.toString());
+        img.write(0, ByteBuffer.wrap(new byte[] {1, 2, 3, 4}), 0);
+        ByteBuffer header = ByteBuffer.allocate(8).putInt(0x50415353);
+        header.flip();
+        assertEquals(Reason.PERMISSION, assertThrows(BlockException.class, () -> img.write(0, header, 0)).reason());
+        img.write(512, ByteBuffer.allocate(8).putInt(0, 0x50415353), 0); // elsewhere it is just data
+    }
 }
