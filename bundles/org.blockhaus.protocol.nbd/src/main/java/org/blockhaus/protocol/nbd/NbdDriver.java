@@ -1,0 +1,257 @@
+/*
+ * The "nbd" protocol driver: a client of the Network Block Device protocol, as QEMU's
+ * block/nbd.c is. It opens an export of an NBD server (qemu-nbd, nbdkit, nbd-server, our own
+ * org.blockhaus.nbd.server) over TCP or a unix socket and turns every node operation into NBD
+ * requests.
+ *
+ * Specs: the NBD protocol is doc/proto.md of the NetworkBlockDevice/nbd project; QEMU's
+ * additions and its filename forms are docs/interop/nbd.rst and QEMU's block/nbd.c behaviour
+ * (nbd://host[:port]/export, nbd+unix:///export?socket=path, nbd:host:port[:exportname=e],
+ * nbd:unix:path[:exportname=e]).
+ */
+package org.blockhaus.protocol.nbd;
+
+import java.net.URI;
+import java.net.URISyntaxException;
+import java.time.Duration;
+import java.util.List;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockException.Reason;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.Options;
+import org.blockhaus.api.spi.BlockDriver;
+import org.blockhaus.api.spi.DriverDescriptor;
+import org.blockhaus.api.spi.OpenContext;
+import org.blockhaus.api.spi.OptionSpec;
+import org.blockhaus.api.spi.OptionSpec.OptionType;
+import org.osgi.service.component.annotations.Component;
+
+@Component(service = BlockDriver.class, property = {"blk.driver=nbd", "blk.kind=protocol"})
+public final class NbdDriver implements BlockDriver {
+    /** The URI schemes QEMU's nbd driver accepts, and its legacy prefix. */
+    static final List<String> PROTOCOLS = List.of("nbd", "nbd+tcp", "nbd+unix", "nbds", "nbds+tcp", "nbds+unix",
+            "nbd:");
+
+    static final String DEFAULT_TIMEOUT_SECONDS = "30";
+
+    private static final DriverDescriptor DESCRIPTOR = new DriverDescriptor("nbd", DriverDescriptor.Kind.PROTOCOL,
+            "Network Block Device client (NBD protocol, fixed newstyle, structured replies)", PROTOCOLS,
+            List.of(
+                    OptionSpec.choice("server.type", "inet", "Address type of the NBD server", "inet", "unix"),
+                    OptionSpec.of("server.host", OptionType.STRING, "Host name or IP address of the NBD server"),
+                    OptionSpec.of("server.port", OptionType.STRING, "10809", "TCP port of the NBD server"),
+                    OptionSpec.of("server.path", OptionType.STRING, "Unix socket path of the NBD server"),
+                    OptionSpec.of("host", OptionType.STRING, "Legacy spelling of server.host"),
+                    OptionSpec.of("port", OptionType.STRING, "Legacy spelling of server.port"),
+                    OptionSpec.of("path", OptionType.STRING, "Legacy spelling of server.path"),
+                    OptionSpec.of("export", OptionType.STRING, "", "Name of the NBD export to open"),
+                    OptionSpec.of("tls-creds", OptionType.STRING, "ID of the TLS credentials object (not supported"
+                            + " yet)"),
+                    OptionSpec.of("tls-hostname", OptionType.STRING, "Host name to check the server certificate"
+                            + " against (not supported yet)"),
+                    OptionSpec.of("reconnect-delay", OptionType.NUMBER, "0", "Seconds to wait for a reconnect"
+                            + " before failing requests (only 0 is supported)"),
+                    OptionSpec.of("open-timeout", OptionType.NUMBER, "0", "Seconds to keep retrying the first"
+                            + " connection (only 0 is supported)"),
+                    OptionSpec.of("x-dirty-bitmap", OptionType.STRING, "Dirty bitmap context to expose as block"
+                            + " status (not supported)"),
+                    OptionSpec.of("x-timeout", OptionType.NUMBER, DEFAULT_TIMEOUT_SECONDS, "Blockhaus: seconds"
+                            + " allowed for connect and handshake before giving up")),
+            List.of());
+
+    @Override
+    public DriverDescriptor descriptor() {
+        return DESCRIPTOR;
+    }
+
+    /**
+     * Turns QEMU's NBD filename forms into dotted options: server.type, server.host,
+     * server.port, server.path and export.
+     */
+    @Override
+    public Options parseFilename(String filename) throws BlockException {
+        if (filename.contains("://")) {
+            return parseUri(filename);
+        }
+        if (!filename.startsWith("nbd:")) {
+            throw BlockException.invalid("Not an NBD filename: '" + filename + "'");
+        }
+        String rest = filename.substring(4);
+        String export = null;
+        int ex = rest.indexOf(":exportname=");
+        if (ex >= 0) {
+            export = rest.substring(ex + ":exportname=".length());
+            rest = rest.substring(0, ex);
+        }
+        Options o;
+        if (rest.startsWith("unix:")) {
+            String path = rest.substring(5);
+            if (path.isEmpty()) {
+                throw BlockException.invalid("NBD filename '" + filename + "' names no unix socket path");
+            }
+            o = Options.of("server.type", "unix", "server.path", path);
+        } else {
+            String host;
+            String port = String.valueOf(Nbd.DEFAULT_PORT);
+            if (rest.startsWith("[")) {
+                int close = rest.indexOf(']');
+                if (close < 0) {
+                    throw BlockException.invalid("NBD filename '" + filename + "': unterminated '[' in host");
+                }
+                host = rest.substring(1, close);
+                String after = rest.substring(close + 1);
+                if (after.startsWith(":")) {
+                    port = after.substring(1);
+                } else if (!after.isEmpty()) {
+                    throw BlockException.invalid("NBD filename '" + filename + "': expected ':port' after ']'");
+                }
+            } else {
+                int colon = rest.lastIndexOf(':');
+                host = colon < 0 ? rest : rest.substring(0, colon);
+                if (colon >= 0) {
+                    port = rest.substring(colon + 1);
+                }
+            }
+            if (host.isEmpty()) {
+                throw BlockException.invalid("NBD filename '" + filename + "' names no host");
+            }
+            checkPort(port, filename);
+            o = Options.of("server.type", "inet", "server.host", host, "server.port", port);
+        }
+        return export == null ? o : o.with("export", export);
+    }
+
+    private static Options parseUri(String filename) throws BlockException {
+        URI uri;
+        try {
+            uri = new URI(filename);
+        } catch (URISyntaxException e) {
+            throw BlockException.invalid("Invalid NBD URI '" + filename + "': " + e.getMessage());
+        }
+        String scheme = uri.getScheme() == null ? "" : uri.getScheme().toLowerCase(java.util.Locale.ROOT);
+        boolean unix;
+        switch (scheme) {
+            case "nbd", "nbd+tcp" -> unix = false;
+            case "nbd+unix" -> unix = true;
+            case "nbds", "nbds+tcp", "nbds+unix" -> throw new BlockException(Reason.UNSUPPORTED, "NBD over TLS ('"
+                    + scheme + "://') is not supported yet");
+            default -> throw BlockException.invalid("Invalid NBD URI scheme in '" + filename + "'");
+        }
+        String path = uri.getPath() == null ? "" : uri.getPath();
+        String export = path.startsWith("/") ? path.substring(1) : path;
+        String query = uri.getRawQuery();
+        Options o;
+        if (unix) {
+            if (uri.getHost() != null || uri.getPort() != -1) {
+                throw BlockException.invalid("NBD URI '" + filename + "': nbd+unix:// takes no host or port");
+            }
+            String socket = null;
+            if (query != null) {
+                for (String param : query.split("&")) {
+                    int eq = param.indexOf('=');
+                    String key = eq < 0 ? param : param.substring(0, eq);
+                    if (!key.equals("socket") || eq < 0) {
+                        throw BlockException.invalid("NBD URI '" + filename + "': unknown parameter '" + key + "'");
+                    }
+                    socket = java.net.URLDecoder.decode(param.substring(eq + 1), java.nio.charset.StandardCharsets.UTF_8);
+                }
+            }
+            if (socket == null || socket.isEmpty()) {
+                throw BlockException.invalid("NBD URI '" + filename + "' needs ?socket=<path> for nbd+unix://");
+            }
+            o = Options.of("server.type", "unix", "server.path", socket);
+        } else {
+            if (query != null) {
+                throw BlockException.invalid("NBD URI '" + filename + "': parameters are not allowed for nbd://");
+            }
+            String host = uri.getHost();
+            if (host == null || host.isEmpty()) {
+                throw BlockException.invalid("NBD URI '" + filename + "' names no host");
+            }
+            if (host.startsWith("[") && host.endsWith("]")) {
+                host = host.substring(1, host.length() - 1);
+            }
+            int port = uri.getPort() == -1 ? Nbd.DEFAULT_PORT : uri.getPort();
+            o = Options.of("server.type", "inet", "server.host", host, "server.port", String.valueOf(port));
+        }
+        return export.isEmpty() ? o : o.with("export", export);
+    }
+
+    private static int checkPort(String port, String where) throws BlockException {
+        try {
+            int p = Integer.parseInt(port);
+            if (p < 0 || p > 65535) {
+                throw new NumberFormatException();
+            }
+            return p;
+        } catch (NumberFormatException e) {
+            throw BlockException.invalid("Invalid NBD port '" + port + "' in '" + where + "'");
+        }
+    }
+
+    /** The server address from server.* (or the legacy host/port/path) options. */
+    static NbdConnection.Address address(Options o) throws BlockException {
+        Options server = o.subtree("server");
+        String path = server.get("path", o.get("path"));
+        String host = server.get("host", o.get("host"));
+        String type = server.get("type", path != null && host == null ? "unix" : "inet");
+        switch (type) {
+            case "unix" -> {
+                if (path == null || path.isEmpty()) {
+                    throw BlockException.invalid("NBD server address of type 'unix' needs server.path");
+                }
+                return new NbdConnection.Address(null, 0, path);
+            }
+            case "inet" -> {
+                if (host == null || host.isEmpty()) {
+                    throw BlockException.invalid("NBD server address needs server.host (or a unix server.path)");
+                }
+                String port = server.get("port", o.get("port", String.valueOf(Nbd.DEFAULT_PORT)));
+                return new NbdConnection.Address(host, checkPort(port, "server.port"), null);
+            }
+            default -> throw BlockException.invalid("Invalid NBD server.type '" + type + "' (inet or unix)");
+        }
+    }
+
+    @Override
+    public BlockNode open(OpenContext ctx) throws BlockException {
+        Options o = ctx.options();
+        if (o.get("tls-creds") != null) {
+            throw new BlockException(Reason.UNSUPPORTED, "NBD over TLS (tls-creds) is not supported yet");
+        }
+        if (o.get("x-dirty-bitmap") != null) {
+            throw BlockException.unsupported("x-dirty-bitmap");
+        }
+        if (o.getLong("reconnect-delay", 0) != 0) {
+            throw BlockException.unsupported("reconnect-delay other than 0");
+        }
+        if (o.getLong("open-timeout", 0) != 0) {
+            throw BlockException.unsupported("open-timeout other than 0");
+        }
+        long timeout = o.getLong("x-timeout", Long.parseLong(DEFAULT_TIMEOUT_SECONDS));
+        if (timeout <= 0) {
+            throw BlockException.invalid("x-timeout must be positive");
+        }
+        NbdConnection.Address address = address(o);
+        String export = o.get("export", "");
+        NbdConnection c;
+        try {
+            c = NbdConnection.open(address, export, Duration.ofSeconds(timeout));
+        } catch (BlockException e) {
+            throw e.prepend("Could not open '" + describe(address, export) + "': ");
+        }
+        if (!ctx.readOnly() && c.export().has(Nbd.FLAG_READ_ONLY)) {
+            c.close();
+            throw new BlockException(Reason.READ_ONLY, "Could not open '" + describe(address, export)
+                    + "': NBD export is read-only; open it read-only");
+        }
+        return new NbdNode(c, ctx.readOnly());
+    }
+
+    static String describe(NbdConnection.Address a, String export) {
+        if (a.unix()) {
+            return "nbd+unix:///" + export + "?socket=" + a.path();
+        }
+        return "nbd://" + a + "/" + export;
+    }
+}

@@ -1,0 +1,291 @@
+package org.blockhaus.protocol.nbd;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.BlockService.OpenMode;
+import org.blockhaus.api.BlockStatus;
+import org.blockhaus.api.Capabilities.Feature;
+import org.blockhaus.api.Image;
+import org.blockhaus.api.Options;
+import org.blockhaus.core.BlockCore;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * Our client against real servers on loopback: qemu-nbd (raw and qcow2, TCP and unix socket,
+ * read-only) and nbdkit (memory and file plugins). qemu-io and qemu-img check what we wrote.
+ */
+class NbdClientInteropTest {
+    private static final int MIB = 1 << 20;
+
+    @TempDir
+    Path dir;
+    private final Peers peers = new Peers();
+    private BlockCore core;
+    private final List<Image> open = new ArrayList<>();
+
+    @BeforeEach
+    void setUp() {
+        core = BlockCore.standalone();
+        core.addDriver(new NbdDriver());
+    }
+
+    @AfterEach
+    void tearDown() throws Exception {
+        try {
+            for (Image i : open) {
+                try {
+                    i.close();
+                } catch (BlockException ignored) {
+                    // the test's own assertion is what matters
+                }
+            }
+        } finally {
+            peers.close();
+        }
+    }
+
+    private Image openNbd(String filename, boolean writable) throws BlockException {
+        Image i = core.open(filename, Options.of("driver", "nbd"), writable ? OpenMode.READ_WRITE : OpenMode.READ_ONLY);
+        open.add(i);
+        return i;
+    }
+
+    private Path image(String fmt, String size, String... qemuIoCommands) throws Exception {
+        Path img = dir.resolve("disk." + fmt);
+        Peers.check(Peers.require("qemu-img", "qemu-utils"), "create", "-q", "-f", fmt, img.toString(), size);
+        for (String c : qemuIoCommands) {
+            Peers.check(Peers.require("qemu-io", "qemu-utils"), "-f", fmt, "-c", c, img.toString());
+        }
+        return img;
+    }
+
+    private static byte[] read(BlockNode n, long offset, int len) throws BlockException {
+        ByteBuffer b = ByteBuffer.allocate(len);
+        n.read(offset, b);
+        assertFalse(b.hasRemaining());
+        return b.array();
+    }
+
+    private static byte[] filled(int len, int value) {
+        byte[] b = new byte[len];
+        Arrays.fill(b, (byte) value);
+        return b;
+    }
+
+    @Test
+    void readsRawExportServedByQemuNbdOverTcp() throws Exception {
+        Path img = image("raw", "4M", "write -P 0xab 0 64k", "write -P 0xcd 1M 512");
+        int port = Peers.freePort();
+        peers.qemuNbd(dir, "-f", "raw", "--bind=127.0.0.1", "--port=" + port, "-x", "disk", img.toString());
+        Image i = openNbd("nbd://127.0.0.1:" + port + "/disk", false);
+        assertEquals(4 * MIB, i.size());
+        assertArrayEquals(filled(64 * 1024, 0xab), read(i, 0, 64 * 1024));
+        assertArrayEquals(filled(512, 0xcd), read(i, MIB, 512));
+        assertArrayEquals(new byte[4096], read(i, 2 * MIB, 4096));
+        // unaligned read across the pattern edge
+        byte[] edge = read(i, 64 * 1024 - 3, 7);
+        assertArrayEquals(new byte[] {(byte) 0xab, (byte) 0xab, (byte) 0xab, 0, 0, 0, 0}, edge);
+        assertEquals(Feature.WRITE, Feature.WRITE);
+        assertFalse(i.capabilities().can(Feature.WRITE), "opened read-only");
+    }
+
+    @Test
+    void writesQcow2ExportOverUnixSocketAndQemuReadsIt() throws Exception {
+        Path img = image("qcow2", "8M", "write -P 0x11 0 1M");
+        Path sock = dir.resolve("q.sock");
+        peers.qemuNbd(dir, "-f", "qcow2", "--socket=" + sock, "-x", "disk", img.toString());
+        Image i = openNbd("nbd+unix:///disk?socket=" + sock, true);
+        assertTrue(i.driverNode().capabilities().isNative(Feature.WRITE_ZEROES));
+        assertTrue(i.driverNode().capabilities().isNative(Feature.FLUSH));
+        i.write(128 * 1024 + 3, ByteBuffer.wrap(filled(100_000, 0x5a)), 0);
+        i.write(3 * MIB, ByteBuffer.wrap(filled(2 * MIB, 0x77)), BlockNode.FUA);
+        i.writeZeroes(512 * 1024, 64 * 1024, 0);
+        i.discard(4 * MIB, 64 * 1024);
+        i.flush();
+        assertArrayEquals(filled(100_000, 0x5a), read(i, 128 * 1024 + 3, 100_000));
+        i.close();
+        open.remove(i);
+        peers.close();
+        String qemuIo = Peers.require("qemu-io", "qemu-utils");
+        for (String c : List.of("read -P 0x11 0 131075", "read -P 0x5a 131075 100000", "read -P 0 524288 65536",
+                "read -P 0x77 3M 2M")) {
+            Peers.Result r = Peers.check(qemuIo, "-f", "qcow2", "-c", c, img.toString());
+            assertFalse(r.out().contains("Pattern verification failed"), c + ": " + r.out());
+        }
+        Peers.check(Peers.require("qemu-img", "qemu-utils"), "check", img.toString());
+    }
+
+    @Test
+    void legacyAndJsonFilenameFormsOpenTheSameExport() throws Exception {
+        Path img = image("raw", "1M", "write -P 0x42 0 4k");
+        Path sock = dir.resolve("l.sock");
+        int port = Peers.freePort();
+        peers.qemuNbd(dir, "-f", "raw", "--socket=" + sock, "-x", "e1", img.toString());
+        peers.qemuNbd(dir, "-f", "raw", "--bind=127.0.0.1", "--port=" + port, "-x", "e2", img.toString());
+        for (String f : List.of("nbd:unix:" + sock + ":exportname=e1", "nbd:127.0.0.1:" + port + ":exportname=e2",
+                "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"" + sock + "\"},\"export\":\"e1\"}",
+                "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"inet\",\"host\":\"127.0.0.1\",\"port\":\"" + port
+                        + "\"},\"export\":\"e2\"}")) {
+            Image i = openNbd(f, false);
+            assertEquals(MIB, i.size(), f);
+            assertArrayEquals(filled(4096, 0x42), read(i, 0, 4096), f);
+        }
+        Image dotted = core.open(null, Options.of("driver", "nbd", "server.type", "inet", "server.host", "127.0.0.1",
+                "server.port", String.valueOf(port), "export", "e2"), OpenMode.READ_ONLY);
+        open.add(dotted);
+        assertEquals(MIB, dotted.size());
+    }
+
+    @Test
+    void readOnlyExportRefusesReadWriteOpen() throws Exception {
+        Path img = image("raw", "1M");
+        Path sock = dir.resolve("ro.sock");
+        peers.qemuNbd(dir, "-r", "-f", "raw", "--socket=" + sock, "-x", "disk", img.toString());
+        BlockException e = assertThrows(BlockException.class,
+                () -> openNbd("nbd+unix:///disk?socket=" + sock, true));
+        assertEquals(BlockException.Reason.READ_ONLY, e.reason());
+        assertTrue(e.getMessage().contains("read-only"), e.getMessage());
+        Image i = openNbd("nbd+unix:///disk?socket=" + sock, false);
+        assertFalse(i.capabilities().can(Feature.WRITE));
+        assertThrows(BlockException.class, () -> i.write(0, ByteBuffer.allocate(512), 0));
+    }
+
+    @Test
+    void unknownExportIsReportedAsNotAvailable() throws Exception {
+        Path img = image("raw", "1M");
+        Path sock = dir.resolve("u.sock");
+        peers.qemuNbd(dir, "-f", "raw", "--socket=" + sock, "-x", "disk", img.toString());
+        BlockException e = assertThrows(BlockException.class,
+                () -> openNbd("nbd+unix:///nope?socket=" + sock, false));
+        assertEquals(BlockException.Reason.NOT_FOUND, e.reason());
+        assertTrue(e.getMessage().contains("Requested export not available"), e.getMessage());
+    }
+
+    @Test
+    void refusedConnectionFailsFastWithTheAddress() throws Exception {
+        int port = Peers.freePort();
+        long t0 = System.nanoTime();
+        BlockException e = assertThrows(BlockException.class, () -> openNbd("nbd://127.0.0.1:" + port + "/x", false));
+        assertTrue(e.getMessage().contains("Failed to connect to '127.0.0.1:" + port + "'"), e.getMessage());
+        assertTrue(System.nanoTime() - t0 < 5_000_000_000L);
+        BlockException u = assertThrows(BlockException.class,
+                () -> openNbd("nbd+unix:///x?socket=" + dir.resolve("missing.sock"), false));
+        assertTrue(u.getMessage().contains("Failed to connect"), u.getMessage());
+    }
+
+    /** qemu-img map --output=json of a raw file: [start, length, data] per line. */
+    private static List<long[]> qemuMap(Path img) throws Exception {
+        String json = Peers.check(Peers.require("qemu-img", "qemu-utils"), "map", "--output=json", "-f", "raw",
+                img.toString()).out();
+        Matcher m = Pattern.compile("\"start\": (\\d+), \"length\": (\\d+), \"depth\": \\d+, (?:\"present\": \\w+, )?"
+                + "\"zero\": (\\w+), \"data\": (\\w+)").matcher(json);
+        List<long[]> out = new ArrayList<>();
+        while (m.find()) {
+            out.add(new long[] {Long.parseLong(m.group(1)), Long.parseLong(m.group(2)),
+                    m.group(4).equals("true") ? 1 : 0});
+        }
+        assertFalse(out.isEmpty(), json);
+        return out;
+    }
+
+    @Test
+    void blockStatusOfSparseExportMatchesQemuImgMap() throws Exception {
+        Path img = image("raw", "8M", "write -P 0x99 1M 64k", "write -P 0x98 5M 1M");
+        int port = Peers.freePort();
+        peers.qemuNbd(dir, "-r", "-f", "raw", "--bind=127.0.0.1", "--port=" + port, "-x", "disk", img.toString());
+        Image i = openNbd("nbd://127.0.0.1:" + port + "/disk", false);
+        assertTrue(i.driverNode().capabilities().isNative(Feature.BLOCK_STATUS));
+        List<long[]> expected = qemuMap(img);
+        for (long[] range : expected) {
+            long end = range[0] + range[1];
+            for (long pos = range[0]; pos < end; ) {
+                BlockStatus s = i.blockStatus(pos, end - pos);
+                assertEquals(range[2] == 1, s.isData(), "data flag at " + pos);
+                if (range[2] == 0) {
+                    assertTrue(s.isZero(), "hole reads as zero at " + pos);
+                }
+                pos += s.length();
+            }
+        }
+    }
+
+    @Test
+    void readsAndWritesNbdkitMemoryExportWithManyRequestsInFlight() throws Exception {
+        String nbdkit = Peers.require("nbdkit", "nbdkit");
+        int port = Peers.freePort();
+        Path pid = dir.resolve("k.pid");
+        peers.foreground(pid, nbdkit, "-f", "-P", pid.toString(), "-i", "127.0.0.1", "-p", String.valueOf(port),
+                "memory", "64M");
+        Image i = openNbd("nbd://127.0.0.1:" + port, true);
+        assertEquals(64 * MIB, i.size());
+        try (ExecutorService ex = Executors.newVirtualThreadPerTaskExecutor()) {
+            List<Future<?>> fs = new ArrayList<>();
+            for (int t = 0; t < 64; t++) {
+                final int n = t;
+                fs.add(ex.submit(() -> {
+                    byte[] data = filled(256 * 1024 + n, n + 1);
+                    long off = (long) n * MIB + n;
+                    i.write(off, ByteBuffer.wrap(data), 0);
+                    assertArrayEquals(data, read(i, off, data.length));
+                    return null;
+                }));
+            }
+            for (Future<?> f : fs) {
+                f.get();
+            }
+        }
+        // nbdkit's memory plugin is sparse: trimmed and zeroed ranges report as holes that read as zero
+        i.writeZeroes(0, MIB, BlockNode.MAY_UNMAP);
+        BlockStatus s = i.blockStatus(0, MIB);
+        assertTrue(s.isZero(), s.toString());
+        assertArrayEquals(new byte[4096], read(i, 4096, 4096));
+        assertTrue(i.blockStatus(MIB + 1, 4096).isData());
+    }
+
+    @Test
+    void readsFileServedByNbdkitFilePluginOverUnixSocket() throws Exception {
+        String nbdkit = Peers.require("nbdkit", "nbdkit");
+        Path img = image("raw", "2M", "write -P 0x3c 1M 4k");
+        Path sock = dir.resolve("k.sock");
+        Path pid = dir.resolve("kf.pid");
+        peers.foreground(pid, nbdkit, "-f", "-P", pid.toString(), "-U", sock.toString(), "file",
+                "file=" + img);
+        Image i = openNbd("nbd:unix:" + sock, false);
+        assertEquals(2 * MIB, i.size());
+        assertArrayEquals(filled(4096, 0x3c), read(i, MIB, 4096));
+    }
+
+    @Test
+    void serverThatDiesFailsRequestsInsteadOfHanging() throws Exception {
+        Path img = image("raw", "1M");
+        Path sock = dir.resolve("d.sock");
+        peers.qemuNbd(dir, "-f", "raw", "--socket=" + sock, "-x", "disk", img.toString());
+        Image i = openNbd("nbd+unix:///disk?socket=" + sock, false);
+        read(i, 0, 512);
+        peers.close();
+        long t0 = System.nanoTime();
+        BlockException e = assertThrows(BlockException.class, () -> read(i, 0, 512));
+        assertEquals(BlockException.Reason.IO, e.reason());
+        assertTrue(System.nanoTime() - t0 < 5_000_000_000L);
+    }
+}
