@@ -1,0 +1,83 @@
+package org.blockhaus.format.qcow2;
+
+import java.nio.ByteBuffer;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.Preallocation;
+
+/**
+ * The image file below the qcow2 layer (the "file" child). Reads are checked against the file's
+ * end, because the core refuses out-of-range requests and a pointer past the end means the image
+ * is corrupt; writes past the end grow the file first.
+ */
+final class HostFile {
+    private final BlockNode file;
+    private long size;
+
+    HostFile(BlockNode file) throws BlockException {
+        this.file = file;
+        this.size = file.size();
+    }
+
+    BlockNode node() {
+        return file;
+    }
+
+    long size() {
+        return size;
+    }
+
+    /** Reads exactly {@code dst.remaining()} bytes; a range past the end of the file is corruption. */
+    void read(long offset, ByteBuffer dst, String what) throws BlockException {
+        int len = dst.remaining();
+        if (offset < 0 || offset > size || len > size - offset) {
+            throw Qcow2Header.corrupt(what + " at offset " + offset + " (" + len + " bytes) lies beyond the end of"
+                    + " the file (" + size + " bytes)");
+        }
+        if (len > 0) {
+            file.read(offset, dst);
+        }
+    }
+
+    ByteBuffer read(long offset, int len, String what) throws BlockException {
+        ByteBuffer b = ByteBuffer.allocate(len);
+        read(offset, b, what);
+        return b.flip();
+    }
+
+    /** Reads what the file has of {@code [offset, offset+len)}; the rest of {@code dst} is left as zeroes. */
+    int readClamped(long offset, ByteBuffer dst) throws BlockException {
+        if (offset >= size) {
+            return 0;
+        }
+        int n = (int) Math.min(dst.remaining(), size - offset);
+        ByteBuffer part = dst.slice(dst.position(), n);
+        file.read(offset, part);
+        return n;
+    }
+
+    void write(long offset, ByteBuffer src) throws BlockException {
+        int len = src.remaining();
+        ensureSize(Math.addExact(offset, len));
+        file.write(offset, src, 0);
+    }
+
+    void write(long offset, byte[] data) throws BlockException {
+        write(offset, ByteBuffer.wrap(data));
+    }
+
+    /** Grows the file to at least {@code end} bytes. */
+    void ensureSize(long end) throws BlockException {
+        if (end > size) {
+            file.truncate(end, false, Preallocation.OFF);
+            size = file.size();
+            if (size < end) {
+                size = end;
+            }
+        }
+    }
+
+    void flush() throws BlockException {
+        file.flush();
+    }
+}

@@ -1,0 +1,189 @@
+package org.blockhaus.format.qcow2;
+
+import java.nio.ByteBuffer;
+import java.util.List;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.spi.CheckResult;
+
+/**
+ * qemu-img check for qcow2: walks every structure that references host clusters (header, L1 and
+ * L2 tables of the active state and of each snapshot, data and compressed clusters, the refcount
+ * table and blocks, the snapshot table), counts the references per host cluster and compares them
+ * with the stored refcounts. Stored above counted is a leak; below is a corruption. It also counts
+ * the COPIED flags that disagree with the refcounts, as qemu does.
+ */
+final class Qcow2Check {
+    private final Qcow2Node node;
+    private final Qcow2Header h;
+    private final HostFile file;
+    private final int clusterBits;
+    private final int clusterSize;
+    private final int[] refs;
+    private long corruptions;
+    private long allocated;
+    private long fragmented;
+    private long compressed;
+    private long nextContiguous;
+
+    Qcow2Check(Qcow2Node node) {
+        this.node = node;
+        this.h = node.header();
+        this.file = node.hostFile();
+        this.clusterBits = h.clusterBits();
+        this.clusterSize = h.clusterSize();
+        long n = Qcow2Header.ceilShift(file.size(), clusterBits);
+        if (n > Integer.MAX_VALUE - 8) {
+            throw new IllegalStateException("image file too large to check");
+        }
+        this.refs = new int[(int) n];
+    }
+
+    private void addRef(long offset, long bytes) {
+        if (bytes <= 0) {
+            return;
+        }
+        long first = offset >>> clusterBits;
+        long last = (offset + bytes - 1) >>> clusterBits;
+        for (long i = first; i <= last; i++) {
+            if (i >= refs.length) {
+                corruptions++; // a reference past the end of the file
+                return;
+            }
+            refs[(int) i]++;
+        }
+    }
+
+    CheckResult run(CheckResult.Repair repair) throws BlockException {
+        Refcounts rc = node.refcounts();
+        addRef(0, clusterSize);
+        long[] l1 = node.activeL1();
+        addRef(node.activeL1Offset(), (long) l1.length * 8);
+        walkL1(l1, true);
+        List<Snapshots.Entry> snaps = node.snapshotEntries();
+        for (Snapshots.Entry e : snaps) {
+            addRef(e.l1TableOffset(), (long) e.l1Size() * 8);
+            long[] sl1 = new long[e.l1Size()];
+            if (sl1.length > 0) {
+                file.read(e.l1TableOffset(), sl1.length * 8, "Snapshot L1 table").asLongBuffer().get(sl1);
+            }
+            walkL1(sl1, false);
+        }
+        if (h.nbSnapshots() > 0) {
+            long[] bytes = new long[1];
+            Snapshots.read(file, h, bytes);
+            addRef(h.snapshotsOffset(), bytes[0]);
+        }
+        addRef(rc.tableOffset(), (long) rc.tableClusters() * clusterSize);
+        for (long b : rc.table()) {
+            if (b != 0) {
+                if ((b & (clusterSize - 1)) != 0) {
+                    corruptions++;
+                    continue;
+                }
+                addRef(b, clusterSize);
+            }
+        }
+        // COPIED must be set exactly where the refcount is 1 (active tables only).
+        for (long e : l1) {
+            long off = e & Qcow2Node.L1_OFFSET_MASK;
+            if (off == 0) {
+                continue;
+            }
+            if ((rc.get(off >>> clusterBits) == 1) != ((e & Qcow2Node.COPIED) != 0)) {
+                corruptions++;
+            }
+            L2Cache.Table t = node.l2Table(off);
+            int step = h.extendedL2() ? 2 : 1;
+            for (int i = 0; i < t.words.length; i += step) {
+                long w = t.words[i];
+                long host = w & Qcow2Node.L2_OFFSET_MASK;
+                if ((w & Qcow2Node.COMPRESSED) != 0 || host == 0) {
+                    continue;
+                }
+                if ((rc.get(host >>> clusterBits) == 1) != ((w & Qcow2Node.COPIED) != 0)) {
+                    corruptions++;
+                }
+            }
+        }
+        long leaks = 0;
+        long leaksFixed = 0;
+        long corruptionsFixed = 0;
+        long highest = -1;
+        for (int i = 0; i < refs.length; i++) {
+            long stored = rc.get(i);
+            long counted = refs[i];
+            if (stored > 0 || counted > 0) {
+                highest = i;
+            }
+            if (stored > counted) {
+                leaks++;
+                if (repair != CheckResult.Repair.NONE && rc.repairSet(i, counted)) {
+                    leaksFixed++;
+                }
+            } else if (stored < counted) {
+                corruptions++;
+                if (repair == CheckResult.Repair.ALL && rc.repairSet(i, counted)) {
+                    corruptionsFixed++;
+                }
+            }
+        }
+        if (leaksFixed > 0 || corruptionsFixed > 0) {
+            rc.writeAll();
+        }
+        long total = Qcow2Header.ceilShift(h.size(), clusterBits);
+        return new CheckResult(corruptions - corruptionsFixed, leaks - leaksFixed, 0, corruptionsFixed, leaksFixed,
+                (highest + 1) * clusterSize, total, allocated, fragmented, compressed);
+    }
+
+    private void walkL1(long[] l1, boolean active) throws BlockException {
+        Compression comp = node.compression();
+        for (long e : l1) {
+            long off = e & Qcow2Node.L1_OFFSET_MASK;
+            if (off == 0) {
+                continue;
+            }
+            if ((off & (clusterSize - 1)) != 0 || off >= file.size()) {
+                corruptions++;
+                continue;
+            }
+            addRef(off, clusterSize);
+            L2Cache.Table t;
+            if (active) {
+                t = node.l2Table(off);
+            } else {
+                ByteBuffer b = file.read(off, clusterSize, "Snapshot L2 table");
+                t = new L2Cache.Table(off, new long[clusterSize / 8]);
+                b.asLongBuffer().get(t.words);
+            }
+            int step = h.extendedL2() ? 2 : 1;
+            for (int i = 0; i < t.words.length; i += step) {
+                long w = t.words[i];
+                if ((w & Qcow2Node.COMPRESSED) != 0) {
+                    addRef(comp.refStart(w), comp.refLength(w));
+                    if (active) {
+                        allocated++;
+                        compressed++;
+                        fragmented++; // compressed clusters are fragmented by nature
+                    }
+                    continue;
+                }
+                long host = w & Qcow2Node.L2_OFFSET_MASK;
+                if (host == 0) {
+                    continue;
+                }
+                if ((host & (clusterSize - 1)) != 0) {
+                    corruptions++;
+                    continue;
+                }
+                addRef(host, clusterSize);
+                if (active) {
+                    allocated++;
+                    if (nextContiguous != 0 && host != nextContiguous) {
+                        fragmented++;
+                    }
+                    nextContiguous = host + clusterSize;
+                }
+            }
+        }
+    }
+}

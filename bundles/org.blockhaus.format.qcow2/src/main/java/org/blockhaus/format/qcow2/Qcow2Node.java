@@ -1,0 +1,896 @@
+package org.blockhaus.format.qcow2;
+
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.BitSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.locks.ReentrantLock;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockException.Reason;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.BlockStatus;
+import org.blockhaus.api.Capabilities;
+import org.blockhaus.api.Capabilities.Feature;
+import org.blockhaus.api.Capabilities.Support;
+import org.blockhaus.api.Preallocation;
+import org.blockhaus.api.spi.CheckResult;
+import org.blockhaus.api.spi.CheckableNode;
+import org.blockhaus.api.spi.SnapshotNode;
+
+/**
+ * An open qcow2 image: guest offsets are mapped through the L1 table and cached L2 tables to host
+ * clusters (spec: "Cluster mapping"); unallocated clusters fall through to the backing node.
+ *
+ * <p>Writes put data into the file at once and keep metadata changes in memory until a flush,
+ * which writes them in the order that survives a crash: refcount increases, then L2 tables, then
+ * the L1 table, then refcount decreases (see {@link Refcounts}). One lock serialises requests.
+ */
+final class Qcow2Node implements CheckableNode, SnapshotNode {
+    static final long L1_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
+    static final long L2_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
+    static final long COPIED = 1L << 63;
+    static final long COMPRESSED = 1L << 62;
+    static final long ZERO_FLAG = 1L;
+    static final long ALL_SUBCLUSTERS = 0xffff_ffffL;
+
+    /** Kinds of guest ranges, as the mapping sees them. */
+    static final int UNALLOCATED = 0;
+    static final int ZERO = 1;
+    static final int DATA = 2;
+    static final int COMPRESSED_DATA = 3;
+
+    /** A run of guest bytes with one kind of content; {@code host} is where DATA lives (or -1). */
+    record Run(int kind, long host, long length) {
+    }
+
+    private final ReentrantLock lock = new ReentrantLock();
+    private final HostFile file;
+    private final BlockNode backing;
+    private final boolean readOnly;
+    private Qcow2Header header;
+    private final int clusterBits;
+    private final int clusterSize;
+    private final int l2Bits;
+    private final boolean extL2;
+    private final int subclusterBits;
+    private long size;
+    private long l1Offset;
+    private long[] l1;
+    private final BitSet l1DirtyClusters = new BitSet();
+    private final Refcounts refcounts;
+    private final L2Cache l2;
+    private final Compression compression;
+    private long cachedCompressedGuest = -1;
+    private final byte[] cachedCompressed;
+    private boolean closed;
+
+    Qcow2Node(HostFile file, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes)
+            throws BlockException {
+        this.file = file;
+        this.header = h;
+        this.backing = backing;
+        this.readOnly = readOnly;
+        this.clusterBits = h.clusterBits();
+        this.clusterSize = h.clusterSize();
+        this.extL2 = h.extendedL2();
+        this.l2Bits = clusterBits - (extL2 ? 4 : 3);
+        this.subclusterBits = clusterBits - 5;
+        this.size = h.size();
+        this.l1Offset = h.l1TableOffset();
+        this.compression = new Compression(clusterBits, h.compressionType());
+        this.cachedCompressed = new byte[clusterSize];
+        this.l1 = readL1(h.l1TableOffset(), h.l1Size());
+        this.refcounts = new Refcounts(file, h, this::refcountTableMoved);
+        this.l2 = new L2Cache(file, clusterSize, l2CacheBytes, this::evictL2);
+    }
+
+    private long[] readL1(long offset, int entries) throws BlockException {
+        long[] t = new long[entries];
+        if (entries > 0) {
+            file.read(offset, entries * 8, "L1 table").asLongBuffer().get(t);
+        }
+        return t;
+    }
+
+    Qcow2Header header() {
+        return header;
+    }
+
+    HostFile hostFile() {
+        return file;
+    }
+
+    Refcounts refcounts() {
+        return refcounts;
+    }
+
+    long[] activeL1() {
+        return l1;
+    }
+
+    long activeL1Offset() {
+        return l1Offset;
+    }
+
+    Compression compression() {
+        return compression;
+    }
+
+    L2Cache.Table l2Table(long offset) throws BlockException {
+        return l2.get(offset);
+    }
+
+    // ---- opening-time fixes -----------------------------------------------------------------
+
+    /** Clears autoclear bits we do not maintain (the spec requires it before writing). */
+    void clearUnknownAutoclear() throws BlockException {
+        long keep = header.autoclearFeatures() & Qcow2Header.AUTOCLEAR_KNOWN;
+        if (header.version() >= 3 && keep != header.autoclearFeatures()) {
+            file.write(88, ByteBuffer.allocate(8).putLong(0, keep));
+            file.flush();
+            header = withFeatures(header.incompatibleFeatures(), keep);
+        }
+    }
+
+    /** Writes the incompatible feature bits (dirty, corrupt ...). */
+    void writeIncompatible(long bits) throws BlockException {
+        file.write(72, ByteBuffer.allocate(8).putLong(0, bits));
+        file.flush();
+        header = withFeatures(bits, header.autoclearFeatures());
+    }
+
+    private Qcow2Header withFeatures(long incompat, long autoclear) {
+        Qcow2Header h = header;
+        return new Qcow2Header(h.version(), h.backingFileOffset(), h.backingFileSize(), h.clusterBits(), size,
+                h.cryptMethod(), l1.length, l1Offset, refcounts.tableOffset(), refcounts.tableClusters(),
+                h.nbSnapshots(), h.snapshotsOffset(), incompat, h.compatibleFeatures(), autoclear,
+                h.refcountOrder(), h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(),
+                h.dataFile(), h.featureNames(), h.unknownExtensions());
+    }
+
+    private void refcountTableMoved(long offset, int clusters) throws BlockException {
+        ByteBuffer b = ByteBuffer.allocate(12).putLong(offset).putInt(clusters).flip();
+        file.write(48, b);
+    }
+
+    // ---- mapping ------------------------------------------------------------------------------
+
+    private long l1Index(long guest) {
+        return guest >>> (clusterBits + l2Bits);
+    }
+
+    private int l2Index(long guest) {
+        return (int) ((guest >>> clusterBits) & ((1L << l2Bits) - 1));
+    }
+
+    /** The L2 table for a guest offset, or null when its L1 entry is empty. */
+    private L2Cache.Table l2For(long guest) throws BlockException {
+        long i = l1Index(guest);
+        if (i >= l1.length) {
+            return null;
+        }
+        long off = l1[(int) i] & L1_OFFSET_MASK;
+        if (off == 0) {
+            return null;
+        }
+        return l2.get(off);
+    }
+
+    private long word(L2Cache.Table t, int idx) {
+        return t.words[extL2 ? 2 * idx : idx];
+    }
+
+    private long bitmap(L2Cache.Table t, int idx) {
+        return extL2 ? t.words[2 * idx + 1] : 0;
+    }
+
+    private long hostOf(long w, long guest) throws BlockException {
+        long host = w & L2_OFFSET_MASK;
+        if ((host & (clusterSize - 1)) != 0) {
+            throw Qcow2Header.corrupt("Cluster allocation offset " + host + " for guest offset " + guest
+                    + " is unaligned (L2 entry 0x" + Long.toHexString(w) + ")");
+        }
+        return host;
+    }
+
+    /** What lies at {@code guest}, up to the end of its cluster (or subcluster run), at most {@code max} bytes. */
+    private Run classify(long guest, long max) throws BlockException {
+        long inCluster = guest & (clusterSize - 1);
+        L2Cache.Table t = l2For(guest);
+        if (t == null) {
+            long regionEnd = (l1Index(guest) + 1) << (clusterBits + l2Bits);
+            long span = regionEnd <= 0 ? max : regionEnd - guest;
+            return new Run(UNALLOCATED, -1, Math.min(span, max));
+        }
+        int idx = l2Index(guest);
+        long w = word(t, idx);
+        long toClusterEnd = Math.min(clusterSize - inCluster, max);
+        if ((w & COMPRESSED) != 0) {
+            return new Run(COMPRESSED_DATA, -1, toClusterEnd);
+        }
+        long host = hostOf(w, guest);
+        if (!extL2) {
+            if ((w & ZERO_FLAG) != 0) {
+                return new Run(ZERO, host == 0 ? -1 : host + inCluster, toClusterEnd);
+            }
+            if (host == 0) {
+                return new Run(UNALLOCATED, -1, toClusterEnd);
+            }
+            return new Run(DATA, host + inCluster, toClusterEnd);
+        }
+        long bm = bitmap(t, idx);
+        int sc = (int) (inCluster >>> subclusterBits);
+        int kind = subclusterKind(bm, sc);
+        if (kind == DATA && host == 0) {
+            throw Qcow2Header.corrupt("Subcluster of guest offset " + guest + " is allocated without a host cluster");
+        }
+        int end = sc + 1;
+        while (end < 32 && subclusterKind(bm, end) == kind) {
+            end++;
+        }
+        long span = Math.min(((long) end << subclusterBits) - inCluster, max);
+        return new Run(kind, kind == DATA ? host + inCluster : -1, span);
+    }
+
+    private static int subclusterKind(long bm, int sc) {
+        if ((bm >>> sc & 1) != 0) {
+            return DATA;
+        }
+        if ((bm >>> (32 + sc) & 1) != 0) {
+            return ZERO;
+        }
+        return UNALLOCATED;
+    }
+
+    /** Like {@link #classify} but merges following clusters of the same kind (contiguous for DATA). */
+    private Run map(long guest, long max) throws BlockException {
+        Run r = classify(guest, max);
+        long len = r.length();
+        if (r.kind() == COMPRESSED_DATA) {
+            return r;
+        }
+        while (len < max) {
+            Run n = classify(guest + len, max - len);
+            if (n.kind() != r.kind()) {
+                break;
+            }
+            if (r.kind() == DATA && n.host() != r.host() + len) {
+                break;
+            }
+            if (r.kind() == ZERO && (r.host() < 0) != (n.host() < 0)) {
+                break;
+            }
+            len += n.length();
+        }
+        return new Run(r.kind(), r.host(), len);
+    }
+
+    // ---- BlockNode ---------------------------------------------------------------------------
+
+    @Override
+    public long size() {
+        return size;
+    }
+
+    @Override
+    public Capabilities capabilities() {
+        Support rw = readOnly ? Support.NONE : Support.NATIVE;
+        return Capabilities.builder().with(Feature.WRITE, rw).with(Feature.FLUSH, Support.NATIVE)
+                .with(Feature.WRITE_ZEROES, rw).with(Feature.DISCARD, rw)
+                .with(Feature.BLOCK_STATUS, Support.NATIVE).with(Feature.RESIZE, rw).build();
+    }
+
+    @Override
+    public boolean hasZeroInit() {
+        return backing == null;
+    }
+
+    @Override
+    public void read(long offset, ByteBuffer dst) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            readLocked(offset, dst);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private void readLocked(long offset, ByteBuffer dst) throws BlockException {
+        long guest = offset;
+        while (dst.hasRemaining()) {
+            Run r = map(guest, dst.remaining());
+            int n = (int) r.length();
+            ByteBuffer part = dst.slice(dst.position(), n);
+            switch (r.kind()) {
+                case DATA -> file.read(r.host(), part, "Data cluster for guest offset " + guest);
+                case ZERO -> fillZero(part);
+                case COMPRESSED_DATA -> {
+                    byte[] c = decompressCluster(guest);
+                    part.put(c, (int) (guest & (clusterSize - 1)), n);
+                }
+                default -> readBacking(guest, part);
+            }
+            dst.position(dst.position() + n);
+            guest += n;
+        }
+    }
+
+    private static void fillZero(ByteBuffer b) {
+        while (b.hasRemaining()) {
+            int n = Math.min(b.remaining(), ZEROES.length);
+            b.put(ZEROES, 0, n);
+        }
+    }
+
+    private static final byte[] ZEROES = new byte[64 * 1024];
+
+    private void readBacking(long guest, ByteBuffer part) throws BlockException {
+        long bsize = backing == null ? 0 : backing.size();
+        int fromBacking = (int) Math.max(0, Math.min(part.remaining(), bsize - guest));
+        if (fromBacking > 0) {
+            backing.read(guest, part.slice(part.position(), fromBacking));
+        }
+        part.position(part.position() + fromBacking);
+        fillZero(part);
+    }
+
+    private byte[] decompressCluster(long guest) throws BlockException {
+        long cluster = guest >>> clusterBits;
+        if (cachedCompressedGuest == cluster) {
+            return cachedCompressed;
+        }
+        L2Cache.Table t = l2For(guest);
+        long w = word(t, l2Index(guest));
+        long host = compression.hostOffset(w);
+        int len = compression.compressedLength(w);
+        if (host >= file.size()) {
+            throw Qcow2Header.corrupt("Compressed cluster for guest offset " + guest + " starts at " + host
+                    + ", beyond the end of the file");
+        }
+        ByteBuffer src = ByteBuffer.allocate(len);
+        int got = file.readClamped(host, src);
+        cachedCompressedGuest = -1;
+        compression.decompress(src.array(), got, cachedCompressed, guest & -clusterSize);
+        cachedCompressedGuest = cluster;
+        return cachedCompressed;
+    }
+
+    @Override
+    public BlockStatus blockStatus(long offset, long length) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            Run r = map(offset, length);
+            return switch (r.kind()) {
+                case DATA -> new BlockStatus(offset, r.length(), BlockStatus.DATA | BlockStatus.ALLOCATED, r.host(),
+                        file.node());
+                case ZERO -> new BlockStatus(offset, r.length(), BlockStatus.ZERO | BlockStatus.ALLOCATED,
+                        r.host(), r.host() < 0 ? null : file.node());
+                case COMPRESSED_DATA -> new BlockStatus(offset, r.length(), BlockStatus.DATA | BlockStatus.ALLOCATED,
+                        -1, null);
+                default -> new BlockStatus(offset, r.length(), backing == null ? BlockStatus.ZERO : 0, -1, null);
+            };
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    // ---- writing ------------------------------------------------------------------------------
+
+    private void checkWritable() throws BlockException {
+        if (readOnly) {
+            throw new BlockException(Reason.READ_ONLY, "qcow2 image is opened read-only");
+        }
+    }
+
+    private void checkOpen() throws BlockException {
+        if (closed) {
+            throw new BlockException(Reason.CLOSED, "qcow2 node is closed");
+        }
+    }
+
+    /** The L2 table for {@code guest}, allocated or copied (if shared) so that it may be changed. */
+    private L2Cache.Table l2ForWrite(long guest) throws BlockException {
+        int i = (int) l1Index(guest);
+        long e = l1[i];
+        long off = e & L1_OFFSET_MASK;
+        L2Cache.Table t;
+        if (off == 0) {
+            long n = refcounts.allocate(1);
+            t = l2.create(n);
+            l1[i] = n | COPIED;
+            markL1Dirty(i);
+        } else if ((e & COPIED) == 0) {
+            // Shared with a snapshot: copy on write, drop our reference to the old table later.
+            L2Cache.Table old = l2.get(off);
+            long n = refcounts.allocate(1);
+            t = l2.create(n);
+            System.arraycopy(old.words, 0, t.words, 0, old.words.length);
+            l1[i] = n | COPIED;
+            markL1Dirty(i);
+            refcounts.queueFree(off, clusterSize);
+        } else {
+            t = l2.get(off);
+        }
+        return t;
+    }
+
+    private void markL1Dirty(int index) {
+        l1DirtyClusters.set((int) ((long) index * 8 >>> clusterBits));
+    }
+
+    private void setEntry(L2Cache.Table t, int idx, long w, long bm) {
+        if (extL2) {
+            t.words[2 * idx] = w;
+            t.words[2 * idx + 1] = bm;
+        } else {
+            t.words[idx] = w;
+        }
+        t.dirty = true;
+    }
+
+    /** Queues the release of whatever host space an L2 entry holds. */
+    private void releaseEntry(long w) {
+        if ((w & COMPRESSED) != 0) {
+            refcounts.queueFree(compression.refStart(w), compression.refLength(w));
+        } else {
+            long host = w & L2_OFFSET_MASK;
+            if (host != 0) {
+                refcounts.queueFree(host, clusterSize);
+            }
+        }
+    }
+
+    @Override
+    public void write(long offset, ByteBuffer src, int flags) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            writeLocked(offset, src);
+            if ((flags & FUA) != 0) {
+                flushLocked();
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private void writeLocked(long offset, ByteBuffer src) throws BlockException {
+        long guest = offset;
+        long runHost = -1;
+        int runStart = src.position();
+        int runLen = 0;
+        while (src.hasRemaining()) {
+            int inCluster = (int) (guest & (clusterSize - 1));
+            int n = Math.min(src.remaining(), clusterSize - inCluster);
+            L2Cache.Table t = l2ForWrite(guest);
+            int idx = l2Index(guest);
+            long w = word(t, idx);
+            long host = (w & COMPRESSED) != 0 ? 0 : hostOf(w, guest);
+            boolean inPlace = (w & COMPRESSED) == 0 && host != 0 && (w & COPIED) != 0
+                    && (extL2 ? bitmap(t, idx) == ALL_SUBCLUSTERS : (w & ZERO_FLAG) == 0);
+            long target;
+            if (inPlace) {
+                target = host + inCluster;
+            } else {
+                boolean reuse = (w & COMPRESSED) == 0 && host != 0 && (w & COPIED) != 0;
+                byte[] whole = null;
+                if (n < clusterSize) {
+                    // Copy on write: the rest of the cluster comes from what the guest sees now.
+                    whole = new byte[clusterSize];
+                    long cStart = guest - inCluster;
+                    int valid = (int) Math.min(clusterSize, size - cStart);
+                    readLocked(cStart, ByteBuffer.wrap(whole, 0, valid));
+                    src.get(src.position(), whole, inCluster, n);
+                }
+                long newHost = reuse ? host : refcounts.allocate(1);
+                if (!reuse) {
+                    releaseEntry(w);
+                }
+                if ((w & COMPRESSED) != 0 && cachedCompressedGuest == guest >>> clusterBits) {
+                    cachedCompressedGuest = -1;
+                }
+                setEntry(t, idx, newHost | COPIED, ALL_SUBCLUSTERS);
+                if (whole != null) {
+                    if (runLen > 0) {
+                        file.write(runHost, src.slice(runStart, runLen));
+                        runLen = 0;
+                    }
+                    file.write(newHost, ByteBuffer.wrap(whole));
+                    src.position(src.position() + n);
+                    guest += n;
+                    runStart = src.position();
+                    continue;
+                }
+                target = newHost;
+            }
+            if (runLen > 0 && runHost + runLen != target) {
+                file.write(runHost, src.slice(runStart, runLen));
+                runLen = 0;
+            }
+            if (runLen == 0) {
+                runHost = target;
+                runStart = src.position();
+            }
+            runLen += n;
+            src.position(src.position() + n);
+            guest += n;
+        }
+        if (runLen > 0) {
+            file.write(runHost, src.slice(runStart, runLen));
+        }
+    }
+
+    @Override
+    public void writeZeroes(long offset, long length, int flags) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            long guest = offset;
+            long end = offset + length;
+            while (guest < end) {
+                long inCluster = guest & (clusterSize - 1);
+                long n = Math.min(end - guest, clusterSize - inCluster);
+                boolean whole = inCluster == 0 && (n == clusterSize || guest + n == size);
+                if (!whole || !zeroCluster(guest, (flags & MAY_UNMAP) != 0)) {
+                    if (!readsAsZero(guest, n)) {
+                        writeLocked(guest, ByteBuffer.allocate((int) n));
+                    }
+                }
+                guest += n;
+            }
+            if ((flags & FUA) != 0) {
+                flushLocked();
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private boolean readsAsZero(long guest, long n) throws BlockException {
+        Run r = map(guest, n);
+        return r.length() >= n && (r.kind() == ZERO || r.kind() == UNALLOCATED && backing == null);
+    }
+
+    /** Makes one whole cluster read as zeroes through metadata alone; false if the format cannot. */
+    private boolean zeroCluster(long guest, boolean mayUnmap) throws BlockException {
+        if (header.version() < 3) {
+            if (backing != null) {
+                return false;
+            }
+            return makeUnallocated(guest);
+        }
+        L2Cache.Table current = l2For(guest);
+        if (backing == null && (current == null
+                || word(current, l2Index(guest)) == 0 && bitmap(current, l2Index(guest)) == 0)) {
+            return true; // unallocated without a backing file already reads as zeroes
+        }
+        L2Cache.Table t = l2ForWrite(guest);
+        int idx = l2Index(guest);
+        long w = word(t, idx);
+        long host = (w & COMPRESSED) != 0 ? 0 : hostOf(w, guest);
+        boolean keep = !mayUnmap && host != 0 && (w & COPIED) != 0;
+        if (!keep) {
+            releaseEntry(w);
+        }
+        if ((w & COMPRESSED) != 0) {
+            cachedCompressedGuest = -1;
+        }
+        long base = keep ? host | COPIED : 0;
+        if (extL2) {
+            setEntry(t, idx, base, ALL_SUBCLUSTERS << 32);
+        } else {
+            setEntry(t, idx, base | ZERO_FLAG, 0);
+        }
+        return true;
+    }
+
+    /** Drops the mapping of one whole cluster (reads go to the backing file afterwards). */
+    private boolean makeUnallocated(long guest) throws BlockException {
+        if (l2For(guest) == null) {
+            return true;
+        }
+        L2Cache.Table t = l2ForWrite(guest);
+        int idx = l2Index(guest);
+        long w = word(t, idx);
+        if (w == 0 && bitmap(t, idx) == 0) {
+            return true;
+        }
+        releaseEntry(w);
+        if ((w & COMPRESSED) != 0) {
+            cachedCompressedGuest = -1;
+        }
+        setEntry(t, idx, 0, 0);
+        return true;
+    }
+
+    @Override
+    public void discard(long offset, long length) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            long guest = (offset + clusterSize - 1) & -clusterSize;
+            long end = offset + length == size ? size : (offset + length) & -clusterSize;
+            while (guest < end) {
+                if (header.version() >= 3 && backing != null) {
+                    zeroCluster(guest, true);
+                } else {
+                    makeUnallocated(guest);
+                }
+                guest += clusterSize;
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void flush() throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            if (!readOnly) {
+                flushLocked();
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    /** Writes cached metadata in crash-safe order and makes it durable. */
+    void flushLocked() throws BlockException {
+        List<L2Cache.Table> dirtyL2 = l2.dirtyTables();
+        boolean l1Dirty = !l1DirtyClusters.isEmpty();
+        if (refcounts.dirty()) {
+            refcounts.writeIncreases(); // also makes the data written so far durable
+        } else if (!dirtyL2.isEmpty() || l1Dirty) {
+            file.flush();
+        }
+        if (!dirtyL2.isEmpty()) {
+            for (L2Cache.Table t : dirtyL2) {
+                l2.write(t);
+            }
+            file.flush();
+        }
+        if (l1Dirty) {
+            writeL1();
+            file.flush();
+        }
+        refcounts.applyQueuedFrees();
+        file.flush();
+    }
+
+    private void writeL1() throws BlockException {
+        int perCluster = clusterSize / 8;
+        for (int c = l1DirtyClusters.nextSetBit(0); c >= 0; c = l1DirtyClusters.nextSetBit(c + 1)) {
+            int from = c * perCluster;
+            int to = Math.min(l1.length, from + perCluster);
+            ByteBuffer b = ByteBuffer.allocate((to - from) * 8);
+            for (int i = from; i < to; i++) {
+                b.putLong(l1[i]);
+            }
+            file.write(l1Offset + (long) from * 8, b.flip());
+        }
+        l1DirtyClusters.clear();
+    }
+
+    private void evictL2(L2Cache.Table t) throws BlockException {
+        refcounts.writeIncreases();
+        file.flush();
+        l2.write(t);
+    }
+
+    @Override
+    public void truncate(long newSize, boolean exact, Preallocation prealloc) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            if (prealloc != Preallocation.OFF && prealloc != null) {
+                throw BlockException.unsupported("qcow2 resize with preallocation=" + prealloc.qemuName());
+            }
+            if (newSize < size) {
+                throw BlockException.unsupported("Shrinking qcow2 images");
+            }
+            if (header.nbSnapshots() > 0) {
+                throw BlockException.unsupported("Resizing qcow2 images with internal snapshots");
+            }
+            newSize = (newSize + 511) & ~511L;
+            long need = Qcow2Header.l1EntriesFor(newSize, clusterBits, extL2);
+            if (need * 8 > Qcow2Header.MAX_L1_BYTES) {
+                throw BlockException.invalid("qcow2: the image size is too large for the cluster size");
+            }
+            flushLocked();
+            if (need > l1.length) {
+                growL1((int) need);
+            }
+            file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
+            file.flush();
+            size = newSize;
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    /** Moves the L1 table to a bigger, contiguous place; the old one is freed afterwards. */
+    private void growL1(int entries) throws BlockException {
+        int clusters = (int) Qcow2Header.ceilShift((long) entries * 8, clusterBits);
+        long newOffset = refcounts.allocate(clusters);
+        long[] n = java.util.Arrays.copyOf(l1, entries);
+        ByteBuffer b = ByteBuffer.allocate(clusters * clusterSize);
+        for (long e : n) {
+            b.putLong(e);
+        }
+        refcounts.writeIncreases();
+        file.write(newOffset, b.flip());
+        file.flush();
+        ByteBuffer hdr = ByteBuffer.allocate(12).putInt(entries).putLong(newOffset).flip();
+        file.write(36, hdr);
+        file.flush();
+        long oldOffset = l1Offset;
+        long oldBytes = (long) l1.length * 8;
+        l1 = n;
+        l1Offset = newOffset;
+        if (oldBytes > 0) {
+            refcounts.queueFree(oldOffset, (oldBytes + clusterSize - 1) & -clusterSize);
+        }
+        refcounts.applyQueuedFrees();
+    }
+
+    /** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster. */
+    void preallocateMetadata() throws BlockException {
+        lock.lock();
+        try {
+            long last = 0;
+            for (long guest = 0; guest < size; guest += clusterSize) {
+                L2Cache.Table t = l2ForWrite(guest);
+                int idx = l2Index(guest);
+                if (word(t, idx) != 0) {
+                    continue;
+                }
+                long host = refcounts.allocate(1);
+                setEntry(t, idx, host | COPIED, ALL_SUBCLUSTERS);
+                last = Math.max(last, host + clusterSize);
+            }
+            file.ensureSize(last);
+            flushLocked();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    // ---- info, check, snapshots ---------------------------------------------------------------
+
+    @Override
+    public long allocatedSize() throws BlockException {
+        return file.node().allocatedSize();
+    }
+
+    @Override
+    public Map<String, Object> info() throws BlockException {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("cluster-size", (long) clusterSize);
+        Map<String, Object> data = new LinkedHashMap<>();
+        data.put("compat", header.version() >= 3 ? "1.1" : "0.10");
+        data.put("compression-type", header.compressionType() == Qcow2Header.COMPRESSION_ZSTD ? "zstd" : "zlib");
+        if (header.version() >= 3) {
+            data.put("lazy-refcounts", header.lazyRefcounts());
+        }
+        data.put("refcount-bits", (long) header.refcountBits());
+        if (header.version() >= 3) {
+            data.put("corrupt", header.corrupt());
+            data.put("extended-l2", extL2);
+        }
+        Map<String, Object> fs = new LinkedHashMap<>();
+        fs.put("type", "qcow2");
+        fs.put("data", data);
+        m.put("format-specific", fs);
+        if (header.backingFile() != null) {
+            m.put("backing-filename", header.backingFile());
+            if (header.backingFormat() != null) {
+                m.put("backing-filename-format", header.backingFormat());
+            }
+        }
+        m.put("dirty-flag", header.dirty());
+        List<Snapshot> snaps = snapshotsLocked();
+        if (!snaps.isEmpty()) {
+            List<Object> list = new ArrayList<>();
+            for (Snapshot s : snaps) {
+                Map<String, Object> e = new LinkedHashMap<>();
+                e.put("icount", s.icount());
+                e.put("vm-clock-nsec", s.vmClockNsec());
+                e.put("name", s.name());
+                e.put("date-sec", s.dateSec());
+                e.put("date-nsec", s.dateNsec());
+                e.put("vm-clock-sec", s.vmClockNsec() / 1_000_000_000L);
+                e.put("id", s.id());
+                e.put("vm-state-size", s.vmStateSize());
+                list.add(e);
+            }
+            m.put("snapshots", list);
+        }
+        return m;
+    }
+
+    @Override
+    public CheckResult check(CheckResult.Repair repair) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            if (repair != CheckResult.Repair.NONE) {
+                checkWritable();
+            }
+            if (!readOnly) {
+                flushLocked();
+            }
+            return new Qcow2Check(this).run(repair);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    List<Snapshots.Entry> snapshotEntries() throws BlockException {
+        if (header.nbSnapshots() == 0) {
+            return List.of();
+        }
+        return Snapshots.read(file, header, new long[1]);
+    }
+
+    @Override
+    public List<Snapshot> snapshots() throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            return snapshotsLocked();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private List<Snapshot> snapshotsLocked() throws BlockException {
+        List<Snapshot> out = new ArrayList<>();
+        for (Snapshots.Entry e : snapshotEntries()) {
+            out.add(new Snapshot(e.id(), e.name(), e.vmStateSize(), e.dateSec(), e.dateNsec(), e.vmClockNsec(),
+                    e.icount()));
+        }
+        return out;
+    }
+
+    @Override
+    public void createSnapshot(String name) throws BlockException {
+        throw BlockException.unsupported("Creating qcow2 internal snapshots");
+    }
+
+    @Override
+    public void applySnapshot(String nameOrId) throws BlockException {
+        throw BlockException.unsupported("Applying qcow2 internal snapshots");
+    }
+
+    @Override
+    public void deleteSnapshot(String nameOrId) throws BlockException {
+        throw BlockException.unsupported("Deleting qcow2 internal snapshots");
+    }
+
+    @Override
+    public void close() throws BlockException {
+        lock.lock();
+        try {
+            if (closed) {
+                return;
+            }
+            if (!readOnly) {
+                flushLocked();
+            }
+            closed = true;
+            l2.clear();
+        } finally {
+            lock.unlock();
+        }
+    }
+}

@@ -1,0 +1,450 @@
+package org.blockhaus.format.qcow2;
+
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import org.blockhaus.api.BlockException;
+
+/**
+ * Host cluster management: the two-level refcount structure (refcount table, refcount blocks),
+ * cluster allocation, and the write ordering that keeps a killed writer from corrupting the image.
+ *
+ * <p>Increases are cached and written before any L2 entry that uses them ({@link #writeIncreases});
+ * decreases are only queued ({@link #queueFree}) and applied after the L2/L1 tables that stopped
+ * using the clusters are on disk ({@link #applyQueuedFrees}). Either way a crash between the steps
+ * leaves leaked clusters at worst, never a referenced cluster with refcount 0.
+ */
+final class Refcounts {
+    private final HostFile file;
+    private final int clusterBits;
+    private final int clusterSize;
+    private final int refcountBits;
+    private final long maxRefcount;
+    /** Refcount entries per refcount block. */
+    private final int blockEntries;
+    private final int blockEntryBits;
+
+    private long tableOffset;
+    private int tableClusters;
+    private long[] table;
+    private boolean tableDirty;
+    private final Map<Long, Block> blocks = new HashMap<>();
+    private final List<long[]> queuedFrees = new ArrayList<>();
+    /** No cluster below this index is free. */
+    private long freeHint;
+
+    /** One refcount block in memory. */
+    private static final class Block {
+        final long offset;
+        final byte[] data;
+        boolean dirty;
+
+        Block(long offset, byte[] data) {
+            this.offset = offset;
+            this.data = data;
+        }
+    }
+
+    /** Called when the refcount table moves, to rewrite the header fields that point to it. */
+    interface TableMoved {
+        void moved(long offset, int clusters) throws BlockException;
+    }
+
+    private final TableMoved tableMoved;
+
+    Refcounts(HostFile file, Qcow2Header h, TableMoved tableMoved) throws BlockException {
+        this.file = file;
+        this.clusterBits = h.clusterBits();
+        this.clusterSize = h.clusterSize();
+        this.refcountBits = h.refcountBits();
+        this.maxRefcount = refcountBits == 64 ? Long.MAX_VALUE : (1L << refcountBits) - 1;
+        this.blockEntries = clusterSize * 8 / refcountBits;
+        this.blockEntryBits = Integer.numberOfTrailingZeros(blockEntries);
+        this.tableOffset = h.refcountTableOffset();
+        this.tableClusters = h.refcountTableClusters();
+        this.tableMoved = tableMoved;
+        int n = (int) ((long) tableClusters * clusterSize / 8);
+        ByteBuffer t = file.read(tableOffset, n * 8, "Reference count table");
+        table = new long[n];
+        for (int i = 0; i < n; i++) {
+            table[i] = t.getLong();
+            if ((table[i] & 0x1ffL) != 0) {
+                throw Qcow2Header.corrupt("Reference count table entry " + i + " has reserved bits set");
+            }
+        }
+    }
+
+    int refcountBits() {
+        return refcountBits;
+    }
+
+    long tableOffset() {
+        return tableOffset;
+    }
+
+    int tableClusters() {
+        return tableClusters;
+    }
+
+    long[] table() {
+        return table;
+    }
+
+    int blockEntries() {
+        return blockEntries;
+    }
+
+    private Block block(int tableIndex) throws BlockException {
+        long off = table[tableIndex];
+        if (off == 0) {
+            return null;
+        }
+        Block b = blocks.get(off);
+        if (b == null) {
+            if ((off & (clusterSize - 1)) != 0) {
+                throw Qcow2Header.corrupt("Refcount block offset " + off + " is not cluster aligned");
+            }
+            ByteBuffer data = file.read(off, clusterSize, "Refcount block");
+            b = new Block(off, data.array());
+            blocks.put(off, b);
+        }
+        return b;
+    }
+
+    /** The refcount of host cluster {@code index}. */
+    long get(long index) throws BlockException {
+        long ti = index >>> blockEntryBits;
+        if (ti >= table.length) {
+            return 0;
+        }
+        Block b = block((int) ti);
+        return b == null ? 0 : entry(b.data, (int) (index & (blockEntries - 1)));
+    }
+
+    private long entry(byte[] d, int i) {
+        switch (refcountBits) {
+            case 1, 2, 4 -> {
+                int bitPos = i * refcountBits;
+                return (d[bitPos >>> 3] >>> (bitPos & 7)) & ((1 << refcountBits) - 1);
+            }
+            case 8 -> {
+                return Byte.toUnsignedLong(d[i]);
+            }
+            case 16 -> {
+                return ((d[2 * i] & 0xffL) << 8) | (d[2 * i + 1] & 0xffL);
+            }
+            case 32 -> {
+                return ByteBuffer.wrap(d).getInt(4 * i) & 0xffffffffL;
+            }
+            default -> {
+                return ByteBuffer.wrap(d).getLong(8 * i);
+            }
+        }
+    }
+
+    private void setEntry(byte[] d, int i, long v) {
+        switch (refcountBits) {
+            case 1, 2, 4 -> {
+                int bitPos = i * refcountBits;
+                int mask = ((1 << refcountBits) - 1) << (bitPos & 7);
+                d[bitPos >>> 3] = (byte) ((d[bitPos >>> 3] & ~mask) | ((int) v << (bitPos & 7)) & mask);
+            }
+            case 8 -> d[i] = (byte) v;
+            case 16 -> {
+                d[2 * i] = (byte) (v >>> 8);
+                d[2 * i + 1] = (byte) v;
+            }
+            case 32 -> ByteBuffer.wrap(d).putInt(4 * i, (int) v);
+            default -> ByteBuffer.wrap(d).putLong(8 * i, v);
+        }
+    }
+
+    /** Sets a refcount whose refcount block exists. */
+    private void set(long index, long value) throws BlockException {
+        long ti = index >>> blockEntryBits;
+        Block b = ti < table.length ? block((int) ti) : null;
+        if (b == null) {
+            throw new IllegalStateException("no refcount block for cluster " + index);
+        }
+        setEntry(b.data, (int) (index & (blockEntries - 1)), value);
+        b.dirty = true;
+    }
+
+    private boolean hasBlock(long index) {
+        long ti = index >>> blockEntryBits;
+        return ti < table.length && table[(int) ti] != 0;
+    }
+
+    /** Adds one reference to each cluster of {@code [index, index+count)}; blocks must exist. */
+    void increment(long index, long count) throws BlockException {
+        for (long i = index; i < index + count; i++) {
+            long v = get(i);
+            if (v >= maxRefcount) {
+                throw Qcow2Header.corrupt("Refcount of cluster " + i + " would overflow " + refcountBits + " bits");
+            }
+            set(i, v + 1);
+        }
+    }
+
+    /**
+     * Allocates {@code n} contiguous free clusters, creating refcount blocks (which count themselves)
+     * and growing the refcount table as needed. Returns the host offset of the first cluster.
+     */
+    long allocate(int n) throws BlockException {
+        while (true) {
+            long start = findFree(freeHint, n);
+            long missing = -1;
+            for (long ti = start >>> blockEntryBits; ti <= (start + n - 1) >>> blockEntryBits; ti++) {
+                if (ti >= table.length || table[(int) ti] == 0) {
+                    missing = ti;
+                    break;
+                }
+            }
+            if (missing < 0) {
+                for (long i = start; i < start + n; i++) {
+                    set(i, 1);
+                }
+                if (n == 1 || start == freeHint) {
+                    freeHint = start + n; // every cluster below a single-cluster find was in use
+                }
+                return start << clusterBits;
+            }
+            // The range needs a refcount block that does not exist yet: put it at 'start'.
+            if (missing >= table.length) {
+                growTable(missing + 1);
+                continue; // the table moved: look again
+            }
+            long blockOffset = start << clusterBits;
+            Block b = new Block(blockOffset, new byte[clusterSize]);
+            b.dirty = true;
+            blocks.put(blockOffset, b);
+            table[(int) missing] = blockOffset;
+            tableDirty = true;
+            // It counts itself if it covers 'start'; otherwise 'start' lies in an existing block.
+            set(start, 1);
+            file.ensureSize(blockOffset + clusterSize);
+        }
+    }
+
+    /** First index at or after {@code from} that begins {@code n} free clusters. */
+    private long findFree(long from, int n) throws BlockException {
+        long i = from;
+        long run = 0;
+        while (run < n) {
+            long ti = (i + run) >>> blockEntryBits;
+            if (ti >= table.length || table[(int) ti] == 0) {
+                // a whole missing block is free: skip across it
+                long blockEnd = (ti + 1) << blockEntryBits;
+                run = blockEnd - i;
+                if (ti >= table.length) {
+                    return i;
+                }
+                continue;
+            }
+            if (get(i + run) == 0) {
+                run++;
+            } else {
+                i = i + run + 1;
+                run = 0;
+            }
+        }
+        return i;
+    }
+
+    /** Moves the refcount table to a bigger place at the end of the used space. */
+    private void growTable(long minEntries) throws BlockException {
+        int perCluster = clusterSize / 8;
+        long entries = Math.max(minEntries + 1, (long) table.length * 3 / 2 + 1);
+        long used = highestUsedCluster() + 1;
+        long start = Math.max(used, Qcow2Header.ceilShift(file.size(), clusterBits));
+        while (true) {
+            long tClusters = (entries + perCluster - 1) / perCluster;
+            if (tClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+                throw new org.blockhaus.api.BlockException(org.blockhaus.api.BlockException.Reason.NO_SPACE,
+                        "qcow2: the reference count table would exceed " + Qcow2Header.MAX_REFTABLE_BYTES + " bytes");
+            }
+            // New blocks go right after the new table; each must be covered by the new table.
+            long end = start + tClusters;
+            long[] newTable = java.util.Arrays.copyOf(table, (int) (tClusters * perCluster));
+            List<Long> newBlocks = new ArrayList<>();
+            boolean fits = true;
+            for (long c = start; c < end; c++) {
+                long ti = c >>> blockEntryBits;
+                if (ti >= newTable.length) {
+                    fits = false;
+                    break;
+                }
+                if (newTable[(int) ti] == 0) {
+                    newTable[(int) ti] = end << clusterBits;
+                    newBlocks.add(end << clusterBits);
+                    end++;
+                }
+            }
+            if (!fits) {
+                entries = entries * 2;
+                continue;
+            }
+            for (long c = start; c < end; c++) {
+                if (get(c) != 0) {
+                    throw Qcow2Header.corrupt("cluster " + c + " past the end of the image has a refcount");
+                }
+            }
+            long oldOffset = tableOffset;
+            int oldClusters = tableClusters;
+            table = newTable;
+            for (long off : newBlocks) {
+                Block b = new Block(off, new byte[clusterSize]);
+                b.dirty = true;
+                blocks.put(off, b);
+            }
+            for (long c = start; c < end; c++) {
+                set(c, 1);
+            }
+            file.ensureSize(end << clusterBits);
+            tableOffset = start << clusterBits;
+            tableClusters = (int) tClusters;
+            // Blocks first, then the table, then the header that points to it.
+            writeBlocks();
+            file.flush();
+            writeTable();
+            file.flush();
+            tableMoved.moved(tableOffset, tableClusters);
+            file.flush();
+            queueFree(oldOffset, (long) oldClusters << clusterBits);
+            return;
+        }
+    }
+
+    private long highestUsedCluster() throws BlockException {
+        long hi = -1;
+        for (int ti = 0; ti < table.length; ti++) {
+            if (table[ti] != 0) {
+                hi = Math.max(hi, table[ti] >>> clusterBits);
+                Block b = block(ti);
+                for (int i = blockEntries - 1; i >= 0; i--) {
+                    if (entry(b.data, i) != 0) {
+                        hi = Math.max(hi, ((long) ti << blockEntryBits) + i);
+                        break;
+                    }
+                }
+            }
+        }
+        return hi;
+    }
+
+    /** Queues a decrease for every cluster touched by {@code [offset, offset+bytes)}. */
+    void queueFree(long offset, long bytes) {
+        if (bytes <= 0) {
+            return;
+        }
+        queuedFrees.add(new long[] {offset >>> clusterBits, (offset + bytes - 1) >>> clusterBits});
+    }
+
+    boolean hasQueuedFrees() {
+        return !queuedFrees.isEmpty();
+    }
+
+    boolean dirty() {
+        if (tableDirty) {
+            return true;
+        }
+        for (Block b : blocks.values()) {
+            if (b.dirty) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Step 1 of a flush: every increase (and new block) on disk before the L2 entries using it. */
+    void writeIncreases() throws BlockException {
+        if (!dirty()) {
+            return;
+        }
+        writeBlocks();
+        file.flush();
+        if (tableDirty) {
+            writeTable();
+            file.flush();
+        }
+    }
+
+    /** Last step of a flush: the decreases, now that no table on disk refers to those clusters. */
+    void applyQueuedFrees() throws BlockException {
+        if (queuedFrees.isEmpty()) {
+            return;
+        }
+        for (long[] r : queuedFrees) {
+            for (long i = r[0]; i <= r[1]; i++) {
+                if (!hasBlock(i)) {
+                    continue;
+                }
+                long v = get(i);
+                if (v > 0) {
+                    set(i, v - 1);
+                    if (v == 1) {
+                        freeHint = Math.min(freeHint, i);
+                    }
+                }
+            }
+        }
+        queuedFrees.clear();
+        writeBlocks();
+        file.flush();
+    }
+
+    private void writeBlocks() throws BlockException {
+        List<Block> dirty = new ArrayList<>();
+        for (Block b : blocks.values()) {
+            if (b.dirty) {
+                dirty.add(b);
+            }
+        }
+        dirty.sort((a, b) -> Long.compare(a.offset, b.offset));
+        for (Block b : dirty) {
+            file.write(b.offset, b.data.clone());
+            b.dirty = false;
+        }
+    }
+
+    private void writeTable() throws BlockException {
+        ByteBuffer t = ByteBuffer.allocate(tableClusters * clusterSize);
+        for (long e : table) {
+            t.putLong(e);
+        }
+        t.flip();
+        file.write(tableOffset, t);
+        tableDirty = false;
+    }
+
+    /** Sets a refcount directly (check repair); creates no blocks. Returns false if the block is missing. */
+    boolean repairSet(long index, long value) throws BlockException {
+        if (!hasBlock(index)) {
+            return false;
+        }
+        set(index, Math.min(value, maxRefcount));
+        if (value == 0) {
+            freeHint = Math.min(freeHint, index);
+        }
+        return true;
+    }
+
+    void writeAll() throws BlockException {
+        writeBlocks();
+        if (tableDirty) {
+            writeTable();
+        }
+        file.flush();
+    }
+
+    /** Clusters with a refcount block, i.e. the clusters the table can describe right now. */
+    long coveredClusters() {
+        return (long) table.length << blockEntryBits;
+    }
+
+    void setFreeHint(long hint) {
+        freeHint = hint;
+    }
+}

@@ -1,0 +1,82 @@
+package org.blockhaus.format.qcow2;
+
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+import org.blockhaus.api.BlockException;
+
+/**
+ * The internal snapshot table (spec: "Snapshots"): variable-length entries, each with its own L1
+ * table. Parsing is bounded by the header's count and the file size.
+ */
+final class Snapshots {
+    /** One snapshot table entry. */
+    record Entry(long l1TableOffset, int l1Size, String id, String name, long dateSec, long dateNsec,
+            long vmClockNsec, long vmStateSize, long diskSize, long icount) {
+    }
+
+    /** Largest snapshot table qemu accepts. */
+    static final long MAX_TABLE_BYTES = 64L << 20;
+    static final int MAX_EXTRA = 1024;
+
+    private Snapshots() {
+    }
+
+    /** Reads the table; returns the entries and, through {@code tableBytes[0]}, its size in bytes. */
+    static List<Entry> read(HostFile file, Qcow2Header h, long[] tableBytes) throws BlockException {
+        List<Entry> out = new ArrayList<>();
+        long pos = h.snapshotsOffset();
+        long total = 0;
+        for (int i = 0; i < h.nbSnapshots(); i++) {
+            ByteBuffer fixed = file.read(pos, 40, "Snapshot table entry " + i);
+            long l1Offset = fixed.getLong(0);
+            long l1Size = Integer.toUnsignedLong(fixed.getInt(8));
+            int idLen = Short.toUnsignedInt(fixed.getShort(12));
+            int nameLen = Short.toUnsignedInt(fixed.getShort(14));
+            long dateSec = Integer.toUnsignedLong(fixed.getInt(16));
+            long dateNsec = Integer.toUnsignedLong(fixed.getInt(20));
+            long vmClock = fixed.getLong(24);
+            long vmState = Integer.toUnsignedLong(fixed.getInt(32));
+            long extraLen = Integer.toUnsignedLong(fixed.getInt(36));
+            if (extraLen > MAX_EXTRA) {
+                throw Qcow2Header.corrupt("Snapshot " + i + " has " + extraLen + " bytes of extra data (at most "
+                        + MAX_EXTRA + ")");
+            }
+            long entryLen = 40 + extraLen + idLen + nameLen;
+            entryLen = (entryLen + 7) & ~7L;
+            total += entryLen;
+            if (total > MAX_TABLE_BYTES) {
+                throw Qcow2Header.corrupt("Snapshot table is larger than " + MAX_TABLE_BYTES + " bytes");
+            }
+            ByteBuffer rest = file.read(pos + 40, (int) (extraLen + idLen + nameLen), "Snapshot table entry " + i);
+            long diskSize = h.size();
+            long icount = -1;
+            if (extraLen >= 8) {
+                vmState = rest.getLong(0);
+            }
+            if (extraLen >= 16) {
+                diskSize = rest.getLong(8);
+            }
+            if (extraLen >= 24) {
+                icount = rest.getLong(16);
+            }
+            byte[] id = new byte[idLen];
+            rest.get((int) extraLen, id);
+            byte[] name = new byte[nameLen];
+            rest.get((int) extraLen + idLen, name);
+            if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES) {
+                throw Qcow2Header.corrupt("Snapshot " + i + " L1 table too large: " + l1Size + " entries");
+            }
+            if (l1Size > 0) {
+                Qcow2Header.checkTable("Snapshot " + i + " L1 table", l1Offset, l1Size * 8, h.clusterSize(),
+                        file.size());
+            }
+            out.add(new Entry(l1Offset, (int) l1Size, new String(id, StandardCharsets.UTF_8),
+                    new String(name, StandardCharsets.UTF_8), dateSec, dateNsec, vmClock, vmState, diskSize, icount));
+            pos += entryLen;
+        }
+        tableBytes[0] = total;
+        return out;
+    }
+}

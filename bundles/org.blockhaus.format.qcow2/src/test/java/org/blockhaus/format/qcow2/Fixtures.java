@@ -1,0 +1,69 @@
+package org.blockhaus.format.qcow2;
+
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockService.OpenMode;
+import org.blockhaus.api.Image;
+import org.blockhaus.api.Options;
+import org.blockhaus.core.BlockCore;
+import org.blockhaus.format.raw.RawDriver;
+import org.blockhaus.protocol.file.impl.FileDriver;
+
+/** A standalone core with file, raw and qcow2, so tests go through the core's I/O contract. */
+final class Fixtures {
+    private Fixtures() {
+    }
+
+    static BlockCore core() {
+        BlockCore core = BlockCore.standalone();
+        core.addDriver(new FileDriver());
+        core.addDriver(new RawDriver());
+        core.addDriver(new Qcow2Driver());
+        return core;
+    }
+
+    static Image openRw(BlockCore core, Path p) throws BlockException {
+        return core.open(p.toString(), Options.of("driver", "qcow2"), OpenMode.READ_WRITE);
+    }
+
+    static Image openRo(BlockCore core, Path p) throws BlockException {
+        return core.open(p.toString(), Options.of("driver", "qcow2"), OpenMode.READ_ONLY);
+    }
+
+    static String create(BlockCore core, Path p, long size, String... opts) throws BlockException {
+        Options o = Options.of(opts).with("size", Long.toString(size));
+        List<String> summary = new ArrayList<>();
+        core.create(p.toString(), "qcow2", o, summary::add, w -> { });
+        return summary.isEmpty() ? null : summary.get(0);
+    }
+
+    /** Reads a whole image through the core. */
+    static byte[] readAll(Image img) throws BlockException {
+        long size = img.size();
+        byte[] out = new byte[Math.toIntExact(size)];
+        int chunk = 1 << 20;
+        for (long off = 0; off < size; off += chunk) {
+            int n = (int) Math.min(chunk, size - off);
+            img.read(off, ByteBuffer.wrap(out, (int) off, n));
+        }
+        return out;
+    }
+
+    /** What qemu reads: `qemu-img convert -O raw`. */
+    static byte[] qemuRaw(Path img, Path dir) throws Exception {
+        Path raw = dir.resolve(img.getFileName() + ".ref.raw");
+        Qemu.img("convert", "-O", "raw", img.toString(), raw.toString()).ok();
+        return Files.readAllBytes(raw);
+    }
+
+    static byte[] pattern(int len, long seed) {
+        byte[] b = new byte[len];
+        java.util.Random r = new java.util.Random(seed);
+        r.nextBytes(b);
+        return b;
+    }
+}
