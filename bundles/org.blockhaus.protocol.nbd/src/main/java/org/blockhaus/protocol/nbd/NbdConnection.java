@@ -17,6 +17,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.Semaphore;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantLock;
 import org.blockhaus.api.BlockException;
@@ -73,8 +74,11 @@ final class NbdConnection implements AutoCloseable {
     private final Semaphore window = new Semaphore(MAX_IN_FLIGHT);
     private final Thread reader;
     private volatile BlockException failure;
+    /** How long one request may wait for its reply before the connection is given up (0 = forever). */
+    private final Duration requestTimeout;
 
-    private NbdConnection(SocketChannel channel, Address address, Export export) {
+    private NbdConnection(SocketChannel channel, Address address, Export export, Duration requestTimeout) {
+        this.requestTimeout = requestTimeout;
         this.channel = channel;
         this.address = address;
         this.export = export;
@@ -95,7 +99,8 @@ final class NbdConnection implements AutoCloseable {
      * Connects and negotiates {@code exportName}. The whole of connect and handshake must finish
      * within {@code timeout}; a server that stalls is cut off then.
      */
-    static NbdConnection open(Address address, String exportName, Duration timeout) throws BlockException {
+    static NbdConnection open(Address address, String exportName, Duration timeout, Duration requestTimeout)
+            throws BlockException {
         SocketChannel ch;
         try {
             ch = SocketChannel.open(address.unix() ? StandardProtocolFamily.UNIX : inetFamily(address.host()));
@@ -123,14 +128,16 @@ final class NbdConnection implements AutoCloseable {
                     throw new BlockException(Reason.IO, "NBD handshake with '" + address + "' timed out after "
                             + timeout.toMillis() + " ms");
                 }
-                String why = e instanceof EOFException ? "the server closed the connection" : describe(e);
+                String why = e instanceof EOFException ? "the server closed the connection"
+                        : "Connection reset".equals(e.getMessage()) ? "the server closed the connection (reset)"
+                        : describe(e);
                 throw new BlockException(Reason.IO, "NBD handshake with '" + address + "' failed: " + why, e);
             }
             if (!watchdog.disarm()) {
                 throw new BlockException(Reason.IO, "NBD handshake with '" + address + "' timed out after "
                         + timeout.toMillis() + " ms");
             }
-            NbdConnection c = new NbdConnection(ch, address, ex);
+            NbdConnection c = new NbdConnection(ch, address, ex, requestTimeout);
             c.reader.start();
             ok = true;
             return c;
@@ -442,18 +449,34 @@ final class NbdConnection implements AutoCloseable {
             }
         }
 
-        /** Waits without giving up on interrupts: the reader may still be writing into dst. */
-        synchronized void await() {
+        /**
+         * Waits without giving up on interrupts (the reader may still be writing into dst);
+         * false when {@code nanos} (0 = no limit) passed first.
+         */
+        synchronized boolean await(long nanos) {
             boolean interrupted = false;
-            while (!done) {
-                try {
-                    wait();
-                } catch (InterruptedException e) {
-                    interrupted = true;
+            long deadline = System.nanoTime() + nanos;
+            try {
+                while (!done) {
+                    try {
+                        if (nanos == 0) {
+                            wait();
+                        } else {
+                            long left = deadline - System.nanoTime();
+                            if (left <= 0) {
+                                return false;
+                            }
+                            TimeUnit.NANOSECONDS.timedWait(this, left);
+                        }
+                    } catch (InterruptedException e) {
+                        interrupted = true;
+                    }
                 }
-            }
-            if (interrupted) {
-                Thread.currentThread().interrupt();
+                return true;
+            } finally {
+                if (interrupted) {
+                    Thread.currentThread().interrupt();
+                }
             }
         }
     }
@@ -508,7 +531,14 @@ final class NbdConnection implements AutoCloseable {
             } finally {
                 sendLock.unlock();
             }
-            p.await();
+            if (!p.await(requestTimeout.toNanos())) {
+                // The server stopped answering: give up the connection, and make sure the reader
+                // has stopped before the caller gets its buffer back.
+                fail(new BlockException(Reason.IO, "NBD server '" + address + "' did not answer a "
+                        + commandName(type) + " request within " + requestTimeout.toSeconds() + " s"));
+                joinReader();
+                p.await(0);
+            }
         } finally {
             pending.remove(cookie);
             window.release();
@@ -731,6 +761,13 @@ final class NbdConnection implements AutoCloseable {
             }
         }
         fail(new BlockException(Reason.CLOSED, "NBD connection to '" + address + "' is closed"));
+        joinReader();
+    }
+
+    private void joinReader() {
+        if (Thread.currentThread() == reader) {
+            return;
+        }
         try {
             reader.join(Duration.ofSeconds(5));
         } catch (InterruptedException e) {

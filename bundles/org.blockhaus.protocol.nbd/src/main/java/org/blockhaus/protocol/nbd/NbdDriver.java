@@ -33,6 +33,7 @@ public final class NbdDriver implements BlockDriver {
             "nbd:");
 
     static final String DEFAULT_TIMEOUT_SECONDS = "30";
+    static final String DEFAULT_REQUEST_TIMEOUT_SECONDS = "300";
 
     private static final DriverDescriptor DESCRIPTOR = new DriverDescriptor("nbd", DriverDescriptor.Kind.PROTOCOL,
             "Network Block Device client (NBD protocol, fixed newstyle, structured replies)", PROTOCOLS,
@@ -56,7 +57,10 @@ public final class NbdDriver implements BlockDriver {
                     OptionSpec.of("x-dirty-bitmap", OptionType.STRING, "Dirty bitmap context to expose as block"
                             + " status (not supported)"),
                     OptionSpec.of("x-timeout", OptionType.NUMBER, DEFAULT_TIMEOUT_SECONDS, "Blockhaus: seconds"
-                            + " allowed for connect and handshake before giving up")),
+                            + " allowed for connect and handshake before giving up"),
+                    OptionSpec.of("x-request-timeout", OptionType.NUMBER, DEFAULT_REQUEST_TIMEOUT_SECONDS,
+                            "Blockhaus: seconds one request may wait for its reply before the connection is"
+                            + " considered dead (0 = wait forever, as QEMU does)")),
             List.of());
 
     @Override
@@ -232,11 +236,15 @@ public final class NbdDriver implements BlockDriver {
         if (timeout <= 0) {
             throw BlockException.invalid("x-timeout must be positive");
         }
+        long requestTimeout = o.getLong("x-request-timeout", Long.parseLong(DEFAULT_REQUEST_TIMEOUT_SECONDS));
+        if (requestTimeout < 0) {
+            throw BlockException.invalid("x-request-timeout must not be negative");
+        }
         NbdConnection.Address address = address(o);
         String export = o.get("export", "");
         NbdConnection c;
         try {
-            c = NbdConnection.open(address, export, Duration.ofSeconds(timeout));
+            c = NbdConnection.open(address, export, Duration.ofSeconds(timeout), Duration.ofSeconds(requestTimeout));
         } catch (BlockException e) {
             throw e.prepend("Could not open '" + describe(address, export) + "': ");
         }
