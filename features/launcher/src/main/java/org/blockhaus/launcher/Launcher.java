@@ -12,6 +12,7 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.ServiceLoader;
+import java.util.Set;
 import java.util.stream.Stream;
 import org.osgi.framework.Bundle;
 import org.osgi.framework.BundleContext;
@@ -32,6 +33,9 @@ final class Launcher {
     static final String CONSOLE_BSN = "org.apache.felix.gogo.jline";
     /** The deploy directory watcher: interactive mode only (CLI mode installs deploy/ itself, at once). */
     static final String FILEINSTALL_BSN = "org.apache.felix.fileinstall";
+    /** Bundles only the interactive shell needs; CLI mode leaves them installed but not started. */
+    static final Set<String> CONSOLE_ONLY = Set.of("org.apache.felix.gogo.runtime", "org.apache.felix.gogo.command",
+            "org.jline");
 
     record Settings(Path home, Path deploy, long waitMillis, boolean verbose) {
     }
@@ -40,6 +44,7 @@ final class Launcher {
     private final long t0 = System.nanoTime();
     private volatile Framework framework;
     private volatile Path storage;
+    private Bundle consoleBundle;
 
     Launcher(Settings settings) {
         this.settings = settings;
@@ -107,6 +112,8 @@ final class Launcher {
                     console = b;
                 } else if (FILEINSTALL_BSN.equals(b.getSymbolicName())) {
                     fileInstall = b;
+                } else if (cli && CONSOLE_ONLY.contains(b.getSymbolicName())) {
+                    continue; // saves their start-up; the shell bundle only imports Gogo's API
                 } else {
                     startQuietly(b);
                 }
@@ -126,8 +133,6 @@ final class Launcher {
             throw new LaunchException("cannot start the framework: " + e.getMessage(), e);
         }
     }
-
-    private Bundle consoleBundle;
 
     /** CLI mode: one call of the shell's CommandLine service; its return value is the exit code. */
     private int runCommand(String[] args) throws LaunchException {
@@ -229,7 +234,8 @@ final class Launcher {
         StringBuilder sb = new StringBuilder();
         for (Bundle b : framework.getBundleContext().getBundles()) {
             if (b.getState() != Bundle.ACTIVE && b.getHeaders().get(Constants.FRAGMENT_HOST) == null
-                    && !CONSOLE_BSN.equals(b.getSymbolicName()) && !FILEINSTALL_BSN.equals(b.getSymbolicName())) {
+                    && !CONSOLE_BSN.equals(b.getSymbolicName()) && !FILEINSTALL_BSN.equals(b.getSymbolicName())
+                    && !CONSOLE_ONLY.contains(b.getSymbolicName())) {
                 sb.append("\n  not active: ").append(b.getSymbolicName()).append(' ').append(b.getVersion());
             }
         }
