@@ -27,6 +27,13 @@ public interface BlockCore extends BlockService {
     /** The create options of a format, with those of the protocol {@code filename} would use. */
     List<OptionSpec> createOptions(String format, String filename) throws BlockException;
 
+    /**
+     * qemu-img measure: space a {@code format} image needs for {@code source}'s content (or for
+     * an empty image of {@code size} bytes when source is null).
+     */
+    org.blockhaus.api.spi.MeasureResult measure(String format, org.blockhaus.api.Options createOptions, long size,
+            org.blockhaus.api.Image source) throws BlockException;
+
     /** A secret for {@code --object secret,id=...}; drivers ask for it by id. */
     void addSecret(String id, byte[] value);
 

@@ -54,7 +54,7 @@ final class Args {
                 if (longWithArg.contains(name)) {
                     if (value == null) {
                         if (i + 1 >= argv.length) {
-                            throw new UsageException("option '--" + name + "' requires an argument");
+                            throw new UsageException("missing argument for option '" + arg + "'");
                         }
                         value = argv[++i];
                     }
@@ -79,14 +79,14 @@ final class Args {
                     } else if (i + 1 < argv.length) {
                         value = argv[++i];
                     } else {
-                        throw new UsageException("option requires an argument -- '" + c + "'");
+                        throw new UsageException("missing argument for option '" + arg + "'");
                     }
                     a.add(key, value);
                     break;
                 } else if (shortFlags.indexOf(c) >= 0) {
                     a.add(key, "");
                 } else {
-                    throw new UsageException("invalid option -- '" + c + "'");
+                    throw new UsageException("unrecognized option '" + arg + "'");
                 }
             }
         }

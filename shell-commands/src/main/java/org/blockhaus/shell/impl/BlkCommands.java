@@ -17,7 +17,10 @@ import org.osgi.service.component.annotations.Reference;
  */
 @Component(service = BlkCommands.class, property = {"osgi.command.scope=blk",
         "osgi.command.function=drivers", "osgi.command.function=create", "osgi.command.function=info",
-        "osgi.command.function=convert", "osgi.command.function=compare", "osgi.command.function=map"})
+        "osgi.command.function=convert", "osgi.command.function=compare", "osgi.command.function=map",
+        "osgi.command.function=check", "osgi.command.function=resize", "osgi.command.function=measure",
+        "osgi.command.function=snapshot", "osgi.command.function=amend", "osgi.command.function=commit",
+        "osgi.command.function=rebase", "osgi.command.function=bench", "osgi.command.function=dd"})
 public class BlkCommands {
     @Reference
     BlockCore core;
@@ -50,6 +53,51 @@ public class BlkCommands {
     @Descriptor("show where an image's data lives: map [--output=human|json] [-f fmt] [--start-offset=o] [--max-length=l] filename")
     public Object map(CommandSession session, @Descriptor("qemu-img map arguments") String... args) throws Exception {
         return run(session, "map", args);
+    }
+
+    @Descriptor("check an image for errors: check [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-U] filename")
+    public Object check(CommandSession session, @Descriptor("qemu-img check arguments") String... args) throws Exception {
+        return run(session, "check", args);
+    }
+
+    @Descriptor("change an image's size: resize [--shrink] [--preallocation=mode] [-f fmt] [-q] filename [+|-]size")
+    public Object resize(CommandSession session, @Descriptor("qemu-img resize arguments") String... args) throws Exception {
+        return run(session, "resize", args);
+    }
+
+    @Descriptor("space an image needs: measure [--output=human|json] [-O fmt] [-o options] (--size N | [-f fmt] filename)")
+    public Object measure(CommandSession session, @Descriptor("qemu-img measure arguments") String... args) throws Exception {
+        return run(session, "measure", args);
+    }
+
+    @Descriptor("internal snapshots: snapshot [-l | -a name | -c name | -d name] [-f fmt] [-U] filename")
+    public Object snapshot(CommandSession session, @Descriptor("qemu-img snapshot arguments") String... args) throws Exception {
+        return run(session, "snapshot", args);
+    }
+
+    @Descriptor("change format options in place: amend [-p] [-q] [-f fmt] [--force] -o options filename")
+    public Object amend(CommandSession session, @Descriptor("qemu-img amend arguments") String... args) throws Exception {
+        return run(session, "amend", args);
+    }
+
+    @Descriptor("write an image's changes into its backing file: commit [-q] [-f fmt] [-b base] [-d] [-p] filename")
+    public Object commit(CommandSession session, @Descriptor("qemu-img commit arguments") String... args) throws Exception {
+        return run(session, "commit", args);
+    }
+
+    @Descriptor("change an image's backing file: rebase [-q] [-f fmt] [-p] [-u] -b backing [-F fmt] filename")
+    public Object rebase(CommandSession session, @Descriptor("qemu-img rebase arguments") String... args) throws Exception {
+        return run(session, "rebase", args);
+    }
+
+    @Descriptor("measure I/O speed: bench [-c count] [-d depth] [-f fmt] [-o offset] [-s size] [-S step] [-w] [-q] filename")
+    public Object bench(CommandSession session, @Descriptor("qemu-img bench arguments") String... args) throws Exception {
+        return run(session, "bench", args);
+    }
+
+    @Descriptor("copy with dd's operands: dd [-f fmt] [-O fmt] [bs=size] [count=n] [skip=n] if=input of=output")
+    public Object dd(CommandSession session, @Descriptor("qemu-img dd arguments") String... args) throws Exception {
+        return run(session, "dd", args);
     }
 
     private Object run(CommandSession session, String command, String... args) throws Exception {

@@ -52,9 +52,11 @@ public class CliService implements CommandLine {
             return 1;
         } catch (BlockException e) {
             printError(err, e.getMessage());
+            printDeferred(img, err);
             return 1;
         } catch (CommandException e) {
             printError(err, e.getMessage());
+            printDeferred(img, err);
             return e.exitCode;
         } catch (RuntimeException e) {
             printError(err, "internal error: " + e);
@@ -65,10 +67,14 @@ public class CliService implements CommandLine {
         }
     }
 
-    /** qemu-img prefixes every line of an error with its name. */
-    static void printError(PrintStream err, String message) {
-        for (String line : String.valueOf(message).split("\n", -1)) {
-            err.print("qemu-img: " + line + "\n");
+    private static void printDeferred(Img img, PrintStream err) {
+        for (String w : img.deferredWarnings()) {
+            err.print("qemu-img: warning: " + w + "\n");
         }
+    }
+
+    /** qemu-img names itself before an error (once: continuation lines stand alone). */
+    static void printError(PrintStream err, String message) {
+        err.print("qemu-img: " + message + "\n");
     }
 }

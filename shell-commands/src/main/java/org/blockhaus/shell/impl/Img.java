@@ -53,9 +53,30 @@ final class Img {
         this.err = err;
     }
 
-    static final Set<String> SUBCOMMANDS = Set.of("drivers", "create", "info", "convert", "compare", "map");
+    static final Set<String> OWN = Set.of("drivers", "create", "info", "convert", "compare", "map");
+    static final Set<String> SUBCOMMANDS;
+
+    static {
+        Set<String> all = new java.util.TreeSet<>(OWN);
+        all.addAll(ImgMaintenance.COMMANDS);
+        SUBCOMMANDS = java.util.Collections.unmodifiableSet(all);
+    }
+
+    /** Warnings qemu-img prints after the error that caused them. */
+    private final List<String> deferred = new ArrayList<>();
+
+    void warnLater(String message) {
+        deferred.add(message);
+    }
+
+    List<String> deferredWarnings() {
+        return deferred;
+    }
 
     Object run(String command, String[] args) throws UsageException, BlockException, CommandException {
+        if (ImgMaintenance.COMMANDS.contains(command)) {
+            return new ImgMaintenance(core, this, out).run(command, args);
+        }
         return switch (command) {
             case "drivers" -> new Drivers(core.drivers());
             case "create" -> create(args);
@@ -91,7 +112,7 @@ final class Img {
                 size = Sizes.parse(pos.get(1));
             } catch (BlockException e) {
                 throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E suffixes"
-                        + " for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+                        + " for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
             }
             o = o.with("size", Long.toString(size));
         }
@@ -100,6 +121,17 @@ final class Img {
         }
         if (a.has("F")) {
             o = o.with("backing_fmt", a.get("F"));
+        }
+        if (o.get("backing_file") != null) {
+            List<OptionSpec> specs;
+            try {
+                specs = core.createOptions(fmt, filename);
+            } catch (BlockException e) {
+                throw e.prepend(filename + ": ");
+            }
+            if (specs.stream().noneMatch(sp -> sp.name().equals("backing_file"))) {
+                throw BlockException.invalid(filename + ": Backing file not supported for file format '" + fmt + "'");
+            }
         }
         if (o.get("backing_file") != null && o.get("backing_fmt") == null && !a.has("u")) {
             throw BlockException.invalid(filename + ": Backing file specified without backing format");
@@ -473,7 +505,7 @@ final class Img {
 
     // ---- helpers ------------------------------------------------------------------------
 
-    private static Output output(Args a) throws BlockException {
+    static Output output(Args a) throws BlockException {
         String o = a.get("output", "human");
         return switch (o) {
             case "human" -> Output.HUMAN;
@@ -482,7 +514,7 @@ final class Img {
         };
     }
 
-    private static String single(Args a, String missing) throws UsageException {
+    static String single(Args a, String missing) throws UsageException {
         List<String> pos = a.positional();
         if (pos.isEmpty()) {
             throw new UsageException(missing);
@@ -497,8 +529,8 @@ final class Img {
         try {
             return Sizes.parse(text);
         } catch (BlockException e) {
-            throw BlockException.invalid("Invalid " + what + " specified! You may use k, M, G, T, P or E suffixes for"
-                    + "\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+            throw BlockException.invalid("Invalid " + what + " specified. You may use k, M, G, T, P or E suffixes for"
+                    + "\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
         }
     }
 
@@ -522,7 +554,7 @@ final class Img {
         }
     }
 
-    private void warn(String message) {
+    void warn(String message) {
         // qemu's raw-probing warning carries its own "WARNING:" prefix; the others get qemu-img's
         err.print(message.startsWith("WARNING") ? message + "\n" : "qemu-img: warning: " + message + "\n");
         err.flush();

@@ -35,6 +35,11 @@ final class Render {
             case Converted c -> "";
             case Drivers d -> drivers(d);
             case Text t -> t.text();
+            case Results.Check c -> check(c);
+            case Results.Measure m -> measure(m);
+            case Results.Snapshots sn -> snapshots(sn);
+            case Results.Bench b -> b.header() + "\n" + String.format(java.util.Locale.ROOT,
+                    "Run completed in %.3f seconds.%n", b.seconds());
             default -> String.valueOf(result);
         };
     }
@@ -180,6 +185,114 @@ final class Render {
         for (DriverInfo i : d.drivers()) {
             sb.append(String.format("%-14s %-9s %-7s %-10s %s%n", i.name(), i.kind(), i.canCreate() ? "yes" : "no",
                     i.state(), i.bundle()));
+        }
+        return sb.toString();
+    }
+
+    private static String measure(Results.Measure m) {
+        if (m.output() == Output.JSON) {
+            Map<String, Object> j = new LinkedHashMap<>();
+            if (m.result().bitmaps() >= 0) {
+                j.put("bitmaps", m.result().bitmaps());
+            }
+            j.put("required", m.result().required());
+            j.put("fully-allocated", m.result().fullyAllocated());
+            return Json.pretty(j) + "\n";
+        }
+        StringBuilder sb = new StringBuilder();
+        sb.append("required size: ").append(m.result().required()).append('\n');
+        sb.append("fully allocated size: ").append(m.result().fullyAllocated()).append('\n');
+        if (m.result().bitmaps() > 0) {
+            sb.append("bitmaps size: ").append(m.result().bitmaps()).append('\n');
+        }
+        return sb.toString();
+    }
+
+    /** qemu-img check's report; JSON members in qemu-img's order, counters only when non-zero. */
+    private static String check(Results.Check c) {
+        org.blockhaus.api.spi.CheckResult r = c.result();
+        if (c.output() == Output.JSON) {
+            Map<String, Object> j = new LinkedHashMap<>();
+            j.put("image-end-offset", r.imageEndOffset());
+            if (r.compressedClusters() > 0) {
+                j.put("compressed-clusters", r.compressedClusters());
+            }
+            j.put("total-clusters", r.totalClusters());
+            if (r.corruptions() > 0) {
+                j.put("corruptions", r.corruptions());
+            }
+            j.put("check-errors", r.checkErrors());
+            if (r.leaks() > 0) {
+                j.put("leaks", r.leaks());
+            }
+            if (c.before() != null) {
+                if (c.before().leaks() > 0) {
+                    j.put("leaks-fixed", c.before().leaks() - r.leaks());
+                }
+                if (c.before().corruptions() > 0) {
+                    j.put("corruptions-fixed", c.before().corruptions() - r.corruptions());
+                }
+            }
+            j.put("allocated-clusters", r.allocatedClusters());
+            j.put("filename", c.filename());
+            j.put("format", c.format());
+            if (r.fragmentedClusters() > 0) {
+                j.put("fragmented-clusters", r.fragmentedClusters());
+            }
+            return Json.pretty(j) + "\n";
+        }
+        StringBuilder sb = new StringBuilder();
+        if (c.before() != null && (c.before().leaks() > 0 || c.before().corruptions() > 0)) {
+            sb.append("The following inconsistencies were found and repaired:\n\n");
+            sb.append("    ").append(c.before().leaks() - r.leaks()).append(" leaked clusters\n");
+            sb.append("    ").append(c.before().corruptions() - r.corruptions()).append(" corruptions\n\n");
+            sb.append("Double checking the fixed image now...\n");
+        }
+        if (r.corruptions() == 0 && r.leaks() == 0 && r.checkErrors() == 0) {
+            sb.append("No errors were found on the image.\n");
+        } else {
+            if (r.corruptions() > 0) {
+                sb.append('\n').append(r.corruptions()).append(" errors were found on the image.\n")
+                        .append("Data may be corrupted, or further writes to the image may corrupt it.\n");
+            }
+            if (r.leaks() > 0) {
+                sb.append('\n').append(r.leaks()).append(" leaked clusters were found on the image.\n")
+                        .append("This means waste of disk space, but no harm to data.\n");
+            }
+            if (r.checkErrors() > 0) {
+                sb.append('\n').append(r.checkErrors()).append(" internal errors have occurred during the check.\n");
+            }
+        }
+        if (r.totalClusters() > 0 && r.allocatedClusters() > 0) {
+            double total = r.totalClusters();
+            sb.append(String.format(java.util.Locale.ROOT,
+                    "%d/%d = %.2f%% allocated, %.2f%% fragmented, %.2f%% compressed clusters%n",
+                    r.allocatedClusters(), r.totalClusters(), r.allocatedClusters() * 100.0 / total,
+                    r.fragmentedClusters() * 100.0 / r.allocatedClusters(),
+                    r.compressedClusters() * 100.0 / r.allocatedClusters()));
+        }
+        if (r.imageEndOffset() > 0) {
+            sb.append("Image end offset: ").append(r.imageEndOffset()).append('\n');
+        }
+        return sb.toString();
+    }
+
+    private static String snapshots(Results.Snapshots s) {
+        if (s.list().isEmpty()) {
+            return "";
+        }
+        StringBuilder sb = new StringBuilder("Snapshot list:\n");
+        sb.append(String.format("%-7s %-16s %8s %19s %15s %10s%n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK",
+                "ICOUNT"));
+        for (org.blockhaus.api.spi.SnapshotNode.Snapshot sn : s.list()) {
+            Map<String, Object> m = new LinkedHashMap<>();
+            m.put("id", sn.id());
+            m.put("name", sn.name());
+            m.put("vm-state-size", sn.vmStateSize());
+            m.put("date-sec", sn.dateSec());
+            m.put("vm-clock-nsec", sn.vmClockNsec());
+            m.put("icount", sn.icount());
+            sb.append(SnapshotLine.format(m)).append('\n');
         }
         return sb.toString();
     }

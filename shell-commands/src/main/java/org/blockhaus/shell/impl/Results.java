@@ -51,4 +51,31 @@ final class Results {
     /** Plain text that a command prints as it is ({@code -o help}). */
     record Text(String text) implements Result {
     }
+
+    /** qemu-img check: the driver's counts, or "not supported" (exit 63). */
+    record Check(String filename, String format, org.blockhaus.api.spi.CheckResult result,
+            org.blockhaus.api.spi.CheckResult before, Output output) implements Result {
+        @Override
+        public int exitCode() {
+            if (result.checkErrors() > 0) {
+                return 1;
+            }
+            if (result.corruptions() > 0) {
+                return 2;
+            }
+            return result.leaks() > 0 ? 3 : 0;
+        }
+    }
+
+    /** qemu-img measure. */
+    record Measure(org.blockhaus.api.spi.MeasureResult result, Output output) implements Result {
+    }
+
+    /** qemu-img snapshot -l. */
+    record Snapshots(String filename, List<org.blockhaus.api.spi.SnapshotNode.Snapshot> list) implements Result {
+    }
+
+    /** qemu-img bench's report. */
+    record Bench(String header, double seconds) implements Result {
+    }
 }

@@ -38,7 +38,8 @@ public interface BlockDriver {
     BlockNode open(OpenContext ctx) throws BlockException;
 
     default void create(CreateContext ctx) throws BlockException {
-        throw BlockException.unsupported("Driver '" + descriptor().name() + "' does not support image creation");
+        throw new BlockException(BlockException.Reason.UNSUPPORTED,
+                "Driver '" + descriptor().name() + "' does not support image creation");
     }
 
     /**
@@ -46,6 +47,7 @@ public interface BlockDriver {
      * when source is null) with the given create options.
      */
     default MeasureResult measure(Options createOptions, long size, BlockNode source) throws BlockException {
-        throw BlockException.unsupported("Format driver '" + descriptor().name() + "' does not support measure");
+        throw new BlockException(BlockException.Reason.UNSUPPORTED,
+                "Format driver '" + descriptor().name() + "' does not support measure");
     }
 }

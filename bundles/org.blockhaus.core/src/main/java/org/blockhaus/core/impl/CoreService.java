@@ -93,6 +93,13 @@ public class CoreService implements BlockCore {
     }
 
     @Override
+    public org.blockhaus.api.spi.MeasureResult measure(String format, Options createOptions, long size, Image source)
+            throws BlockException {
+        DriverRegistry.Entry e = creator.requireFormat(format);
+        return e.driver().measure(createOptions == null ? Options.empty() : createOptions, size, source);
+    }
+
+    @Override
     public void addSecret(String id, byte[] value) {
         secrets.put(id, value);
     }

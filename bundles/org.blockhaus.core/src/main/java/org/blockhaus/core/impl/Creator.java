@@ -79,7 +79,11 @@ final class Creator {
         for (OptionSpec s : specs) {
             String v = given.get(s.name());
             if (v != null) {
-                checkValue(s, v);
+                try {
+                    checkValue(s, v);
+                } catch (BlockException e) {
+                    throw e.prepend(filename + ": ");
+                }
             }
         }
         Options opts = given;
@@ -159,9 +163,9 @@ final class Creator {
                 }
             }
             if (e instanceof RuntimeException re) {
-                throw new BlockException(Reason.IO, "Driver '" + format + "' failed: " + re, re);
+                throw new BlockException(Reason.IO, filename + ": Driver '" + format + "' failed: " + re, re);
             }
-            throw (BlockException) e;
+            throw ((BlockException) e).prepend(filename + ": ");
         }
         closeAll(opened);
         return new CreateResult(filename, format, summary);
@@ -236,10 +240,6 @@ final class Creator {
                 try {
                     Sizes.parse(v);
                 } catch (BlockException e) {
-                    if (s.name().equals("size")) {
-                        throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E"
-                                + " suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-                    }
                     throw BlockException.invalid("Parameter '" + s.name() + "' expects a non-negative number below"
                             + " 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
                             + "and exabytes, respectively.");

@@ -64,6 +64,14 @@ public class RawDriver implements BlockDriver {
         return new RawNode(file, offset, size);
     }
 
+    /** A raw image needs exactly its virtual size, whatever the source holds. */
+    @Override
+    public org.blockhaus.api.spi.MeasureResult measure(Options createOptions, long size, BlockNode source)
+            throws BlockException {
+        long bytes = source != null ? source.size() : size;
+        return new org.blockhaus.api.spi.MeasureResult(bytes, bytes, -1);
+    }
+
     @Override
     public void create(CreateContext ctx) throws BlockException {
         String prealloc = ctx.options().get("preallocation", "off");
