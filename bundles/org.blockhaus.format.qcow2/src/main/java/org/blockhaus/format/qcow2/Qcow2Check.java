@@ -83,28 +83,6 @@ final class Qcow2Check {
                 addRef(b, clusterSize);
             }
         }
-        // COPIED must be set exactly where the refcount is 1 (active tables only).
-        for (long e : l1) {
-            long off = e & Qcow2Node.L1_OFFSET_MASK;
-            if (off == 0) {
-                continue;
-            }
-            if ((rc.get(off >>> clusterBits) == 1) != ((e & Qcow2Node.COPIED) != 0)) {
-                corruptions++;
-            }
-            L2Cache.Table t = node.l2Table(off);
-            int step = h.extendedL2() ? 2 : 1;
-            for (int i = 0; i < t.words.length; i += step) {
-                long w = t.words[i];
-                long host = w & Qcow2Node.L2_OFFSET_MASK;
-                if ((w & Qcow2Node.COMPRESSED) != 0 || host == 0) {
-                    continue;
-                }
-                if ((rc.get(host >>> clusterBits) == 1) != ((w & Qcow2Node.COPIED) != 0)) {
-                    corruptions++;
-                }
-            }
-        }
         long leaks = 0;
         long leaksFixed = 0;
         long corruptionsFixed = 0;
@@ -129,6 +107,28 @@ final class Qcow2Check {
         }
         if (leaksFixed > 0 || corruptionsFixed > 0) {
             rc.writeAll();
+        }
+        // COPIED must be set exactly where the (repaired) refcount is 1, in the active tables only.
+        for (long e : l1) {
+            long off = e & Qcow2Node.L1_OFFSET_MASK;
+            if (off == 0) {
+                continue;
+            }
+            if ((rc.get(off >>> clusterBits) == 1) != ((e & Qcow2Node.COPIED) != 0)) {
+                corruptions++;
+            }
+            L2Cache.Table t = node.l2Table(off);
+            int step = h.extendedL2() ? 2 : 1;
+            for (int i = 0; i < t.words.length; i += step) {
+                long w = t.words[i];
+                long host = w & Qcow2Node.L2_OFFSET_MASK;
+                if ((w & Qcow2Node.COMPRESSED) != 0 || host == 0) {
+                    continue;
+                }
+                if ((rc.get(host >>> clusterBits) == 1) != ((w & Qcow2Node.COPIED) != 0)) {
+                    corruptions++;
+                }
+            }
         }
         long total = Qcow2Header.ceilShift(h.size(), clusterBits);
         return new CheckResult(corruptions - corruptionsFixed, leaks - leaksFixed, 0, corruptionsFixed, leaksFixed,
@@ -156,6 +156,7 @@ final class Qcow2Check {
                 b.asLongBuffer().get(t.words);
             }
             int step = h.extendedL2() ? 2 : 1;
+            nextContiguous = 0; // qemu judges contiguity within one L2 table
             for (int i = 0; i < t.words.length; i += step) {
                 long w = t.words[i];
                 if ((w & Qcow2Node.COMPRESSED) != 0) {

@@ -190,7 +190,7 @@ record Qcow2Header(
             headerLength = Integer.toUnsignedLong(b.getInt(base + 100));
             if (headerLength < V3_HEADER_LENGTH) {
                 throw corrupt("qcow2 header too short: header_length " + headerLength + " (at least "
-                        + V3_HEADER_LENGTH + ")");
+                        + V3_HEADER_LENGTH + ")" + (headerLength == 0 ? "; the image may be truncated" : ""));
             }
             if (headerLength % 8 != 0) {
                 throw corrupt("qcow2 header_length " + headerLength + " is not a multiple of 8");
