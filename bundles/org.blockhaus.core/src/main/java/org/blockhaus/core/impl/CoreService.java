@@ -34,14 +34,14 @@ public class CoreService implements BlockCore {
     private final CopyEngine copier = new CopyEngine();
 
     @Reference(service = BlockDriver.class, cardinality = ReferenceCardinality.MULTIPLE,
-            policy = ReferencePolicy.DYNAMIC, policyOption = ReferencePolicyOption.GREEDY)
-    void addDriver(ServiceReference<BlockDriver> ref, BlockDriver driver) {
+            policy = ReferencePolicy.DYNAMIC, policyOption = ReferencePolicyOption.GREEDY, unbind = "unbindDriver")
+    void bindDriver(ServiceReference<BlockDriver> ref, BlockDriver driver) {
         Bundle b = ref.getBundle();
         String bundle = b == null ? "?" : b.getSymbolicName() + " " + b.getVersion();
         registry.add(driver, bundle, () -> b == null ? "gone" : stateName(b.getState()));
     }
 
-    void removeDriver(BlockDriver driver) {
+    void unbindDriver(BlockDriver driver) {
         registry.remove(driver);
     }
 
