@@ -78,7 +78,7 @@ public final class FileDriver extends PosixDriver {
         }
         String filename = stripPrefix(ctx.filename());
         Path path = Path.of(filename);
-        Native nat = Native.get();
+        Native nat = nat();
         try (FileChannel ch = FileChannel.open(path, StandardOpenOption.CREATE, StandardOpenOption.READ,
                 StandardOpenOption.WRITE)) {
             int fd = -1;

@@ -1,7 +1,6 @@
 package org.blockhaus.protocol.file.impl;
 
 import java.io.IOException;
-import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
@@ -325,7 +324,7 @@ final class FileNode implements BlockNode {
         String name = path.toString();
         try {
             switch (prealloc) {
-                case OFF -> setLength(nat, fd, channel, path, size);
+                case OFF -> setLength(nat, fd, channel, size);
                 case FALLOC -> {
                     if (nat == null) {
                         throw BlockException.unsupported("Preallocation mode 'falloc' without native access");
@@ -338,10 +337,10 @@ final class FileNode implements BlockNode {
                                     "Could not preallocate new data: " + e.getMessage());
                         }
                     }
-                    setLength(nat, fd, channel, path, size);
+                    setLength(nat, fd, channel, size);
                 }
                 case FULL -> {
-                    setLength(nat, fd, channel, path, size);
+                    setLength(nat, fd, channel, size);
                     writeZeroBuffers(nat, fd, channel, cur, size);
                 }
                 case METADATA -> throw BlockException.invalid("Unsupported preallocation mode: metadata");
@@ -352,7 +351,7 @@ final class FileNode implements BlockNode {
         }
     }
 
-    private static void setLength(Native nat, int fd, FileChannel channel, Path path, long size)
+    private static void setLength(Native nat, int fd, FileChannel channel, long size)
             throws IOException {
         if (nat != null && fd >= 0) {
             try {
@@ -362,17 +361,17 @@ final class FileNode implements BlockNode {
                 throw new IOException(e.getMessage(), e);
             }
         }
-        if (channel != null && size <= channel.size()) {
+        if (size <= channel.size()) {
             channel.truncate(size);
-            return;
-        }
-        try (RandomAccessFile f = new RandomAccessFile(path.toFile(), "rw")) {
-            f.setLength(size);
+        } else if (size > 0) {
+            // FileChannel cannot extend a file sparsely. Another descriptor (RandomAccessFile) would
+            // drop our POSIX locks when closed, so write the last byte: one block gets allocated.
+            channel.write(ByteBuffer.allocate(1), size - 1);
         }
     }
 
     static void writeZeroBuffers(Native nat, int fd, FileChannel channel, long from, long to) throws IOException {
-        ByteBuffer zeros = ByteBuffer.allocateDirect(1 << 20);
+        ByteBuffer zeros = ByteBuffer.allocateDirect((1 << 20) + 4096).alignedSlice(4096).slice(0, 1 << 20);
         for (long at = from; at < to; ) {
             int n = (int) Math.min(zeros.capacity(), to - at);
             zeros.clear().limit(n);

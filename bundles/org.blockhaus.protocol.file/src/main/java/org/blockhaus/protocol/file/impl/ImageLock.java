@@ -4,7 +4,6 @@ import java.io.IOException;
 import java.nio.channels.FileChannel;
 import java.nio.channels.FileLock;
 import java.nio.channels.OverlappingFileLockException;
-import java.util.EnumSet;
 import java.util.HashMap;
 import java.util.Map;
 import java.util.Set;
@@ -213,9 +212,5 @@ final class ImageLock implements AutoCloseable {
                 }
             }
         };
-    }
-
-    static Set<Permission> none() {
-        return EnumSet.noneOf(Permission.class);
     }
 }

@@ -60,8 +60,21 @@ abstract class PosixDriver implements BlockDriver {
         }
     }
 
+    /** The native bindings, or null: then FileChannel and POSIX locks do what they can. */
+    private volatile Native nat = Native.get();
+
     /** QEMU's driver name. */
     abstract String name();
+
+    Native nat() {
+        return nat;
+    }
+
+    /** Behaves as in a JVM that denies native access (for tests of the fallbacks). */
+    PosixDriver withoutNativeAccess() {
+        nat = null;
+        return this;
+    }
 
     /** Whether this driver opens block and character devices (else regular files). */
     abstract boolean opensDevices();
@@ -102,7 +115,7 @@ abstract class PosixDriver implements BlockDriver {
 
         boolean readOnly = ctx.readOnly();
         Path path = Path.of(filename);
-        Native nat = Native.get();
+        Native nat = nat();
         if (direct && nat == null) {
             throw BlockException.unsupported("cache.direct=on without native access");
         }
@@ -254,6 +267,10 @@ abstract class PosixDriver implements BlockDriver {
                 + "Due to the implementation, locks can be lost unexpectedly.");
         if (channel == null) {
             return null;
+        }
+        if (readOnly) {
+            ctx.warn("Cannot check for conflicting locks on '" + filename + "' without native access when it is"
+                    + " opened read-only; only our own locks are taken.");
         }
         return ImageLock.acquire(ImageLock.posix(channel, readOnly ? null : channel), filename, perm, shared);
     }

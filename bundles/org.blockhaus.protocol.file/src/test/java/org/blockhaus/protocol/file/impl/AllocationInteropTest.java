@@ -237,8 +237,9 @@ class AllocationInteropTest {
             BlockException e = assertThrows(BlockException.class, () -> blk.create(f.toString(), "file",
                     Options.of("size", "1M", "preallocation", bad), s -> { }, w -> { }));
             assertEquals(Reason.INVALID_ARGUMENT, e.reason());
-            assertEquals(bad.equals("bogus") ? "invalid parameter value: bogus"
-                    : "Unsupported preallocation mode: metadata", e.getMessage());
+            // qemu-img: "<file>: invalid parameter value: bogus"; the core may add the file name
+            assertTrue(e.getMessage().endsWith(bad.equals("bogus") ? "invalid parameter value: bogus"
+                    : "Unsupported preallocation mode: metadata"), e.getMessage());
             assertFalse(Files.exists(f));
         }
     }

@@ -37,59 +37,8 @@ class LockInteropTest {
     private static final Set<Permission> ALL = Permission.all();
     private static final Permission CR = Permission.CONSISTENT_READ;
     private static final Permission W = Permission.WRITE;
-    private static final Permission WU = Permission.WRITE_UNCHANGED;
-    private static final Permission RESIZE = Permission.RESIZE;
 
-    /** A QEMU user of the image file and the permissions its file node takes. */
-    enum Role {
-        RAW_RW(false, EnumSet.of(CR, W), ALL, 2, "-f", "raw"),
-        RAW_RO(true, EnumSet.of(CR), ALL, 1, "-r", "-f", "raw"),
-        QCOW2_RW(false, EnumSet.of(CR, W, RESIZE), EnumSet.of(CR, WU), 5, "-f", "qcow2"),
-        QCOW2_RO(true, EnumSet.of(CR), EnumSet.of(CR, WU), 3, "-r", "-f", "qcow2"),
-        /** qemu-nbd -f raw: writes, but lets nobody resize. Only a holder. */
-        NBD_RAW(false, EnumSet.of(CR, W), EnumSet.of(CR, W, WU), 3);
-
-        final boolean readOnly;
-        final Set<Permission> perm;
-        final Set<Permission> shared;
-        final int lockBytes;
-        final List<String> qemuIoArgs;
-
-        Role(boolean readOnly, Set<Permission> perm, Set<Permission> shared, int lockBytes, String... qemuIoArgs) {
-            this.readOnly = readOnly;
-            this.perm = perm;
-            this.shared = shared;
-            this.lockBytes = lockBytes;
-            this.qemuIoArgs = List.of(qemuIoArgs);
-        }
-
-        TestContext context(Path image) {
-            return new TestContext(image.toString(), Options.empty(), readOnly, perm, shared);
-        }
-
-        /** QEMU holding the image in this role until closed. */
-        Peers.Holder holdWithQemu(Path image) throws Exception {
-            if (this == NBD_RAW) {
-                Path sock = image.resolveSibling("nbd-" + System.nanoTime() + ".sock");
-                return Peers.Holder.start(image, lockBytes, Peers.qemuNbd(), "-f", "raw", "-k", sock.toString(),
-                        image.toString());
-            }
-            List<String> cmd = new ArrayList<>(List.of(Peers.qemuIo()));
-            cmd.addAll(qemuIoArgs);
-            cmd.add(image.toString());
-            return Peers.Holder.start(image, lockBytes, cmd.toArray(String[]::new));
-        }
-
-        /** QEMU opening the image in this role once. */
-        Peers.Result openWithQemu(Path image) throws Exception {
-            List<String> cmd = new ArrayList<>(List.of(Peers.qemuIo()));
-            cmd.addAll(qemuIoArgs);
-            cmd.addAll(List.of("-c", "quit", image.toString()));
-            return Peers.run(cmd.toArray(String[]::new));
-        }
-    }
-
-    static final List<Role> OPENERS = List.of(Role.RAW_RW, Role.RAW_RO, Role.QCOW2_RW, Role.QCOW2_RO);
+    static final List<QemuRole> OPENERS = List.of(QemuRole.RAW_RW, QemuRole.RAW_RO, QemuRole.QCOW2_RW, QemuRole.QCOW2_RO);
 
     @TempDir
     Path dir;
@@ -122,9 +71,9 @@ class LockInteropTest {
     /** QEMU against QEMU: for every holder and opener, null (opens) or QEMU's lock message. */
     private Map<String, String> oracle(Path img) throws Exception {
         Map<String, String> m = new LinkedHashMap<>();
-        for (Role holder : Role.values()) {
+        for (QemuRole holder : QemuRole.values()) {
             try (Peers.Holder h = holder.holdWithQemu(img)) {
-                for (Role opener : OPENERS) {
+                for (QemuRole opener : OPENERS) {
                     Peers.Result r = opener.openWithQemu(img);
                     String line = r.exit() == 0 ? null : lockLine(r.stderr());
                     if (r.exit() != 0) {
@@ -146,9 +95,9 @@ class LockInteropTest {
         assertTrue(expected.containsValue(null) && expected.values().stream().anyMatch(v -> v != null),
                 "the matrix must contain both outcomes: " + expected);
         Map<String, String> ours = new LinkedHashMap<>();
-        for (Role holder : Role.values()) {
+        for (QemuRole holder : QemuRole.values()) {
             try (Peers.Holder h = holder.holdWithQemu(img)) {
-                for (Role opener : OPENERS) {
+                for (QemuRole opener : OPENERS) {
                     String line = null;
                     try (BlockNode n = driver.open(opener.context(img))) {
                         assertTrue(n.size() > 0);
@@ -170,10 +119,10 @@ class LockInteropTest {
         Path img = qcow2();
         Map<String, String> expected = oracle(img);
         Map<String, String> seen = new LinkedHashMap<>();
-        for (Role holder : Role.values()) {
+        for (QemuRole holder : QemuRole.values()) {
             try (BlockNode held = driver.open(holder.context(img))) {
                 assertEquals(holder.lockBytes, Peers.lockedBytes(img).size());
-                for (Role opener : OPENERS) {
+                for (QemuRole opener : OPENERS) {
                     Peers.Result r = opener.openWithQemu(img);
                     seen.put(holder + " held, " + opener + " opens", r.exit() == 0 ? null : lockLine(r.stderr()));
                 }
@@ -187,7 +136,7 @@ class LockInteropTest {
         Path img = qcow2();
         BlockCore core = BlockCore.standalone();
         core.addDriver(driver);
-        try (Peers.Holder h = Role.QCOW2_RW.holdWithQemu(img)) {
+        try (Peers.Holder h = QemuRole.QCOW2_RW.holdWithQemu(img)) {
             BlockException e = assertThrows(BlockException.class,
                     () -> driver.open(TestContext.readWrite(img.toString())));
             assertEquals(Reason.LOCKED, e.reason());
@@ -207,17 +156,17 @@ class LockInteropTest {
     @Test
     void readOnlyOpenOfRawSucceedsWhileQemuIoWritesIt() throws Exception {
         Path img = raw();
-        try (Peers.Holder h = Role.RAW_RW.holdWithQemu(img);
+        try (Peers.Holder h = QemuRole.RAW_RW.holdWithQemu(img);
                 BlockNode n = driver.open(TestContext.readOnly(img.toString()))) {
             assertEquals(1 << 20, n.size());
-            assertEquals(0, Role.RAW_RO.openWithQemu(img).exit(), "qemu-io -r opens it too");
+            assertEquals(0, QemuRole.RAW_RO.openWithQemu(img).exit(), "qemu-io -r opens it too");
         }
     }
 
     @Test
     void qemuImgInfoIsRefusedWhileWeHoldTheImageAndWorksWithForceShare() throws Exception {
         Path img = qcow2();
-        try (BlockNode n = driver.open(Role.QCOW2_RW.context(img))) {
+        try (BlockNode n = driver.open(QemuRole.QCOW2_RW.context(img))) {
             Peers.Result info = Peers.run(Peers.qemuImg(), "info", img.toString());
             assertEquals(1, info.exit());
             assertEquals("qemu-img: Could not open '" + img + "': Failed to get shared \"write\" lock\n"
@@ -232,12 +181,12 @@ class LockInteropTest {
     @Test
     void procLocksShowsTheOfdLockBytesWeHold() throws Exception {
         Path img = qcow2();
-        try (BlockNode n = driver.open(Role.QCOW2_RW.context(img))) {
+        try (BlockNode n = driver.open(QemuRole.QCOW2_RW.context(img))) {
             assertEquals(new TreeSet<>(List.of(100L, 101L, 103L, 201L, 203L)), Peers.lockedBytes(img, "OFDLCK"));
             assertEquals(Set.of(), Peers.lockedBytes(img, "POSIX"));
         }
         assertEquals(Set.of(), Peers.lockedBytes(img));
-        try (BlockNode n = driver.open(Role.RAW_RO.context(img))) {
+        try (BlockNode n = driver.open(QemuRole.RAW_RO.context(img))) {
             assertEquals(new TreeSet<>(List.of(100L)), Peers.lockedBytes(img, "OFDLCK"));
         }
     }
@@ -245,7 +194,7 @@ class LockInteropTest {
     @Test
     void lockingOffTakesNoLocksAndIgnoresOthers() throws Exception {
         Path img = qcow2();
-        try (Peers.Holder h = Role.QCOW2_RW.holdWithQemu(img)) {
+        try (Peers.Holder h = QemuRole.QCOW2_RW.holdWithQemu(img)) {
             TreeSet<Long> qemus = Peers.lockedBytes(img);
             TestContext ctx = TestContext.readWrite(img.toString(), Options.of("locking", "off"));
             try (BlockNode n = driver.open(ctx)) {
@@ -267,7 +216,7 @@ class LockInteropTest {
     @Test
     void posixFallbackLocksConflictWithQemuBothWays() throws Exception {
         Path img = qcow2();
-        try (Peers.Holder h = Role.QCOW2_RW.holdWithQemu(img);
+        try (Peers.Holder h = QemuRole.QCOW2_RW.holdWithQemu(img);
                 FileChannel ch = FileChannel.open(img, StandardOpenOption.READ, StandardOpenOption.WRITE)) {
             BlockException e = assertThrows(BlockException.class, () -> PosixDriver.posixLock(ch, true,
                     img.toString(), EnumSet.of(CR, W), ALL));
@@ -275,8 +224,8 @@ class LockInteropTest {
             assertTrue(e.getMessage().startsWith("Failed to get \"write\" lock\n"), e.getMessage());
         }
         try (FileChannel ch = FileChannel.open(img, StandardOpenOption.READ, StandardOpenOption.WRITE);
-                ImageLock lock = PosixDriver.posixLock(ch, true, img.toString(), Role.QCOW2_RW.perm,
-                        Role.QCOW2_RW.shared)) {
+                ImageLock lock = PosixDriver.posixLock(ch, true, img.toString(), QemuRole.QCOW2_RW.perm,
+                        QemuRole.QCOW2_RW.shared)) {
             assertEquals(new TreeSet<>(List.of(100L, 101L, 103L, 201L, 203L)), Peers.lockedBytes(img, "POSIX"));
             Peers.Result info = Peers.run(Peers.qemuImg(), "info", img.toString());
             assertNotEquals(0, info.exit());
@@ -290,11 +239,12 @@ class LockInteropTest {
         long before = Files.size(img);
         BlockCore core = BlockCore.standalone();
         core.addDriver(driver);
-        try (Peers.Holder h = Role.QCOW2_RW.holdWithQemu(img)) {
+        try (Peers.Holder h = QemuRole.QCOW2_RW.holdWithQemu(img)) {
             BlockException e = assertThrows(BlockException.class,
                     () -> core.create(img.toString(), "file", Options.of("size", "1M"), s -> { }, w -> { }));
             assertEquals(Reason.LOCKED, e.reason());
-            assertTrue(e.getMessage().startsWith("Failed to get \"write\" lock"), e.getMessage());
+            assertTrue(e.getMessage().endsWith("Failed to get \"write\" lock\nIs another process using the image ["
+                    + img + "]?"), e.getMessage());
         }
         assertEquals(before, Files.size(img));
         assertEquals(0, Peers.run(Peers.qemuImg(), "check", "-q", img.toString()).exit());

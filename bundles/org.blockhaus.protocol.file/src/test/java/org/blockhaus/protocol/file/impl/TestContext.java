@@ -43,6 +43,13 @@ final class TestContext implements OpenContext {
                 Permission.all());
     }
 
+    /** A permission pair: what a user holds and what it lets others have. */
+    record Perms(Set<Permission> perm, Set<Permission> shared) {
+        TestContext context(String filename, boolean readOnly) {
+            return new TestContext(filename, Options.empty(), readOnly, perm, shared);
+        }
+    }
+
     @Override public String filename() { return filename; }
     @Override public Options options() { return options; }
     @Override public boolean readOnly() { return readOnly; }
