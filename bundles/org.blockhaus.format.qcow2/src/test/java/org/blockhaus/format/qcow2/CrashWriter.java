@@ -1,0 +1,52 @@
+package org.blockhaus.format.qcow2;
+
+import java.nio.ByteBuffer;
+import java.nio.file.Path;
+import java.util.Arrays;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.Image;
+import org.blockhaus.core.BlockCore;
+
+/**
+ * A writer process for {@link CrashSafetyTest}: round {@code i} fills region {@code i} with
+ * pattern {@code i} (plus scattered small writes and zero writes), flushes, and only then prints
+ * "flushed i". The test kills it at a random instant.
+ */
+public final class CrashWriter {
+    static final int REGION = 96 * 1024;
+    static final int ROUNDS = 400;
+    static final long SCRATCH = (long) ROUNDS * REGION;
+    static final long SIZE = SCRATCH + (1 << 20);
+
+    private CrashWriter() {
+    }
+
+    static byte patternOf(int round) {
+        return (byte) (round % 250 + 1);
+    }
+
+    public static void main(String[] args) throws Exception {
+        Path img = Path.of(args[0]);
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            System.out.println("ready");
+            System.out.flush();
+            byte[] buf = new byte[REGION];
+            for (int round = 0; round < ROUNDS; round++) {
+                Arrays.fill(buf, patternOf(round));
+                long base = (long) round * REGION;
+                // small pieces, so that the kill often lands between allocations of one round
+                for (int piece = 0; piece < REGION; piece += 8192) {
+                    i.write(base + piece, ByteBuffer.wrap(buf, piece, 8192), 0);
+                }
+                // churn in a scratch area after the regions: overwrite, then unmap, so clusters are freed
+                long scratch = SCRATCH + (long) (round % 16) * 65536;
+                i.write(scratch, ByteBuffer.wrap(buf, 0, 65536), 0);
+                i.writeZeroes(SCRATCH + (long) ((round + 8) % 16) * 65536, 65536, BlockNode.MAY_UNMAP);
+                i.flush();
+                System.out.println("flushed " + round);
+                System.out.flush();
+            }
+        }
+    }
+}
