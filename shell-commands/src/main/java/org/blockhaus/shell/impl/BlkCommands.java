@@ -20,10 +20,16 @@ import org.osgi.service.component.annotations.Reference;
         "osgi.command.function=convert", "osgi.command.function=compare", "osgi.command.function=map",
         "osgi.command.function=check", "osgi.command.function=resize", "osgi.command.function=measure",
         "osgi.command.function=snapshot", "osgi.command.function=amend", "osgi.command.function=commit",
-        "osgi.command.function=rebase", "osgi.command.function=bench", "osgi.command.function=dd"})
+        "osgi.command.function=rebase", "osgi.command.function=bench", "osgi.command.function=dd",
+        "osgi.command.function=formats"})
 public class BlkCommands {
     @Reference
     BlockCore core;
+
+    @Descriptor("names of the installed format drivers (used by tab completion)")
+    public java.util.List<String> formats() {
+        return core.drivers().stream().filter(d -> d.kind().equals("format")).map(d -> d.name()).toList();
+    }
 
     @Descriptor("list installed drivers: name, kind, whether it creates images, bundle state")
     public Object drivers() throws Exception {

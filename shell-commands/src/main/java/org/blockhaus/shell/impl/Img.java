@@ -74,6 +74,7 @@ final class Img {
     }
 
     Object run(String command, String[] args) throws UsageException, BlockException, CommandException {
+        applyObjects(args);
         if (ImgMaintenance.COMMANDS.contains(command)) {
             return new ImgMaintenance(core, this, out).run(command, args);
         }
@@ -86,6 +87,56 @@ final class Img {
             case "map" -> map(args);
             default -> throw new UsageException("Command not found: " + command);
         };
+    }
+
+    /**
+     * {@code --object secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]}: secrets that drivers
+     * (luks, encrypted qcow2) ask for by id; other object types are refused by name.
+     */
+    void applyObjects(String[] args) throws BlockException {
+        for (int i = 0; i < args.length; i++) {
+            String def = null;
+            if (args[i].equals("--object") && i + 1 < args.length) {
+                def = args[++i];
+            } else if (args[i].startsWith("--object=")) {
+                def = args[i].substring("--object=".length());
+            } else if (args[i].equals("--")) {
+                return;
+            }
+            if (def != null) {
+                Options o = Options.parseKeyValue(def, "qom-type");
+                String type = o.get("qom-type");
+                if (!"secret".equals(type)) {
+                    throw BlockException.invalid("Invalid object type '" + type + "'");
+                }
+                String id = o.get("id");
+                if (id == null) {
+                    throw BlockException.invalid("Parameter 'id' is missing");
+                }
+                byte[] value;
+                if (o.has("data") == o.has("file")) {
+                    throw BlockException.invalid("'file' and 'data' are mutually exclusive; exactly one must be given");
+                }
+                if (o.has("data")) {
+                    value = o.get("data").getBytes(java.nio.charset.StandardCharsets.UTF_8);
+                } else {
+                    try {
+                        value = java.nio.file.Files.readAllBytes(java.nio.file.Path.of(o.get("file")));
+                    } catch (java.io.IOException e) {
+                        throw BlockException.io("Unable to read " + o.get("file"), e);
+                    }
+                }
+                if ("base64".equals(o.get("format"))) {
+                    try {
+                        value = java.util.Base64.getDecoder().decode(new String(value,
+                                java.nio.charset.StandardCharsets.US_ASCII).trim());
+                    } catch (IllegalArgumentException e) {
+                        throw BlockException.invalid("Invalid base64 data for secret '" + id + "'");
+                    }
+                }
+                core.addSecret(id, value);
+            }
+        }
     }
 
     // ---- create -------------------------------------------------------------------------

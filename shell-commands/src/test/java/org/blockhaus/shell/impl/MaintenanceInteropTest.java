@@ -74,4 +74,14 @@ class MaintenanceInteropTest extends QemuComparison {
         assertEquals(0, w.exitCode(), w.err());
         Qemu.ok(dir, "qemu-io", "-f", "raw", "-r", "-c", "read -P 165 0 256k", "a.raw");
     }
+
+    @Test
+    void objectsDefineSecretsAndUnknownObjectTypesAreRefused() throws Exception {
+        qemu("create", "-f", "raw", "a.raw", "1M");
+        Qemu.Run ours = blk("info", "--object", "secret,id=sec0,data=letmein", "-f", "raw", "a.raw");
+        assertEquals(0, ours.exitCode(), ours.err());
+        Qemu.Run bad = blk("info", "--object", "iothread,id=io0", "-f", "raw", "a.raw");
+        assertEquals(1, bad.exitCode());
+        assertTrue(bad.err().contains("iothread"), bad.err());
+    }
 }
