@@ -177,6 +177,7 @@ final class Launcher {
     /** Interactive mode: gogo.jline owns the terminal until the framework stops (exit, Ctrl-D). */
     private int runConsole() throws LaunchException {
         try {
+            awaitBlkCommands();
             consoleBundle.start();
             time("console started");
             framework.waitForStop(0);
@@ -187,6 +188,24 @@ final class Launcher {
             Thread.currentThread().interrupt();
             return 130;
         }
+    }
+
+    /** The console runs gosh_profile at once; let SCR register the blk commands first (bounded). */
+    private void awaitBlkCommands() throws InterruptedException {
+        BundleContext ctx = framework.getBundleContext();
+        try {
+            ServiceTracker<Object, Object> t = new ServiceTracker<>(ctx,
+                    ctx.createFilter("(osgi.command.scope=blk)"), null);
+            t.open(true);
+            try {
+                t.waitForService(settings.waitMillis());
+            } finally {
+                t.close();
+            }
+        } catch (org.osgi.framework.InvalidSyntaxException e) {
+            throw new IllegalStateException(e);
+        }
+        time("blk commands registered");
     }
 
     /** Stops the framework (bounded) and deletes its storage; safe to call twice and from a hook. */
