@@ -84,6 +84,30 @@ class FileDriverTest {
     }
 
     @Test
+    void concurrentWritersEachLandWhereTheyAimed() throws Exception {
+        Path f = Files.write(dir.resolve("par.raw"), new byte[0]);
+        int chunk = 64 << 10;
+        int writers = 64;
+        try (BlockNode n = driver.open(TestContext.readWrite(f.toString()))) {
+            n.truncate((long) chunk * writers, true, Preallocation.OFF);
+            try (var pool = java.util.concurrent.Executors.newVirtualThreadPerTaskExecutor()) {
+                for (int i = 0; i < writers; i++) {
+                    int id = i;
+                    pool.submit(() -> {
+                        n.write((long) id * chunk, ByteBuffer.wrap(random(chunk, id)), 0);
+                        return null;
+                    });
+                }
+            }
+            for (int i = 0; i < writers; i++) {
+                ByteBuffer b = ByteBuffer.allocate(chunk);
+                n.read((long) i * chunk, b);
+                assertArrayEquals(random(chunk, i), b.array(), "chunk " + i);
+            }
+        }
+    }
+
+    @Test
     void missingFileIsReportedInQemuWords() {
         String name = dir.resolve("nofile").toString();
         BlockException e = assertThrows(BlockException.class, () -> driver.open(TestContext.readOnly(name)));

@@ -207,6 +207,21 @@ class LockInteropTest {
     }
 
     @Test
+    void twoNodesInOneJvmLockEachOtherOutAsTwoQemuProcessesWould() throws Exception {
+        Path img = qcow2();
+        try (BlockNode first = driver.open(QemuRole.QCOW2_RW.context(img))) {
+            BlockException e = assertThrows(BlockException.class, () -> driver.open(QemuRole.RAW_RW.context(img)));
+            assertEquals(Reason.LOCKED, e.reason());
+            try (BlockNode reader = driver.open(QemuRole.RAW_RO.context(img))) {
+                assertTrue(reader.size() > 0, "a reader that shares everything may join");
+            }
+        }
+        try (BlockNode again = driver.open(QemuRole.RAW_RW.context(img))) {
+            assertTrue(again.size() > 0, "closing the first node released its locks");
+        }
+    }
+
+    @Test
     void badLockingValueIsRefusedInQemuWords() {
         BlockException e = assertThrows(BlockException.class, () -> driver.open(
                 TestContext.readWrite(dir.resolve("x").toString(), Options.of("locking", "xyz"))));
