@@ -94,7 +94,11 @@ final class FileNode implements BlockNode {
     long length() throws BlockException {
         try {
             if (device && nat != null) {
-                return nat.ioctlLong(fd, Native.BLKGETSIZE64);
+                try {
+                    return nat.ioctlLong(fd, Native.BLKGETSIZE64);
+                } catch (Native.Errno notABlockDevice) {
+                    return nat.lseek(fd, 0, Native.SEEK_END); // character devices, as QEMU's raw_getlength
+                }
             }
             if (channel != null) {
                 return channel.size();

@@ -137,7 +137,11 @@ abstract class PosixDriver implements BlockDriver {
             if (direct) {
                 int align = 4096;
                 if (device) {
-                    align = Math.max(nat.ioctlInt(fd, Native.BLKSSZGET), 512);
+                    try {
+                        align = Math.max(nat.ioctlInt(fd, Native.BLKSSZGET), 512);
+                    } catch (Native.Errno notABlockDevice) {
+                        // a character device: keep the safe 4 KiB
+                    }
                 }
                 limits = new Limits(align, DIRECT_MAX_TRANSFER, 0, 0, 0);
             }

@@ -124,6 +124,19 @@ class HostDeviceTest {
     }
 
     @Test
+    void characterDevicesOpenWithTheSizeQemuReports() throws Exception {
+        for (String dev : new String[] {"/dev/null", "/dev/zero"}) {
+            String info = Peers.check(Peers.qemuImg(), "info", "--output=json", "--image-opts",
+                    "driver=host_device,filename=" + dev);
+            java.util.regex.Matcher m = java.util.regex.Pattern.compile("\"virtual-size\": (\\d+)").matcher(info);
+            assertTrue(m.find(), info);
+            try (BlockNode n = hostDevice.open(TestContext.readOnly(dev))) {
+                assertEquals(Long.parseLong(m.group(1)), n.size(), dev);
+            }
+        }
+    }
+
+    @Test
     void hostDeviceRefusesRegularFilesAsQemuDoes() throws Exception {
         Path f = Files.write(dir.resolve("plain.raw"), new byte[4096]);
         BlockException e = assertThrows(BlockException.class, () -> hostDevice.open(TestContext.readOnly(f.toString())));

@@ -88,6 +88,24 @@ class OpenOptionsTest {
     }
 
     @Test
+    void immutableFileIsRefusedForWritingInQemuIosWords() throws Exception {
+        Path f = image();
+        String chattr = Peers.require("chattr", "e2fsprogs");
+        Peers.check(chattr, "+i", f.toString());
+        try {
+            BlockException e = openFails(f.toString(), Options.empty());
+            assertEquals(qemuIoError(f.toString(), ""), e.getMessage());
+            assertEquals("Could not open '" + f + "': Operation not permitted", e.getMessage());
+            assertEquals(Reason.PERMISSION, e.reason());
+            try (BlockNode n = driver.open(TestContext.readOnly(f.toString()))) {
+                assertEquals(1 << 20, n.size(), "reading is still allowed");
+            }
+        } finally {
+            Peers.check(chattr, "-i", f.toString());
+        }
+    }
+
+    @Test
     void cacheDirectOpensWithODirectAndAlignsTo4k() throws Exception {
         Path f = image();
         BlockCore core = BlockCore.standalone();
