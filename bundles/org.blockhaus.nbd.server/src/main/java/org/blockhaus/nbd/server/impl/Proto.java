@@ -82,8 +82,10 @@ final class Proto {
     static final int STATE_ZERO = 2;
 
     static final String CONTEXT_BASE_ALLOCATION = "base:allocation";
-    /** Our id for base:allocation in NBD_REP_META_CONTEXT and block status chunks. */
+    static final String CONTEXT_ALLOCATION_DEPTH = "qemu:allocation-depth";
+    /** Our ids for the contexts in NBD_REP_META_CONTEXT and block status chunks. */
     static final int BASE_ALLOCATION_ID = 1;
+    static final int ALLOCATION_DEPTH_ID = 2;
 
     /** Largest read or write payload we accept (the spec's recommended maximum). */
     static final int MAX_PAYLOAD = 32 << 20;

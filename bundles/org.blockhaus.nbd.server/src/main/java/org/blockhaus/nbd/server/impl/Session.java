@@ -54,6 +54,7 @@ final class Session {
     private boolean structured;
     private String metaExport;
     private boolean baseAllocation;
+    private boolean allocationDepth;
 
     // transmission state
     private NbdServer.Export export;
@@ -210,6 +211,7 @@ final class Session {
         }
         if (!name.equals(metaExport)) {
             baseAllocation = false;
+            allocationDepth = false;
         }
         long sz;
         try {
@@ -284,11 +286,15 @@ final class Session {
         reply(opt, REP_ACK);
         if (opt == OPT_GO && !name.equals(metaExport)) {
             baseAllocation = false; // contexts were negotiated for another export
+            allocationDepth = false;
         }
         return e;
     }
 
-    /** NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: we offer base:allocation. */
+    /**
+     * NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: we offer base:allocation and QEMU's
+     * qemu:allocation-depth (docs/interop/nbd.rst).
+     */
     private void metaContext(int opt, ByteBuffer data) throws IOException {
         String name = string(data, data.remaining());
         if (name == null || data.remaining() < 4) {
@@ -317,22 +323,30 @@ final class Session {
             reply(opt, REP_ERR_UNKNOWN, "export '" + name + "' not present");
             return;
         }
-        boolean match = opt == OPT_LIST_META_CONTEXT && queries.isEmpty();
+        boolean list = opt == OPT_LIST_META_CONTEXT;
+        boolean base = list && queries.isEmpty();
+        boolean depth = list && queries.isEmpty();
         for (String q : queries) {
-            if (q.equals(CONTEXT_BASE_ALLOCATION) || opt == OPT_LIST_META_CONTEXT && q.equals("base:")) {
-                match = true;
-            }
+            base |= q.equals(CONTEXT_BASE_ALLOCATION) || list && q.equals("base:");
+            depth |= q.equals(CONTEXT_ALLOCATION_DEPTH) || list && q.equals("qemu:");
         }
-        if (match) {
-            byte[] b = CONTEXT_BASE_ALLOCATION.getBytes(StandardCharsets.UTF_8);
-            int id = opt == OPT_SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0;
-            reply(opt, REP_META_CONTEXT, ByteBuffer.allocate(4 + b.length).putInt(id).put(b).flip());
+        if (base) {
+            metaContextReply(opt, list ? 0 : BASE_ALLOCATION_ID, CONTEXT_BASE_ALLOCATION);
         }
-        if (opt == OPT_SET_META_CONTEXT) {
+        if (depth) {
+            metaContextReply(opt, list ? 0 : ALLOCATION_DEPTH_ID, CONTEXT_ALLOCATION_DEPTH);
+        }
+        if (!list) {
             metaExport = name;
-            baseAllocation = match;
+            baseAllocation = base;
+            allocationDepth = depth;
         }
         reply(opt, REP_ACK);
+    }
+
+    private void metaContextReply(int opt, int id, String context) throws IOException {
+        byte[] b = context.getBytes(StandardCharsets.UTF_8);
+        reply(opt, REP_META_CONTEXT, ByteBuffer.allocate(4 + b.length).putInt(id).put(b).flip());
     }
 
     /** A 32-bit length and that many bytes of UTF-8, or null if it does not fit in {@code room}. */
@@ -594,9 +608,9 @@ final class Session {
         long pos = offset;
         try {
             while (pos < end && out.size() < 64) {
-                BlockStatus s = node.blockStatus(pos, end - pos);
-                long n = Math.min(Math.max(s.length(), 1), end - pos);
-                boolean zero = s.isZero() && n >= 4096;
+                Status s = chainStatus(pos, end - pos);
+                long n = s.length();
+                boolean zero = (s.flags() & BlockStatus.ZERO) != 0 && n >= 4096;
                 long[] last = out.isEmpty() ? null : out.get(out.size() - 1);
                 if (last != null && (last[2] != 0) == zero) {
                     last[1] += n;
@@ -708,47 +722,88 @@ final class Session {
 
     private void blockStatus(Request r) throws NbdError, BlockException, IOException {
         checkFlags(r, CMD_FLAG_REQ_ONE);
-        if (!baseAllocation) {
+        if (!baseAllocation && !allocationDepth) {
             throw new NbdError(EINVAL, "no metadata context was negotiated");
         }
         if (r.length() == 0) {
             throw new NbdError(EINVAL, "block status of an empty range");
         }
         checkRange(r, EINVAL);
+        List<ByteBuffer> out = new ArrayList<>();
+        if (baseAllocation) {
+            chunk(out, r, BASE_ALLOCATION_ID, extents(r, false), !allocationDepth);
+        }
+        if (allocationDepth) {
+            chunk(out, r, ALLOCATION_DEPTH_ID, extents(r, true), true);
+        }
+        send(out.toArray(ByteBuffer[]::new));
+    }
+
+    private static void chunk(List<ByteBuffer> out, Request r, int contextId, List<long[]> extents, boolean last) {
+        out.add(chunkHeader(last ? REPLY_FLAG_DONE : 0, REPLY_TYPE_BLOCK_STATUS, r.cookie(), 4 + 8L * extents.size())
+                .flip());
+        ByteBuffer body = ByteBuffer.allocate(4 + 8 * extents.size());
+        body.putInt(contextId);
+        for (long[] x : extents) {
+            body.putInt((int) x[0]).putInt((int) x[1]);
+        }
+        out.add(body.flip());
+    }
+
+    /** {length, value} extents of one context; neighbours with the same value are merged. */
+    private List<long[]> extents(Request r, boolean depth) throws BlockException {
         long end = r.offset() + r.length();
-        List<long[]> extents = new ArrayList<>(); // {length, flags}
+        List<long[]> extents = new ArrayList<>();
         long pos = r.offset();
         int calls = 0;
         while (pos < end && extents.size() < MAX_EXTENTS && calls++ < 4 * MAX_EXTENTS) {
-            BlockStatus s = node.blockStatus(pos, end - pos);
-            long n = Math.min(Math.max(s.length(), 1), end - pos);
-            int f = stateOf(s);
+            Status s = chainStatus(pos, end - pos);
+            long value = depth ? s.depth()
+                    : ((s.flags() & BlockStatus.DATA) != 0 ? 0 : STATE_HOLE)
+                            | ((s.flags() & BlockStatus.ZERO) != 0 ? STATE_ZERO : 0);
             long[] last = extents.isEmpty() ? null : extents.get(extents.size() - 1);
-            if (last != null && last[1] == f) {
-                last[0] += n;
+            if (last != null && last[1] == value) {
+                last[0] += s.length();
             } else {
-                extents.add(new long[] {n, f});
+                extents.add(new long[] {s.length(), value});
             }
-            pos += n;
+            pos += s.length();
             if (r.has(CMD_FLAG_REQ_ONE)) {
                 break;
             }
         }
-        ByteBuffer c = chunkHeader(REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, r.cookie(), 4 + 8L * extents.size());
-        ByteBuffer body = ByteBuffer.allocate(4 + 8 * extents.size());
-        body.putInt(BASE_ALLOCATION_ID);
-        for (long[] x : extents) {
-            body.putInt((int) x[0]).putInt((int) x[1]);
-        }
-        send(c.flip(), body.flip());
+        return extents;
     }
 
-    /** base:allocation flags from a block status answer. */
-    private int stateOf(BlockStatus s) {
-        if (!s.isAllocated() && node instanceof Image img && img.backing() != null) {
-            return 0; // the content comes from the backing file: data, as far as a client can tell
+    /** Block status of the whole chain below the export: length, DATA/ZERO flags, allocation depth. */
+    private record Status(long length, int flags, int depth) {
+    }
+
+    /**
+     * Where this layer does not decide the content, asks its backing file, as qemu-nbd's
+     * block_status_above does: base:allocation must describe what a read returns, and
+     * qemu:allocation-depth says which layer (1 = the top, 0 = none) holds the data.
+     */
+    private Status chainStatus(long offset, long length) throws BlockException {
+        BlockNode n = node;
+        long len = length;
+        for (int depth = 1; ; depth++) {
+            BlockStatus s = n.blockStatus(offset, len);
+            len = Math.min(Math.max(s.length(), 1), len);
+            if (s.isAllocated()) {
+                return new Status(len, s.flags(), depth);
+            }
+            Image backing = n instanceof Image img ? img.backing() : null;
+            if (backing == null || depth >= 64) {
+                return new Status(len, BlockStatus.ZERO, 0); // unallocated everywhere: reads as zeroes
+            }
+            long backingSize = backing.size();
+            if (offset >= backingSize) {
+                return new Status(len, BlockStatus.ZERO, 0); // past the end of the backing file
+            }
+            len = Math.min(len, backingSize - offset);
+            n = backing;
         }
-        return (s.isData() ? 0 : STATE_HOLE) | (s.isZero() ? STATE_ZERO : 0);
     }
 
     private static int errnoOf(BlockException e) {
