@@ -34,6 +34,12 @@ final class Launcher {
     /** The deploy directory watcher: interactive mode only (CLI mode installs deploy/ itself, at once). */
     static final String FILEINSTALL_BSN = "org.apache.felix.fileinstall";
     /** Bundles only the interactive shell needs; CLI mode leaves them installed but not started. */
+    /**
+     * Jars (features name them artifactId.jar) CLI mode does not even install. gogo.runtime stays:
+     * the shell bundle imports its command API.
+     */
+    static final Set<String> CLI_SKIPS_JARS = Set.of("org.apache.felix.gogo.jline.jar",
+            "org.apache.felix.gogo.command.jar", "jline.jar", "org.apache.felix.fileinstall.jar");
     static final Set<String> CONSOLE_ONLY = Set.of("org.apache.felix.gogo.runtime", "org.apache.felix.gogo.command",
             "org.jline");
 
@@ -95,7 +101,12 @@ final class Launcher {
         try {
             fw.init();
             BundleContext ctx = fw.getBundleContext();
-            List<Bundle> bundles = install(ctx, jars(settings.home().resolve("bundles")));
+            List<Path> feature = jars(settings.home().resolve("bundles"));
+            if (cli) {
+                // a command needs neither a console nor a watcher: not installing them saves start-up
+                feature = feature.stream().filter(p -> !CLI_SKIPS_JARS.contains(p.getFileName().toString())).toList();
+            }
+            List<Bundle> bundles = install(ctx, feature);
             if (cli && settings.deploy() != null && Files.isDirectory(settings.deploy())) {
                 bundles.addAll(install(ctx, jars(settings.deploy())));
             }
