@@ -862,19 +862,219 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
         return out;
     }
 
+    /** Visits every host range a mapping tree references: its L2 tables and their data clusters. */
+    private interface RefVisitor {
+        void visit(long offset, long bytes) throws BlockException;
+    }
+
+    private void walkTree(long[] table, RefVisitor v) throws BlockException {
+        for (long e : table) {
+            long off = e & L1_OFFSET_MASK;
+            if (off == 0) {
+                continue;
+            }
+            v.visit(off, clusterSize);
+            L2Cache.Table t = l2.get(off);
+            int step = extL2 ? 2 : 1;
+            for (int i = 0; i < t.words.length; i += step) {
+                long w = t.words[i];
+                if ((w & COMPRESSED) != 0) {
+                    v.visit(compression.refStart(w), compression.refLength(w));
+                } else if ((w & L2_OFFSET_MASK) != 0) {
+                    v.visit(hostOf(w, -1), clusterSize);
+                }
+            }
+        }
+    }
+
+    private void incrementRange(long offset, long bytes) throws BlockException {
+        long first = offset >>> clusterBits;
+        long last = (offset + bytes - 1) >>> clusterBits;
+        refcounts.increment(first, last - first + 1);
+    }
+
+    private long[] readTable(long offset, int entries) throws BlockException {
+        return readL1(offset, entries);
+    }
+
+    /** Writes a snapshot table to fresh clusters and points the header at it; frees the old one. */
+    private void replaceSnapshotTable(List<Snapshots.Entry> entries) throws BlockException {
+        long[] oldBytes = new long[1];
+        if (header.nbSnapshots() > 0) {
+            Snapshots.read(file, header, oldBytes);
+        }
+        long oldOffset = header.snapshotsOffset();
+        byte[] table = Snapshots.serialize(entries);
+        long newOffset = 0;
+        if (table.length > 0) {
+            newOffset = refcounts.allocate((int) Qcow2Header.ceilShift(table.length, clusterBits));
+            refcounts.writeIncreases();
+            file.write(newOffset, table);
+            file.flush();
+        }
+        ByteBuffer hdr = ByteBuffer.allocate(12).putInt(entries.size()).putLong(newOffset).flip();
+        file.write(60, hdr);
+        file.flush();
+        header = new Qcow2Header(header.version(), header.backingFileOffset(), header.backingFileSize(), clusterBits,
+                size, header.cryptMethod(), l1.length, l1Offset, refcounts.tableOffset(), refcounts.tableClusters(),
+                entries.size(), newOffset, header.incompatibleFeatures(), header.compatibleFeatures(),
+                header.autoclearFeatures(), header.refcountOrder(), header.headerLength(), header.compressionType(),
+                header.backingFile(), header.backingFormat(), header.dataFile(), header.featureNames(),
+                header.unknownExtensions());
+        if (oldBytes[0] > 0) {
+            refcounts.queueFree(oldOffset, oldBytes[0]);
+        }
+    }
+
     @Override
     public void createSnapshot(String name) throws BlockException {
-        throw BlockException.unsupported("Creating qcow2 internal snapshots");
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            flushLocked();
+            List<Snapshots.Entry> entries = new ArrayList<>(snapshotEntries());
+            if (entries.size() >= Qcow2Header.MAX_SNAPSHOTS) {
+                throw BlockException.invalid("qcow2: too many snapshots");
+            }
+            // The snapshot's own L1 table, a copy of the active one.
+            long l1Bytes = (long) l1.length * 8;
+            long snapL1 = l1.length == 0 ? 0 : refcounts.allocate((int) Qcow2Header.ceilShift(l1Bytes, clusterBits));
+            // Everything the active tree references gains a reference, so writes copy on write.
+            walkTree(l1, this::incrementRange);
+            long[] copy = l1.clone();
+            for (int i = 0; i < l1.length; i++) {
+                if ((l1[i] & COPIED) != 0) {
+                    l1[i] &= ~COPIED;
+                    markL1Dirty(i);
+                    L2Cache.Table t = l2.get(l1[i] & L1_OFFSET_MASK);
+                    int step = extL2 ? 2 : 1;
+                    for (int j = 0; j < t.words.length; j += step) {
+                        if ((t.words[j] & COPIED) != 0) {
+                            t.words[j] &= ~COPIED;
+                            t.dirty = true;
+                        }
+                    }
+                }
+                copy[i] &= ~COPIED;
+            }
+            flushLocked(); // refcounts, then the tables without COPIED
+            if (snapL1 != 0) {
+                ByteBuffer b = ByteBuffer.allocate((int) l1Bytes);
+                for (long e : copy) {
+                    b.putLong(e);
+                }
+                file.write(snapL1, b.flip());
+                file.flush();
+            }
+            java.time.Instant now = java.time.Instant.now();
+            entries.add(new Snapshots.Entry(snapL1, l1.length, Snapshots.nextId(entries), name, now.getEpochSecond(),
+                    now.getNano(), 0, 0, size, -1));
+            replaceSnapshotTable(entries);
+            refcounts.applyQueuedFrees();
+        } finally {
+            lock.unlock();
+        }
     }
 
     @Override
     public void applySnapshot(String nameOrId) throws BlockException {
-        throw BlockException.unsupported("Applying qcow2 internal snapshots");
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            flushLocked();
+            List<Snapshots.Entry> entries = snapshotEntries();
+            int idx = Snapshots.find(entries, nameOrId);
+            if (idx < 0) {
+                throw new BlockException(Reason.NOT_FOUND, "Can't find snapshot '" + nameOrId + "'");
+            }
+            Snapshots.Entry sn = entries.get(idx);
+            long[] snapL1 = readTable(sn.l1TableOffset(), sn.l1Size());
+            // 1. the snapshot's tree gains the active reference
+            walkTree(snapL1, this::incrementRange);
+            refcounts.writeIncreases();
+            long[] oldL1 = l1.clone();
+            if (snapL1.length > l1.length) {
+                growL1(snapL1.length);
+            }
+            // 2. the active L1 becomes the snapshot's (shared tables: no COPIED)
+            for (int i = 0; i < l1.length; i++) {
+                l1[i] = i < snapL1.length ? snapL1[i] & ~COPIED : 0;
+            }
+            ByteBuffer b = ByteBuffer.allocate(l1.length * 8);
+            for (long e : l1) {
+                b.putLong(e);
+            }
+            file.write(l1Offset, b.flip());
+            file.flush();
+            if (sn.diskSize() != size) {
+                file.write(24, ByteBuffer.allocate(8).putLong(0, sn.diskSize()));
+                file.flush();
+                size = sn.diskSize();
+            }
+            cachedCompressedGuest = -1;
+            // 3. the old active tree loses its reference
+            walkTree(oldL1, (off, bytes) -> refcounts.queueFree(off, bytes));
+            refcounts.applyQueuedFrees();
+        } finally {
+            lock.unlock();
+        }
     }
 
     @Override
     public void deleteSnapshot(String nameOrId) throws BlockException {
-        throw BlockException.unsupported("Deleting qcow2 internal snapshots");
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            flushLocked();
+            List<Snapshots.Entry> entries = new ArrayList<>(snapshotEntries());
+            int idx = Snapshots.find(entries, nameOrId);
+            if (idx < 0) {
+                throw new BlockException(Reason.NOT_FOUND, "Can't find snapshot '" + nameOrId + "'");
+            }
+            Snapshots.Entry sn = entries.remove(idx);
+            long[] snapL1 = readTable(sn.l1TableOffset(), sn.l1Size());
+            replaceSnapshotTable(entries); // from here on nothing refers to the snapshot's tree
+            walkTree(snapL1, (off, bytes) -> refcounts.queueFree(off, bytes));
+            if (sn.l1Size() > 0) {
+                refcounts.queueFree(sn.l1TableOffset(), (long) sn.l1Size() * 8);
+            }
+            refcounts.applyQueuedFrees();
+            // Clusters the active tree now owns alone get their COPIED flag back.
+            for (int i = 0; i < l1.length; i++) {
+                long off = l1[i] & L1_OFFSET_MASK;
+                if (off == 0) {
+                    continue;
+                }
+                boolean l2Owned = refcounts.get(off >>> clusterBits) == 1;
+                if (l2Owned != ((l1[i] & COPIED) != 0)) {
+                    l1[i] = l2Owned ? l1[i] | COPIED : l1[i] & ~COPIED;
+                    markL1Dirty(i);
+                }
+                if (!l2Owned) {
+                    continue;
+                }
+                L2Cache.Table t = l2.get(off);
+                int step = extL2 ? 2 : 1;
+                for (int j = 0; j < t.words.length; j += step) {
+                    long w = t.words[j];
+                    long host = w & L2_OFFSET_MASK;
+                    if ((w & COMPRESSED) != 0 || host == 0) {
+                        continue;
+                    }
+                    boolean owned = refcounts.get(host >>> clusterBits) == 1;
+                    if (owned != ((w & COPIED) != 0)) {
+                        t.words[j] = owned ? w | COPIED : w & ~COPIED;
+                        t.dirty = true;
+                    }
+                }
+            }
+            flushLocked();
+        } finally {
+            lock.unlock();
+        }
     }
 
     @Override

@@ -79,4 +79,52 @@ final class Snapshots {
         tableBytes[0] = total;
         return out;
     }
+
+    /** Size of the extra data we write: large VM state size, disk size, icount (as qemu 7.2). */
+    static final int EXTRA = 24;
+
+    /** Serializes a whole snapshot table, entries padded to 8 bytes. */
+    static byte[] serialize(List<Entry> entries) {
+        java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
+        for (Entry e : entries) {
+            byte[] id = e.id().getBytes(StandardCharsets.UTF_8);
+            byte[] name = e.name().getBytes(StandardCharsets.UTF_8);
+            int len = 40 + EXTRA + id.length + name.length;
+            ByteBuffer b = ByteBuffer.allocate((len + 7) & ~7);
+            b.putLong(e.l1TableOffset()).putInt(e.l1Size()).putShort((short) id.length).putShort((short) name.length)
+                    .putInt((int) e.dateSec()).putInt((int) e.dateNsec()).putLong(e.vmClockNsec())
+                    .putInt((int) Math.min(e.vmStateSize(), 0xffffffffL)).putInt(EXTRA)
+                    .putLong(e.vmStateSize()).putLong(e.diskSize()).putLong(e.icount()).put(id).put(name);
+            out.writeBytes(b.array());
+        }
+        return out.toByteArray();
+    }
+
+    /** Finds a snapshot by ID first, then by name, as qemu-img does. */
+    static int find(List<Entry> entries, String nameOrId) {
+        for (int i = 0; i < entries.size(); i++) {
+            if (entries.get(i).id().equals(nameOrId)) {
+                return i;
+            }
+        }
+        for (int i = 0; i < entries.size(); i++) {
+            if (entries.get(i).name().equals(nameOrId)) {
+                return i;
+            }
+        }
+        return -1;
+    }
+
+    /** The next unique ID: one more than the largest numeric ID. */
+    static String nextId(List<Entry> entries) {
+        long max = 0;
+        for (Entry e : entries) {
+            try {
+                max = Math.max(max, Long.parseLong(e.id()));
+            } catch (NumberFormatException ignored) {
+                // non-numeric IDs do not take part in numbering
+            }
+        }
+        return Long.toString(max + 1);
+    }
 }
