@@ -1,0 +1,90 @@
+package org.blockhaus.format.qcow2;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.Callable;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.Image;
+import org.blockhaus.api.Preallocation;
+import org.blockhaus.core.BlockCore;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Growing an image (also past its L1 table) and writing from many threads at once. */
+class ResizeAndConcurrencyTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void growsPastTheL1TableAndQemuAgrees() throws Exception {
+        Path img = dir.resolve("r.qcow2");
+        BlockCore core = Fixtures.core();
+        Fixtures.create(core, img, 1 << 20, "cluster_size", "4096"); // one L2 table maps 2 MiB
+        byte[] a = new byte[8192];
+        Arrays.fill(a, (byte) 0x61);
+        try (Image i = Fixtures.openRw(core, img)) {
+            i.write(4096, ByteBuffer.wrap(a), 0);
+            i.truncate(64 << 20, false, Preallocation.OFF);
+            assertEquals(64 << 20, i.size());
+            i.write((64 << 20) - 8192, ByteBuffer.wrap(a), 0);
+            assertThrows(BlockException.class, () -> i.truncate(1 << 20, false, Preallocation.OFF));
+        }
+        String info = Qemu.img("info", "--output=json", img.toString()).ok().out();
+        assertTrue(info.contains("\"virtual-size\": 67108864"), info);
+        assertEquals(0, Qemu.img("check", img.toString()).exit(), Qemu.img("check", img.toString()).out());
+        Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0x61 4096 8192", "-c", "read -P 0x61 67100672 8192",
+                "-c", "read -P 0 12288 1M", img.toString()).ok();
+    }
+
+    @Test
+    void concurrentWritersToDisjointRangesAllLand() throws Exception {
+        Path img = dir.resolve("c.qcow2");
+        BlockCore core = Fixtures.core();
+        int threads = 8;
+        int perThread = 2 << 20;
+        Fixtures.create(core, img, (long) threads * perThread, "cluster_size", "16384");
+        byte[] ref = new byte[threads * perThread];
+        try (Image i = Fixtures.openRw(core, img); ExecutorService pool = Executors.newFixedThreadPool(threads)) {
+            List<Future<Void>> done = new ArrayList<>();
+            for (int t = 0; t < threads; t++) {
+                int id = t;
+                done.add(pool.submit((Callable<Void>) () -> {
+                    java.util.Random r = new java.util.Random(id);
+                    for (int k = 0; k < 200; k++) {
+                        int len = 1 + r.nextInt(40_000);
+                        int off = r.nextInt(perThread - len);
+                        byte[] d = Fixtures.pattern(len, id * 1000L + k);
+                        i.write((long) id * perThread + off, ByteBuffer.wrap(d), 0);
+                        synchronized (ref) {
+                            System.arraycopy(d, 0, ref, id * perThread + off, len);
+                        }
+                        if (k % 50 == 0) {
+                            i.flush();
+                        }
+                    }
+                    return null;
+                }));
+            }
+            for (Future<Void> f : done) {
+                f.get();
+            }
+            assertArrayEquals(ref, Fixtures.readAll(i));
+        }
+        Path raw = dir.resolve("c.raw");
+        Files.write(raw, ref);
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+        assertEquals(0, Qemu.img("compare", "-f", "raw", "-F", "qcow2", raw.toString(), img.toString()).exit());
+    }
+}
