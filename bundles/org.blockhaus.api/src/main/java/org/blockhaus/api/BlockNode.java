@@ -21,6 +21,12 @@ public interface BlockNode extends AutoCloseable {
     int MAY_UNMAP = 2;
     /** writeZeroes flag: fail with UNSUPPORTED rather than writing zero buffers. */
     int NO_FALLBACK = 4;
+    /**
+     * Write flag (qemu-img convert -c): store the data compressed where the format can. Such
+     * writes start on a cluster boundary and cover whole clusters (or end at the image's end);
+     * formats that cannot compress refuse them with UNSUPPORTED.
+     */
+    int COMPRESSED = 8;
 
     /** Virtual size in bytes. */
     long size() throws BlockException;

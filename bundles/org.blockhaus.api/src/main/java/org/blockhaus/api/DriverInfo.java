@@ -9,6 +9,8 @@ package org.blockhaus.api;
  * @param state  bundle state ("active", ...)
  * @param canCreate whether the driver creates images
  * @param description one line
+ * @param compressedWrites whether convert -c can write this format
  */
-public record DriverInfo(String name, String kind, String bundle, String state, boolean canCreate, String description) {
+public record DriverInfo(String name, String kind, String bundle, String state, boolean canCreate, String description,
+        boolean compressedWrites) {
 }

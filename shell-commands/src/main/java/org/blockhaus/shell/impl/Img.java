@@ -518,6 +518,11 @@ final class Img {
             }
         }
         boolean noCreate = a.has("n");
+        if (a.has("c") && core.drivers().stream().noneMatch(d -> d.name().equals(outFmt) && d.compressedWrites())) {
+            if (core.drivers().stream().anyMatch(d -> d.name().equals(outFmt))) {
+                throw BlockException.invalid("Compression not supported for this file format");
+            }
+        }
         boolean share = a.has("U") || a.has("force-share");
         String target = pos.get(pos.size() - 1);
         List<Image> sources = new ArrayList<>();

@@ -105,6 +105,7 @@ class ShellInteropTest extends QemuComparison {
             {"create", "-f", "raw", "-b", "a.raw", "x.raw", "1M"},
             {"convert", "-O", "raw", "nofile", "x.raw"},
             {"convert", "-m", "99", "a.raw", "x.raw"},
+            {"convert", "-c", "-O", "raw", "a.raw", "x.raw"},
             {"map", "--start-offset=zz", "a.raw"},
             {"map", "--max-length=zz", "a.raw"},
             {"info", "-f"},

@@ -28,6 +28,15 @@ public interface BlockDriver {
     }
 
     /**
+     * Protocols: how sure this driver is that a plain filename (no URI scheme, no prefix) is one
+     * of its kind, 0..100; e.g. host_device claims block devices. The file protocol is the
+     * fallback when nobody claims a name.
+     */
+    default int probeDevice(String filename) {
+        return 0;
+    }
+
+    /**
      * Protocols: turns a filename in one of this driver's forms into options. The default
      * keeps it as the {@code filename} option.
      */

@@ -13,9 +13,11 @@ import java.util.Objects;
  *                      that select this protocol driver from a filename
  * @param openOptions   options accepted at open time (besides children subtrees)
  * @param createOptions options accepted by create ({@code -o})
+ * @param compressedWrites whether the format stores writes flagged
+ *                      {@link org.blockhaus.api.BlockNode#COMPRESSED} compressed (convert -c)
  */
 public record DriverDescriptor(String name, Kind kind, String description, List<String> protocols,
-        List<OptionSpec> openOptions, List<OptionSpec> createOptions) {
+        List<OptionSpec> openOptions, List<OptionSpec> createOptions, boolean compressedWrites) {
     public enum Kind {
         FORMAT, PROTOCOL, FILTER;
 
@@ -30,6 +32,12 @@ public record DriverDescriptor(String name, Kind kind, String description, List<
         protocols = List.copyOf(protocols);
         openOptions = List.copyOf(openOptions);
         createOptions = List.copyOf(createOptions);
+    }
+
+    /** A driver that does not write compressed data. */
+    public DriverDescriptor(String name, Kind kind, String description, List<String> protocols,
+            List<OptionSpec> openOptions, List<OptionSpec> createOptions) {
+        this(name, kind, description, protocols, openOptions, createOptions, false);
     }
 
     public OptionSpec openOption(String key) {

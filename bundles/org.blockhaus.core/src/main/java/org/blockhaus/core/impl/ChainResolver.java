@@ -73,8 +73,9 @@ final class ChainResolver {
         }
         Set<Permission> perm = ro ? EnumSet.of(Permission.CONSISTENT_READ)
                 : EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE);
-        Set<Permission> shared = forceShare || !ro ? Permission.all()
-                : EnumSet.complementOf(EnumSet.of(Permission.WRITE));
+        // QEMU's users share everything at the top; metadata formats then refuse to share writes
+        // and resizes of their own file (childShared), which is what keeps a qcow2 safe.
+        Set<Permission> shared = Permission.all();
         Request req = new Request(ro, forceShare, warnings == null ? w -> { } : warnings);
         return openNode(filename, opts, req, perm, shared, true, 0, new HashSet<>());
     }
@@ -154,6 +155,23 @@ final class ChainResolver {
             }
             String name = key.endsWith(":") ? key.substring(0, key.length() - 1) : key;
             throw new BlockException(Reason.NOT_FOUND, "Unknown protocol '" + name + "'");
+        }
+        DriverRegistry.Entry claimed = null;
+        int best = 0;
+        for (DriverRegistry.Entry e : registry.protocols()) {
+            int score;
+            try {
+                score = e.driver().probeDevice(filename);
+            } catch (RuntimeException ex) {
+                continue;
+            }
+            if (score > best) {
+                best = score;
+                claimed = e;
+            }
+        }
+        if (claimed != null) {
+            return claimed;
         }
         DriverRegistry.Entry file = registry.find("file");
         if (file == null) {
@@ -377,7 +395,7 @@ final class ChainResolver {
                 throw BlockException.invalid("A block device must be specified for \"file\"");
             }
             ManagedNode n = openNode(name, sub, req, childPerm(entry.descriptor(), perm),
-                    childShared(entry.descriptor(), shared), false, depth, chain);
+                    (req.forceShare() ? Permission.all() : childShared(entry.descriptor(), shared)), false, depth, chain);
             children.add(new Image.Child("file", n));
             return n;
         }
@@ -393,7 +411,7 @@ final class ChainResolver {
                 return null;
             }
             ManagedNode n = openNode(name, sub.without("filename"), req, childPerm(entry.descriptor(), perm),
-                    childShared(entry.descriptor(), shared), probeFormat, depth, chain);
+                    (req.forceShare() ? Permission.all() : childShared(entry.descriptor(), shared)), probeFormat, depth, chain);
             children.add(new Image.Child(role, n));
             return n;
         }

@@ -49,17 +49,27 @@ final class CopyEngine {
                     long len = Math.min(opts.bufferSize(), size - off);
                     final long at = off;
                     final long tbase = base;
-                    window.add(readers.submit(() -> readChunk(src, at, len, tbase, opts)));
+                    if (opts.compress() || opts.outOfOrder()) {
+                        // compression is the slow part: each worker compresses and writes its own chunk
+                        window.add(readers.submit(() -> {
+                            List<Piece> pieces = opts.compress() ? readWhole(src, at, len, tbase)
+                                    : readChunk(src, at, len, tbase, opts);
+                            writeAll(target, pieces, zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0);
+                            return List.of(new Piece(tbase + at, len, null));
+                        }));
+                    } else {
+                        window.add(readers.submit(() -> readChunk(src, at, len, tbase, opts)));
+                    }
                     off += len;
                     if (window.size() >= opts.parallel()) {
-                        done += writeAll(target, take(window), zeroInit);
+                        done += finish(target, take(window), zeroInit, opts);
                         progress.update(100.0 * done / Math.max(1, total));
                     }
                 }
                 base += size;
             }
             while (!window.isEmpty()) {
-                done += writeAll(target, take(window), zeroInit);
+                done += finish(target, take(window), zeroInit, opts);
                 progress.update(100.0 * done / Math.max(1, total));
             }
         }
@@ -82,11 +92,37 @@ final class CopyEngine {
         }
     }
 
-    private static long writeAll(Image target, List<Piece> pieces, boolean zeroInit) throws BlockException {
+    /** Writes what a worker read, unless the worker already wrote it (then only counts it). */
+    private static long finish(Image target, List<Piece> pieces, boolean zeroInit, ConvertOptions opts)
+            throws BlockException {
+        if (opts.compress() || opts.outOfOrder()) {
+            long n = 0;
+            for (Piece p : pieces) {
+                n += p.length();
+            }
+            return n;
+        }
+        return writeAll(target, pieces, zeroInit, 0);
+    }
+
+    /** -c: whole chunks, zero or not, so the format can compress cluster by cluster. */
+    private static List<Piece> readWhole(Image src, long off, long len, long targetBase) throws BlockException {
+        BlockStatus st = status(src, off, len);
+        if (st.isZero() && st.length() == len) {
+            return List.of(new Piece(targetBase + off, len, null));
+        }
+        ByteBuffer buf = ByteBuffer.allocateDirect((int) len);
+        src.read(off, buf);
+        buf.flip();
+        return List.of(new Piece(targetBase + off, len, buf));
+    }
+
+    private static long writeAll(Image target, List<Piece> pieces, boolean zeroInit, int flags)
+            throws BlockException {
         long n = 0;
         for (Piece p : pieces) {
             if (p.data() != null) {
-                target.write(p.targetOffset(), p.data(), 0);
+                target.write(p.targetOffset(), p.data(), flags);
             } else if (!zeroInit) {
                 target.writeZeroes(p.targetOffset(), p.length(), BlockNode.MAY_UNMAP);
             }

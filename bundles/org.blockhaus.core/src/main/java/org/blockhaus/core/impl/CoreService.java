@@ -87,7 +87,7 @@ public class CoreService implements BlockCore {
         for (DriverRegistry.Entry e : registry.entries()) {
             boolean canCreate = !e.descriptor().createOptions().isEmpty();
             l.add(new DriverInfo(e.descriptor().name(), e.descriptor().kind().qemuName(), e.bundle(), e.state().get(),
-                    canCreate, e.descriptor().description()));
+                    canCreate, e.descriptor().description(), e.descriptor().compressedWrites()));
         }
         return l;
     }

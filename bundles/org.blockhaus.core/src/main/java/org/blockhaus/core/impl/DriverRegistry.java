@@ -93,6 +93,16 @@ final class DriverRegistry {
         return null;
     }
 
+    List<Entry> protocols() {
+        List<Entry> l = new ArrayList<>();
+        for (Entry e : entries) {
+            if (e.descriptor().kind() == DriverDescriptor.Kind.PROTOCOL) {
+                l.add(e);
+            }
+        }
+        return l;
+    }
+
     List<Entry> formats() {
         List<Entry> l = new ArrayList<>();
         for (Entry e : entries) {

@@ -240,4 +240,31 @@ class CoreTest {
         assertEquals(Reason.PERMISSION, assertThrows(BlockException.class, () -> img.write(0, header, 0)).reason());
         img.write(512, ByteBuffer.allocate(8).putInt(0, 0x50415353), 0); // elsewhere it is just data
     }
+
+    @Test
+    void aProtocolThatClaimsAPlainNameGetsIt() throws Exception {
+        core.addDriver(new BlockDriver() {
+            @Override
+            public DriverDescriptor descriptor() {
+                return new DriverDescriptor("dev", DriverDescriptor.Kind.PROTOCOL, "t", List.of(), List.of(),
+                        List.of());
+            }
+
+            @Override
+            public int probeDevice(String filename) {
+                return filename.startsWith("/fake-dev/") ? 100 : 0;
+            }
+
+            @Override
+            public BlockNode open(OpenContext ctx) throws BlockException {
+                return mem.open(ctx);
+            }
+        });
+        mem.disks.put("/fake-dev/sda", new byte[512]);
+        assertEquals("dev", core.open("/fake-dev/sda", Options.of("driver", "pass"), OpenMode.READ_ONLY).file()
+                .driverName());
+        BlockException e = assertThrows(BlockException.class,
+                () -> core.open("/elsewhere/x", Options.of("driver", "pass"), OpenMode.READ_ONLY));
+        assertTrue(e.getMessage().contains("file"), e.getMessage());
+    }
 }

@@ -26,6 +26,17 @@ public final class HostDeviceDriver extends PosixDriver {
         return "host_device";
     }
 
+    /** Like QEMU, a plain name that is a block device opens with host_device, not file. */
+    @Override
+    public int probeDevice(String filename) {
+        try {
+            Object mode = java.nio.file.Files.getAttribute(java.nio.file.Path.of(filename), "unix:mode");
+            return mode instanceof Integer m && (m & 0170000) == 0060000 ? 100 : 0;
+        } catch (Exception e) {
+            return 0;
+        }
+    }
+
     @Override
     boolean opensDevices() {
         return true;
