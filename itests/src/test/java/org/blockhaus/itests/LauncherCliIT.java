@@ -11,6 +11,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
@@ -66,6 +67,45 @@ public class LauncherCliIT {
         assertEquals(r.err, 0, r.code);
         try (Stream<Path> left = Files.list(own)) {
             assertEquals("left behind in java.io.tmpdir", List.of(), left.toList());
+        }
+    }
+
+    @Test
+    public void storageOfAKilledLauncherIsRemovedByTheNextOneButALiveOnesIsKept() throws Exception {
+        Path own = Files.createTempDirectory(tmp, "java-tmp-");
+        List<String> opts = List.of("-Djava.io.tmpdir=" + own, "-Dorg.jline.terminal.dumb=true");
+        Process killed = start(opts); // interactive: waits on stdin
+        Process alive = start(opts);
+        try {
+            Feature.await("both launchers locked their storage", Duration.ofSeconds(30), () -> locks(own) == 2);
+            killed.destroyForcibly().waitFor(); // SIGKILL: no shutdown hook runs
+            assertEquals("the killed one left its storage", 2, storages(own));
+
+            Run r = blk(opts, "info", image.toString());
+            assertEquals(r.err, 0, r.code);
+            Feature.await("the dead launcher's storage is swept", Duration.ofSeconds(10), () -> storages(own) == 1);
+            assertTrue("the live launcher still runs", alive.isAlive());
+        } finally {
+            killed.destroyForcibly();
+            alive.getOutputStream().close(); // EOF: the console stops the framework
+            finish(alive);
+        }
+        assertEquals(0, storages(own));
+    }
+
+    private static long storages(Path dir) {
+        try (Stream<Path> s = Files.list(dir)) {
+            return s.filter(p -> p.getFileName().toString().startsWith("blk-osgi-")).count();
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    private static long locks(Path dir) {
+        try (Stream<Path> s = Files.list(dir)) {
+            return s.filter(p -> Files.exists(p.resolve("cache.lock"))).count();
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
         }
     }
 

@@ -79,9 +79,12 @@ final class Launcher {
         } catch (IOException e) {
             throw new LaunchException("cannot create the framework's temporary storage: " + e.getMessage(), e);
         }
+        Path own = storage;
+        Thread.ofVirtual().name("blk-sweep").start(() -> StaleStorage.sweep(own.getParent(), own));
         Map<String, String> config = new HashMap<>();
         config.put(Constants.FRAMEWORK_STORAGE, storage.toString());
-        config.put(Constants.FRAMEWORK_STORAGE_CLEAN, Constants.FRAMEWORK_STORAGE_CLEAN_ONFIRSTINIT);
+        // no storage.clean: the directory is new, and cleaning would delete the cache.lock that
+        // Felix keeps locked while it runs (StaleStorage relies on it)
         config.put("felix.log.level", "1"); // errors only: CLI output must be qemu-img's alone
         // gogo.jline reads <gosh.home>/etc/gosh_profile; ours is safe and sets the prompt
         config.put("gosh.home", settings.home().toString());
