@@ -276,6 +276,79 @@ class NbdClientInteropTest {
     }
 
     @Test
+    void readsAndWritesNbdServerExportWithSimpleReplies() throws Exception {
+        String nbdServer = Peers.require("nbd-server", "nbd-server");
+        Path img = image("raw", "4M", "write -P 0x21 0 1M");
+        int port = Peers.freePort();
+        Path conf = dir.resolve("nbd-server.conf");
+        Files.writeString(conf, "[generic]\n    listenaddr = 127.0.0.1\n    port = " + port
+                + "\n    allowlist = true\n[disk]\n    exportname = " + img + "\n    flush = true\n    fua = true\n"
+                + "    trim = true\n");
+        Path pid = dir.resolve("nbd-server.pid");
+        peers.daemon(pid, nbdServer, "-C", conf.toString(), "-p", pid.toString());
+        Image i = null;
+        for (int attempt = 0; i == null; attempt++) {
+            try {
+                i = openNbd("nbd://127.0.0.1:" + port + "/disk", true);
+            } catch (BlockException e) {
+                if (attempt > 100) {
+                    throw e;
+                }
+                Thread.sleep(20); // the daemon writes its pid file just before it listens
+            }
+        }
+        assertEquals(4 * MIB, i.size());
+        assertFalse(i.driverNode().capabilities().can(Feature.BLOCK_STATUS), "nbd-server has no structured replies");
+        assertArrayEquals(filled(MIB, 0x21), read(i, 0, MIB));
+        i.write(2 * MIB + 7, ByteBuffer.wrap(filled(70_000, 0x22)), BlockNode.FUA);
+        i.writeZeroes(100, 200, 0);
+        i.flush();
+        byte[] onDisk = Files.readAllBytes(img);
+        assertArrayEquals(filled(70_000, 0x22), Arrays.copyOfRange(onDisk, 2 * MIB + 7, 2 * MIB + 7 + 70_000));
+        assertArrayEquals(new byte[200], Arrays.copyOfRange(onDisk, 100, 300));
+        assertTrue(i.blockStatus(0, MIB).isData(), "without block status everything is data");
+    }
+
+    @Test
+    void nbdkitErrorFilterFaultsBecomeClearErrors() throws Exception {
+        String nbdkit = Peers.require("nbdkit", "nbdkit");
+        int port = Peers.freePort();
+        Path pid = dir.resolve("ke.pid");
+        peers.foreground(pid, nbdkit, "-f", "-P", pid.toString(), "-i", "127.0.0.1", "-p", String.valueOf(port),
+                "--filter=error", "memory", "4M", "error-pread=EIO", "error-pread-rate=100%",
+                "error-trim=ENOSPC", "error-trim-rate=100%");
+        Image i = openNbd("nbd://127.0.0.1:" + port, true);
+        BlockException e = assertThrows(BlockException.class, () -> read(i, 0, 4096));
+        assertEquals(BlockException.Reason.IO, e.reason());
+        assertTrue(e.getMessage().contains("failed read at offset 0") && e.getMessage().contains("EIO"),
+                e.getMessage());
+        BlockException t = assertThrows(BlockException.class, () -> i.discard(0, MIB));
+        assertEquals(BlockException.Reason.NO_SPACE, t.reason());
+        i.write(0, ByteBuffer.wrap(filled(4096, 1)), 0); // the connection survives per-request errors
+    }
+
+    @Test
+    void honoursTheServersBlockSizeConstraints() throws Exception {
+        String nbdkit = Peers.require("nbdkit", "nbdkit");
+        int port = Peers.freePort();
+        Path pid = dir.resolve("kb.pid");
+        peers.foreground(pid, nbdkit, "-f", "-P", pid.toString(), "-i", "127.0.0.1", "-p", String.valueOf(port),
+                "--filter=blocksize-policy", "memory", "8M", "blocksize-minimum=512", "blocksize-preferred=4096",
+                "blocksize-maximum=65536", "blocksize-error-policy=error");
+        Image i = openNbd("nbd://127.0.0.1:" + port, true);
+        assertEquals(512, i.limits().requestAlignment());
+        assertEquals(65536, i.limits().maxTransfer());
+        assertEquals(4096, i.limits().optimalTransfer());
+        // unaligned and larger than the maximum: the core aligns (read-modify-write) and we split
+        byte[] data = filled(300_001, 0x6b);
+        i.write(5, ByteBuffer.wrap(data), 0);
+        assertArrayEquals(data, read(i, 5, data.length));
+        assertArrayEquals(new byte[5], read(i, 0, 5));
+        i.writeZeroes(1000, 3000, 0);
+        assertArrayEquals(new byte[3000], read(i, 1000, 3000));
+    }
+
+    @Test
     void serverThatDiesFailsRequestsInsteadOfHanging() throws Exception {
         Path img = image("raw", "1M");
         Path sock = dir.resolve("d.sock");

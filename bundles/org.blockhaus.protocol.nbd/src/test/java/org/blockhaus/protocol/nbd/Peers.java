@@ -95,6 +95,19 @@ final class Peers implements AutoCloseable {
         }
     }
 
+    /** Runs a daemon that forks itself, waits for its pid file and remembers the PID. */
+    void daemon(Path pidFile, String... cmd) throws IOException, InterruptedException {
+        check(cmd);
+        long deadline = System.nanoTime() + Duration.ofSeconds(20).toNanos();
+        while (!Files.exists(pidFile) || Files.readString(pidFile).isBlank()) {
+            if (System.nanoTime() > deadline) {
+                throw new AssertionError(String.join(" ", cmd) + " wrote no pid file");
+            }
+            Thread.sleep(10);
+        }
+        adopt(pidFile);
+    }
+
     private void adopt(Path pidFile) throws IOException {
         long pid = Long.parseLong(Files.readString(pidFile).trim());
         ProcessHandle.of(pid).ifPresent(daemons::add);
