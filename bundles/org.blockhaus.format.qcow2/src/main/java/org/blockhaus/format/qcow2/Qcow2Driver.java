@@ -19,7 +19,9 @@ import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockNode;
 import org.blockhaus.api.spi.BlockDriver;
 import org.blockhaus.api.spi.CheckResult;
+import org.blockhaus.api.Options;
 import org.blockhaus.api.spi.CreateContext;
+import org.blockhaus.api.spi.MeasureResult;
 import org.blockhaus.api.spi.DriverDescriptor;
 import org.blockhaus.api.spi.OpenContext;
 import org.blockhaus.api.spi.OptionSpec;
@@ -130,5 +132,10 @@ public final class Qcow2Driver implements BlockDriver {
     @Override
     public void create(CreateContext ctx) throws BlockException {
         Qcow2Create.create(ctx);
+    }
+
+    @Override
+    public MeasureResult measure(Options createOptions, long size, BlockNode source) throws BlockException {
+        return Measure.measure(createOptions, size, source);
     }
 }
