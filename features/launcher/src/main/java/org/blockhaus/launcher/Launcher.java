@@ -33,13 +33,13 @@ final class Launcher {
     static final String CONSOLE_BSN = "org.apache.felix.gogo.jline";
     /** The deploy directory watcher: interactive mode only (CLI mode installs deploy/ itself, at once). */
     static final String FILEINSTALL_BSN = "org.apache.felix.fileinstall";
-    /** Bundles only the interactive shell needs; CLI mode leaves them installed but not started. */
     /**
      * Jars (features name them artifactId.jar) CLI mode does not even install. gogo.runtime stays:
      * the shell bundle imports its command API.
      */
     static final Set<String> CLI_SKIPS_JARS = Set.of("org.apache.felix.gogo.jline.jar",
             "org.apache.felix.gogo.command.jar", "jline.jar", "org.apache.felix.fileinstall.jar");
+    /** Bundles only the interactive shell needs; CLI mode does not start them. */
     static final Set<String> CONSOLE_ONLY = Set.of("org.apache.felix.gogo.runtime", "org.apache.felix.gogo.command",
             "org.jline");
 
@@ -111,7 +111,7 @@ final class Launcher {
             }
             List<Bundle> bundles = install(ctx, feature);
             if (cli && settings.deploy() != null && Files.isDirectory(settings.deploy())) {
-                bundles.addAll(install(ctx, jars(settings.deploy())));
+                bundles.addAll(installDeployed(ctx, jars(settings.deploy())));
             }
             fw.start();
             fw.adapt(FrameworkWiring.class).resolveBundles(null);
@@ -251,6 +251,19 @@ final class Launcher {
         List<Bundle> installed = new ArrayList<>();
         for (Path jar : jars) {
             installed.add(ctx.installBundle("reference:" + jar.toUri()));
+        }
+        return installed;
+    }
+
+    /** A broken or duplicate jar in the deploy directory is reported and skipped, as FileInstall does. */
+    private static List<Bundle> installDeployed(BundleContext ctx, List<Path> jars) {
+        List<Bundle> installed = new ArrayList<>();
+        for (Path jar : jars) {
+            try {
+                installed.add(ctx.installBundle("reference:" + jar.toUri()));
+            } catch (BundleException | RuntimeException e) {
+                System.err.println("blk: warning: skipping " + jar + ": " + e.getMessage());
+            }
         }
         return installed;
     }
