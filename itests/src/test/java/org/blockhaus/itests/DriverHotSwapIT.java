@@ -75,6 +75,29 @@ public class DriverHotSwapIT {
     }
 
     @Test
+    public void removingAProtocolClosesTheFormatOpenedOnTopOfIt() throws Exception {
+        Bundle driver = context.installBundle(Feature.nullDriverJar().toUri().toString());
+        driver.start();
+        try {
+            Image raw = blocks.open("json:{\"driver\": \"raw\", \"file\": {\"driver\": \"null-co\", \"read-zeroes\": \"on\"}}",
+                    null, OpenMode.READ_ONLY);
+            assertEquals("raw", raw.driverName());
+            assertEquals("null-co", raw.file().driverName());
+            List<String> reasons = new CopyOnWriteArrayList<>();
+            raw.onClose(reasons::add);
+
+            driver.stop();
+            assertTrue("the raw image above null-co is closed", raw.isClosed());
+            assertTrue(raw.file().isClosed());
+            assertEquals(List.of("driver 'null-co' was removed"), reasons);
+            assertEquals(BlockException.Reason.CLOSED,
+                    assertThrows(BlockException.class, () -> raw.read(0, ByteBuffer.allocate(512))).reason());
+        } finally {
+            driver.uninstall();
+        }
+    }
+
+    @Test
     public void reinstalledDriverWorksAgain() throws Exception {
         for (int round = 0; round < 3; round++) {
             Bundle driver = context.installBundle(Feature.nullDriverJar().toUri().toString());
