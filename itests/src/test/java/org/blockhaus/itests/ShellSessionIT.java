@@ -79,12 +79,12 @@ public class ShellSessionIT {
             ch.truncate(0);
             ch.write(java.nio.ByteBuffer.wrap(new byte[] {1}), 3 * 1024 * 1024 - 1); // 3 MiB, sparse
         }
-        String json = run("blk:info --output=json -f raw " + image);
+        String json = run("blk:info --output=json " + image);
         assertTrue(json, json.contains("\"virtual-size\": 3145728"));
         assertTrue(json, json.contains("\"format\": \"raw\""));
         assertTrue(json, json.contains("\"filename\": \"" + image + "\""));
 
-        String human = run("blk:info " + image);
+        String human = run("blk:info -f raw " + image);
         assertTrue(human, human.contains("file format: raw"));
         assertTrue(human, human.contains("virtual size: 3 MiB (3145728 bytes)"));
     }
