@@ -146,7 +146,8 @@ final class ServerInstance implements NbdServer.Running {
                     if (closing || !listener.isOpen()) {
                         break;
                     }
-                    continue; // a client that vanished between connect and accept
+                    Thread.sleep(10); // a vanished client, or out of file descriptors: do not spin
+                    continue;
                 }
                 Session s = new Session(this, c);
                 synchronized (this) {
