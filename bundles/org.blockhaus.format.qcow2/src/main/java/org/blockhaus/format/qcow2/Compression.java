@@ -1,6 +1,7 @@
 package org.blockhaus.format.qcow2;
 
 import java.util.zip.DataFormatException;
+import java.util.zip.Deflater;
 import java.util.zip.Inflater;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
@@ -77,6 +78,64 @@ final class Compression {
         } finally {
             inf.end();
         }
+    }
+
+    /** Largest window qemu inflates with (windowBits 12): no match may reach further back. */
+    private static final int QEMU_WINDOW = 4096;
+
+    /**
+     * Deflates one cluster; null when the result would not be smaller than the cluster (qemu then
+     * stores it uncompressed). The input goes in 4 KiB pieces with a full flush after each, which
+     * resets the match history, so no back reference exceeds qemu's 4 KiB inflate window.
+     */
+    byte[] compress(byte[] cluster, int len) throws BlockException {
+        if (compressionType != Qcow2Header.COMPRESSION_ZLIB) {
+            throw new BlockException(Reason.UNSUPPORTED, "qcow2: writing zstd-compressed clusters is not supported");
+        }
+        int limit = (1 << clusterBits) - 1;
+        byte[] out = new byte[limit + 64];
+        Deflater d = new Deflater(Deflater.DEFAULT_COMPRESSION, true);
+        try {
+            int n = 0;
+            for (int at = 0; at < len; at += QEMU_WINDOW) {
+                int piece = Math.min(QEMU_WINDOW, len - at);
+                d.setInput(cluster, at, piece);
+                if (at + piece < len) {
+                    while (true) { // a full flush is complete once it leaves output space unused
+                        int space = out.length - n;
+                        if (space == 0) {
+                            return null;
+                        }
+                        int k = d.deflate(out, n, space, Deflater.FULL_FLUSH);
+                        n += k;
+                        if (k < space) {
+                            break;
+                        }
+                    }
+                } else {
+                    d.finish();
+                    while (!d.finished()) {
+                        if (n == out.length) {
+                            return null;
+                        }
+                        n += d.deflate(out, n, out.length - n);
+                    }
+                }
+            }
+            return n > limit ? null : java.util.Arrays.copyOf(out, n);
+        } finally {
+            d.end();
+        }
+    }
+
+    /** The L2 entry for compressed data of {@code len} bytes at host byte {@code offset}. */
+    long descriptor(long offset, int len) throws BlockException {
+        if (offset > offsetMask) {
+            throw new BlockException(Reason.NO_SPACE, "qcow2: compressed data cannot be stored beyond offset "
+                    + offsetMask);
+        }
+        long extraSectors = ((offset + len - 1) >>> 9) - (offset >>> 9);
+        return Qcow2Node.OFLAG_COMPRESSED | (extraSectors << sizeShift) | offset;
     }
 
     int clusterBits() {

@@ -10,7 +10,7 @@ import org.blockhaus.api.spi.CheckResult;
  * L2 tables of the active state and of each snapshot, data and compressed clusters, the refcount
  * table and blocks, the snapshot table), counts the references per host cluster and compares them
  * with the stored refcounts. Stored above counted is a leak; below is a corruption. It also counts
- * the COPIED flags that disagree with the refcounts, as qemu does.
+ * the OFLAG_COPIED flags that disagree with the refcounts, as qemu does.
  */
 final class Qcow2Check {
     private final Qcow2Node node;
@@ -108,13 +108,13 @@ final class Qcow2Check {
         if (leaksFixed > 0 || corruptionsFixed > 0) {
             rc.writeAll();
         }
-        // COPIED must be set exactly where the (repaired) refcount is 1, in the active tables only.
+        // OFLAG_COPIED must be set exactly where the (repaired) refcount is 1, in the active tables only.
         for (long e : l1) {
             long off = e & Qcow2Node.L1_OFFSET_MASK;
             if (off == 0) {
                 continue;
             }
-            if ((rc.get(off >>> clusterBits) == 1) != ((e & Qcow2Node.COPIED) != 0)) {
+            if ((rc.get(off >>> clusterBits) == 1) != ((e & Qcow2Node.OFLAG_COPIED) != 0)) {
                 corruptions++;
             }
             L2Cache.Table t = node.l2Table(off);
@@ -122,10 +122,10 @@ final class Qcow2Check {
             for (int i = 0; i < t.words.length; i += step) {
                 long w = t.words[i];
                 long host = w & Qcow2Node.L2_OFFSET_MASK;
-                if ((w & Qcow2Node.COMPRESSED) != 0 || host == 0) {
+                if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0 || host == 0) {
                     continue;
                 }
-                if ((rc.get(host >>> clusterBits) == 1) != ((w & Qcow2Node.COPIED) != 0)) {
+                if ((rc.get(host >>> clusterBits) == 1) != ((w & Qcow2Node.OFLAG_COPIED) != 0)) {
                     corruptions++;
                 }
             }
@@ -159,7 +159,7 @@ final class Qcow2Check {
             nextContiguous = 0; // qemu judges contiguity within one L2 table
             for (int i = 0; i < t.words.length; i += step) {
                 long w = t.words[i];
-                if ((w & Qcow2Node.COMPRESSED) != 0) {
+                if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0) {
                     addRef(comp.refStart(w), comp.refLength(w));
                     if (active) {
                         allocated++;

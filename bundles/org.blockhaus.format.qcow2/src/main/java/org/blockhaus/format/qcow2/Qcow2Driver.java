@@ -59,7 +59,7 @@ public final class Qcow2Driver implements BlockDriver {
             OptionSpec.of("cache-size", OptionType.SIZE, "Maximum metadata cache size"));
 
     private static final DriverDescriptor DESCRIPTOR = new DriverDescriptor("qcow2", DriverDescriptor.Kind.FORMAT,
-            "QEMU copy-on-write image, version 2 and 3", List.of(), OPEN_OPTIONS, CREATE_OPTIONS);
+            "QEMU copy-on-write image, version 2 and 3", List.of(), OPEN_OPTIONS, CREATE_OPTIONS, true);
 
     @Override
     public DriverDescriptor descriptor() {

@@ -30,9 +30,9 @@ import org.blockhaus.api.spi.SnapshotNode;
 final class Qcow2Node implements CheckableNode, SnapshotNode {
     static final long L1_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
     static final long L2_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
-    static final long COPIED = 1L << 63;
-    static final long COMPRESSED = 1L << 62;
-    static final long ZERO_FLAG = 1L;
+    static final long OFLAG_COPIED = 1L << 63;
+    static final long OFLAG_COMPRESSED = 1L << 62;
+    static final long OFLAG_ZERO = 1L;
     static final long ALL_SUBCLUSTERS = 0xffff_ffffL;
 
     /** Kinds of guest ranges, as the mapping sees them. */
@@ -207,12 +207,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
         int idx = l2Index(guest);
         long w = word(t, idx);
         long toClusterEnd = Math.min(clusterSize - inCluster, max);
-        if ((w & COMPRESSED) != 0) {
+        if ((w & OFLAG_COMPRESSED) != 0) {
             return new Run(COMPRESSED_DATA, -1, toClusterEnd);
         }
         long host = hostOf(w, guest);
         if (!extL2) {
-            if ((w & ZERO_FLAG) != 0) {
+            if ((w & OFLAG_ZERO) != 0) {
                 return new Run(ZERO, host == 0 ? -1 : host + inCluster, toClusterEnd);
             }
             if (host == 0) {
@@ -401,15 +401,15 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
         if (off == 0) {
             long n = refcounts.allocate(1);
             t = l2.create(n);
-            l1[i] = n | COPIED;
+            l1[i] = n | OFLAG_COPIED;
             markL1Dirty(i);
-        } else if ((e & COPIED) == 0) {
+        } else if ((e & OFLAG_COPIED) == 0) {
             // Shared with a snapshot: copy on write, drop our reference to the old table later.
             L2Cache.Table old = l2.get(off);
             long n = refcounts.allocate(1);
             t = l2.create(n);
             System.arraycopy(old.words, 0, t.words, 0, old.words.length);
-            l1[i] = n | COPIED;
+            l1[i] = n | OFLAG_COPIED;
             markL1Dirty(i);
             refcounts.queueFree(off, clusterSize);
         } else {
@@ -434,7 +434,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
 
     /** Queues the release of whatever host space an L2 entry holds. */
     private void releaseEntry(long w) {
-        if ((w & COMPRESSED) != 0) {
+        if ((w & OFLAG_COMPRESSED) != 0) {
             refcounts.queueFree(compression.refStart(w), compression.refLength(w));
         } else {
             long host = w & L2_OFFSET_MASK;
@@ -446,6 +446,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
 
     @Override
     public void write(long offset, ByteBuffer src, int flags) throws BlockException {
+        if ((flags & BlockNode.COMPRESSED) != 0) {
+            writeCompressed(offset, src, flags);
+            return;
+        }
         lock.lock();
         try {
             checkOpen();
@@ -459,6 +463,85 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
         }
     }
 
+    /**
+     * convert -c: each whole cluster is deflated (outside the lock, so writers compress in
+     * parallel) and packed byte-wise into host clusters; all-zero clusters become zero clusters
+     * and clusters that do not shrink are stored normally, as qemu does.
+     */
+    private void writeCompressed(long offset, ByteBuffer src, int flags) throws BlockException {
+        int len = src.remaining();
+        if ((offset & (clusterSize - 1)) != 0 || ((len & (clusterSize - 1)) != 0 && offset + len != size)) {
+            throw BlockException.invalid("qcow2: compressed writes must cover whole clusters (offset " + offset
+                    + ", length " + len + ")");
+        }
+        int clusters = (int) Qcow2Header.ceilShift(len, clusterBits);
+        byte[][] packed = new byte[clusters][];
+        byte[] cluster = new byte[clusterSize];
+        for (int k = 0; k < clusters; k++) {
+            int n = Math.min(clusterSize, len - k * clusterSize);
+            java.util.Arrays.fill(cluster, n, clusterSize, (byte) 0);
+            src.get(src.position() + k * clusterSize, cluster, 0, n);
+            if (ByteBuffer.wrap(cluster).equals(ByteBuffer.wrap(ZERO_CLUSTER, 0, clusterSize))) {
+                packed[k] = ZERO_CLUSTER; // marker: store as zeroes
+            } else {
+                packed[k] = compression.compress(cluster, clusterSize);
+            }
+        }
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            for (int k = 0; k < clusters; k++) {
+                long guest = offset + (long) k * clusterSize;
+                int n = Math.min(clusterSize, len - k * clusterSize);
+                if (packed[k] == ZERO_CLUSTER) {
+                    if (!zeroCluster(guest, true) && !readsAsZero(guest, n)) {
+                        writeLocked(guest, ByteBuffer.allocate(n));
+                    }
+                } else if (packed[k] == null) {
+                    writeLocked(guest, src.slice(src.position() + k * clusterSize, n));
+                } else {
+                    storeCompressed(guest, packed[k]);
+                }
+            }
+            src.position(src.position() + len);
+            if ((flags & FUA) != 0) {
+                flushLocked();
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private static final byte[] ZERO_CLUSTER = new byte[2 << 20];
+
+    /** Host byte where the next compressed cluster may go, inside a cluster that already holds some. */
+    private long compressedFree;
+    private long compressedFreeGeneration = -1;
+
+    private void storeCompressed(long guest, byte[] data) throws BlockException {
+        L2Cache.Table t = l2ForWrite(guest);
+        int idx = l2Index(guest);
+        long old = word(t, idx);
+        long at;
+        long inCluster = compressedFree & (clusterSize - 1);
+        if (compressedFreeGeneration == refcounts.freeGeneration() && compressedFree != 0 && inCluster != 0
+                && clusterSize - inCluster >= data.length) {
+            at = compressedFree;
+            refcounts.increment(at >>> clusterBits, 1); // one more compressed cluster lives here
+        } else {
+            at = refcounts.allocate(1);
+        }
+        compressedFree = at + data.length;
+        compressedFreeGeneration = refcounts.freeGeneration();
+        file.write(at, data);
+        releaseEntry(old);
+        if (cachedCompressedGuest == guest >>> clusterBits) {
+            cachedCompressedGuest = -1;
+        }
+        setEntry(t, idx, compression.descriptor(at, data.length), 0);
+    }
+
     private void writeLocked(long offset, ByteBuffer src) throws BlockException {
         long guest = offset;
         long runHost = -1;
@@ -470,14 +553,14 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
             L2Cache.Table t = l2ForWrite(guest);
             int idx = l2Index(guest);
             long w = word(t, idx);
-            long host = (w & COMPRESSED) != 0 ? 0 : hostOf(w, guest);
-            boolean inPlace = (w & COMPRESSED) == 0 && host != 0 && (w & COPIED) != 0
-                    && (extL2 ? bitmap(t, idx) == ALL_SUBCLUSTERS : (w & ZERO_FLAG) == 0);
+            long host = (w & OFLAG_COMPRESSED) != 0 ? 0 : hostOf(w, guest);
+            boolean inPlace = (w & OFLAG_COMPRESSED) == 0 && host != 0 && (w & OFLAG_COPIED) != 0
+                    && (extL2 ? bitmap(t, idx) == ALL_SUBCLUSTERS : (w & OFLAG_ZERO) == 0);
             long target;
             if (inPlace) {
                 target = host + inCluster;
             } else {
-                boolean reuse = (w & COMPRESSED) == 0 && host != 0 && (w & COPIED) != 0;
+                boolean reuse = (w & OFLAG_COMPRESSED) == 0 && host != 0 && (w & OFLAG_COPIED) != 0;
                 byte[] whole = null;
                 if (n < clusterSize) {
                     // Copy on write: the rest of the cluster comes from what the guest sees now.
@@ -491,10 +574,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
                 if (!reuse) {
                     releaseEntry(w);
                 }
-                if ((w & COMPRESSED) != 0 && cachedCompressedGuest == guest >>> clusterBits) {
+                if ((w & OFLAG_COMPRESSED) != 0 && cachedCompressedGuest == guest >>> clusterBits) {
                     cachedCompressedGuest = -1;
                 }
-                setEntry(t, idx, newHost | COPIED, ALL_SUBCLUSTERS);
+                setEntry(t, idx, newHost | OFLAG_COPIED, ALL_SUBCLUSTERS);
                 if (whole != null) {
                     if (runLen > 0) {
                         file.write(runHost, src.slice(runStart, runLen));
@@ -573,19 +656,19 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
         L2Cache.Table t = l2ForWrite(guest);
         int idx = l2Index(guest);
         long w = word(t, idx);
-        long host = (w & COMPRESSED) != 0 ? 0 : hostOf(w, guest);
-        boolean keep = !mayUnmap && host != 0 && (w & COPIED) != 0;
+        long host = (w & OFLAG_COMPRESSED) != 0 ? 0 : hostOf(w, guest);
+        boolean keep = !mayUnmap && host != 0 && (w & OFLAG_COPIED) != 0;
         if (!keep) {
             releaseEntry(w);
         }
-        if ((w & COMPRESSED) != 0) {
+        if ((w & OFLAG_COMPRESSED) != 0) {
             cachedCompressedGuest = -1;
         }
-        long base = keep ? host | COPIED : 0;
+        long base = keep ? host | OFLAG_COPIED : 0;
         if (extL2) {
             setEntry(t, idx, base, ALL_SUBCLUSTERS << 32);
         } else {
-            setEntry(t, idx, base | ZERO_FLAG, 0);
+            setEntry(t, idx, base | OFLAG_ZERO, 0);
         }
         return true;
     }
@@ -602,7 +685,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
             return true;
         }
         releaseEntry(w);
-        if ((w & COMPRESSED) != 0) {
+        if ((w & OFLAG_COMPRESSED) != 0) {
             cachedCompressedGuest = -1;
         }
         setEntry(t, idx, 0, 0);
@@ -755,7 +838,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
                     continue;
                 }
                 long host = refcounts.allocate(1);
-                setEntry(t, idx, host | COPIED, ALL_SUBCLUSTERS);
+                setEntry(t, idx, host | OFLAG_COPIED, ALL_SUBCLUSTERS);
                 last = Math.max(last, host + clusterSize);
             }
             file.ensureSize(last);
@@ -878,7 +961,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
             int step = extL2 ? 2 : 1;
             for (int i = 0; i < t.words.length; i += step) {
                 long w = t.words[i];
-                if ((w & COMPRESSED) != 0) {
+                if ((w & OFLAG_COMPRESSED) != 0) {
                     v.visit(compression.refStart(w), compression.refLength(w));
                 } else if ((w & L2_OFFSET_MASK) != 0) {
                     v.visit(hostOf(w, -1), clusterSize);
@@ -944,21 +1027,21 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
             walkTree(l1, this::incrementRange);
             long[] copy = l1.clone();
             for (int i = 0; i < l1.length; i++) {
-                if ((l1[i] & COPIED) != 0) {
-                    l1[i] &= ~COPIED;
+                if ((l1[i] & OFLAG_COPIED) != 0) {
+                    l1[i] &= ~OFLAG_COPIED;
                     markL1Dirty(i);
                     L2Cache.Table t = l2.get(l1[i] & L1_OFFSET_MASK);
                     int step = extL2 ? 2 : 1;
                     for (int j = 0; j < t.words.length; j += step) {
-                        if ((t.words[j] & COPIED) != 0) {
-                            t.words[j] &= ~COPIED;
+                        if ((t.words[j] & OFLAG_COPIED) != 0) {
+                            t.words[j] &= ~OFLAG_COPIED;
                             t.dirty = true;
                         }
                     }
                 }
-                copy[i] &= ~COPIED;
+                copy[i] &= ~OFLAG_COPIED;
             }
-            flushLocked(); // refcounts, then the tables without COPIED
+            flushLocked(); // refcounts, then the tables without OFLAG_COPIED
             if (snapL1 != 0) {
                 ByteBuffer b = ByteBuffer.allocate((int) l1Bytes);
                 for (long e : copy) {
@@ -998,9 +1081,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
             if (snapL1.length > l1.length) {
                 growL1(snapL1.length);
             }
-            // 2. the active L1 becomes the snapshot's (shared tables: no COPIED)
+            // 2. the active L1 becomes the snapshot's (shared tables: no OFLAG_COPIED)
             for (int i = 0; i < l1.length; i++) {
-                l1[i] = i < snapL1.length ? snapL1[i] & ~COPIED : 0;
+                l1[i] = i < snapL1.length ? snapL1[i] & ~OFLAG_COPIED : 0;
             }
             ByteBuffer b = ByteBuffer.allocate(l1.length * 8);
             for (long e : l1) {
@@ -1042,15 +1125,15 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
                 refcounts.queueFree(sn.l1TableOffset(), (long) sn.l1Size() * 8);
             }
             refcounts.applyQueuedFrees();
-            // Clusters the active tree now owns alone get their COPIED flag back.
+            // Clusters the active tree now owns alone get their OFLAG_COPIED flag back.
             for (int i = 0; i < l1.length; i++) {
                 long off = l1[i] & L1_OFFSET_MASK;
                 if (off == 0) {
                     continue;
                 }
                 boolean l2Owned = refcounts.get(off >>> clusterBits) == 1;
-                if (l2Owned != ((l1[i] & COPIED) != 0)) {
-                    l1[i] = l2Owned ? l1[i] | COPIED : l1[i] & ~COPIED;
+                if (l2Owned != ((l1[i] & OFLAG_COPIED) != 0)) {
+                    l1[i] = l2Owned ? l1[i] | OFLAG_COPIED : l1[i] & ~OFLAG_COPIED;
                     markL1Dirty(i);
                 }
                 if (!l2Owned) {
@@ -1061,12 +1144,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
                 for (int j = 0; j < t.words.length; j += step) {
                     long w = t.words[j];
                     long host = w & L2_OFFSET_MASK;
-                    if ((w & COMPRESSED) != 0 || host == 0) {
+                    if ((w & OFLAG_COMPRESSED) != 0 || host == 0) {
                         continue;
                     }
                     boolean owned = refcounts.get(host >>> clusterBits) == 1;
-                    if (owned != ((w & COPIED) != 0)) {
-                        t.words[j] = owned ? w | COPIED : w & ~COPIED;
+                    if (owned != ((w & OFLAG_COPIED) != 0)) {
+                        t.words[j] = owned ? w | OFLAG_COPIED : w & ~OFLAG_COPIED;
                         t.dirty = true;
                     }
                 }

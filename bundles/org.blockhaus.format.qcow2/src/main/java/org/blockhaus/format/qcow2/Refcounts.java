@@ -34,6 +34,8 @@ final class Refcounts {
     private final List<long[]> queuedFrees = new ArrayList<>();
     /** No cluster below this index is free. */
     private long freeHint;
+    /** Changes whenever refcounts drop, so cached "this cluster is in use" facts can be dropped. */
+    private long freeGeneration;
 
     /** One refcount block in memory. */
     private static final class Block {
@@ -376,6 +378,7 @@ final class Refcounts {
         if (queuedFrees.isEmpty()) {
             return;
         }
+        freeGeneration++;
         for (long[] r : queuedFrees) {
             for (long i = r[0]; i <= r[1]; i++) {
                 if (!hasBlock(i)) {
@@ -425,6 +428,7 @@ final class Refcounts {
             return false;
         }
         set(index, Math.min(value, maxRefcount));
+        freeGeneration++;
         if (value == 0) {
             freeHint = Math.min(freeHint, index);
         }
@@ -442,6 +446,10 @@ final class Refcounts {
     /** Clusters with a refcount block, i.e. the clusters the table can describe right now. */
     long coveredClusters() {
         return (long) table.length << blockEntryBits;
+    }
+
+    long freeGeneration() {
+        return freeGeneration;
     }
 
     void setFreeHint(long hint) {
