@@ -4,6 +4,8 @@
 # Usage: bench/convert-raw.sh [workdir]   (needs hyperfine and qemu-img; writes bench/RESULTS-convert-raw.md)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
+. "$here/scripts/jdk.sh"
+blk_find_jdk
 work="${1:-$here/bench/out}"
 mkdir -p "$work"
 src="$work/mixed-2g.raw"
@@ -25,8 +27,9 @@ with open(sys.argv[1], "wb") as f:
 PY
 fi
 "$here/blk" info "$src" >/dev/null   # builds if needed, warms the JVM's class data
+export BLK_NO_BUILD=1                 # timed runs must never include a build
 hyperfine --warmup 1 --runs 5 --export-markdown "$work/convert.md" \
-  --prepare "rm -f $work/q.raw $work/b.raw" \
+  --prepare "rm -f $work/q.raw" --prepare "rm -f $work/b.raw" \
   "qemu-img convert -f raw -O raw $src $work/q.raw" \
   "$here/blk convert -f raw -O raw $src $work/b.raw"
 cmp "$work/q.raw" "$work/b.raw"
@@ -36,7 +39,7 @@ rss() { /usr/bin/time -f "%M" "$@" 2>&1 >/dev/null | tail -1; }
 {
   echo "# convert raw->raw and info start-up, $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $(qemu-img --version | head -1); $(java -version 2>&1 | head -1)"
+  echo "Machine: $(nproc) cores (other work on the machine during the run: $(uptime | sed 's/.*load average: //') load), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $(qemu-img --version | head -1); $("$JAVA_HOME/bin/java" -version 2>&1 | head -1)"
   echo
   echo "## convert (2 GiB: random / zeros / random / text, 1 MiB chunks; page cache warm for both)"
   cat "$work/convert.md"

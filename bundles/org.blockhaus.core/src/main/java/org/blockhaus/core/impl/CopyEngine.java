@@ -28,6 +28,40 @@ final class CopyEngine {
     private record Piece(long targetOffset, long length, ByteBuffer data) {
     }
 
+    /** What one worker read: its pieces, and the pooled buffer they live in (or null). */
+    private record Chunk(List<Piece> pieces, ByteBuffer buffer) {
+    }
+
+    /**
+     * Reused I/O buffers: fresh direct buffers cost a page fault per page, which for a 2 GiB
+     * copy was most of the time spent in the kernel.
+     */
+    private static final class BufferPool {
+        private final java.util.concurrent.BlockingQueue<ByteBuffer> free;
+
+        BufferPool(int count, int size) {
+            free = new java.util.concurrent.ArrayBlockingQueue<>(count);
+            for (int i = 0; i < count; i++) {
+                free.add(ByteBuffer.allocateDirect(size));
+            }
+        }
+
+        ByteBuffer take() throws BlockException {
+            try {
+                return free.take().clear();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new BlockException(Reason.IO, "convert interrupted");
+            }
+        }
+
+        void release(ByteBuffer b) {
+            if (b != null) {
+                free.offer(b);
+            }
+        }
+    }
+
     void convert(List<Image> sources, Image target, ConvertOptions opts, Progress progress) throws BlockException {
         long total = 0;
         for (Image s : sources) {
@@ -41,35 +75,41 @@ final class CopyEngine {
         progress.update(0);
         long base = 0;
         long done = 0;
+        BufferPool pool = new BufferPool(opts.parallel() + 1, opts.bufferSize());
+        boolean writeInWorker = opts.compress() || opts.outOfOrder();
         try (ExecutorService readers = Executors.newVirtualThreadPerTaskExecutor()) {
-            ArrayDeque<Future<List<Piece>>> window = new ArrayDeque<>();
+            ArrayDeque<Future<Chunk>> window = new ArrayDeque<>();
             for (Image src : sources) {
                 long size = src.size();
                 for (long off = 0; off < size; ) {
                     long len = Math.min(opts.bufferSize(), size - off);
                     final long at = off;
                     final long tbase = base;
-                    if (opts.compress() || opts.outOfOrder()) {
+                    if (writeInWorker) {
                         // compression is the slow part: each worker compresses and writes its own chunk
                         window.add(readers.submit(() -> {
-                            List<Piece> pieces = opts.compress() ? readWhole(src, at, len, tbase)
-                                    : readChunk(src, at, len, tbase, opts);
-                            writeAll(target, pieces, zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0);
-                            return List.of(new Piece(tbase + at, len, null));
+                            Chunk c = opts.compress() ? readWhole(src, at, len, tbase, pool)
+                                    : readChunk(src, at, len, tbase, opts, pool);
+                            try {
+                                writeAll(target, c.pieces(), zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0);
+                            } finally {
+                                pool.release(c.buffer());
+                            }
+                            return new Chunk(List.of(new Piece(tbase + at, len, null)), null);
                         }));
                     } else {
-                        window.add(readers.submit(() -> readChunk(src, at, len, tbase, opts)));
+                        window.add(readers.submit(() -> readChunk(src, at, len, tbase, opts, pool)));
                     }
                     off += len;
                     if (window.size() >= opts.parallel()) {
-                        done += finish(target, take(window), zeroInit, opts);
+                        done += finish(target, take(window), zeroInit, writeInWorker, pool);
                         progress.update(100.0 * done / Math.max(1, total));
                     }
                 }
                 base += size;
             }
             while (!window.isEmpty()) {
-                done += finish(target, take(window), zeroInit, opts);
+                done += finish(target, take(window), zeroInit, writeInWorker, pool);
                 progress.update(100.0 * done / Math.max(1, total));
             }
         }
@@ -77,8 +117,8 @@ final class CopyEngine {
         progress.update(100);
     }
 
-    private static List<Piece> take(ArrayDeque<Future<List<Piece>>> window) throws BlockException {
-        Future<List<Piece>> f = window.poll();
+    private static Chunk take(ArrayDeque<Future<Chunk>> window) throws BlockException {
+        Future<Chunk> f = window.poll();
         try {
             return f.get();
         } catch (InterruptedException e) {
@@ -93,28 +133,33 @@ final class CopyEngine {
     }
 
     /** Writes what a worker read, unless the worker already wrote it (then only counts it). */
-    private static long finish(Image target, List<Piece> pieces, boolean zeroInit, ConvertOptions opts)
+    private static long finish(Image target, Chunk chunk, boolean zeroInit, boolean writtenByWorker, BufferPool pool)
             throws BlockException {
-        if (opts.compress() || opts.outOfOrder()) {
+        if (writtenByWorker) {
             long n = 0;
-            for (Piece p : pieces) {
+            for (Piece p : chunk.pieces()) {
                 n += p.length();
             }
             return n;
         }
-        return writeAll(target, pieces, zeroInit, 0);
+        try {
+            return writeAll(target, chunk.pieces(), zeroInit, 0);
+        } finally {
+            pool.release(chunk.buffer());
+        }
     }
 
     /** -c: whole chunks, zero or not, so the format can compress cluster by cluster. */
-    private static List<Piece> readWhole(Image src, long off, long len, long targetBase) throws BlockException {
+    private static Chunk readWhole(Image src, long off, long len, long targetBase, BufferPool pool)
+            throws BlockException {
         BlockStatus st = status(src, off, len);
         if (st.isZero() && st.length() == len) {
-            return List.of(new Piece(targetBase + off, len, null));
+            return new Chunk(List.of(new Piece(targetBase + off, len, null)), null);
         }
-        ByteBuffer buf = ByteBuffer.allocateDirect((int) len);
+        ByteBuffer buf = pool.take().limit((int) len);
         src.read(off, buf);
         buf.flip();
-        return List.of(new Piece(targetBase + off, len, buf));
+        return new Chunk(List.of(new Piece(targetBase + off, len, buf)), buf);
     }
 
     private static long writeAll(Image target, List<Piece> pieces, boolean zeroInit, int flags)
@@ -132,25 +177,34 @@ final class CopyEngine {
     }
 
     /** Reads one chunk of the source and splits it into data and zero pieces. */
-    private static List<Piece> readChunk(Image src, long off, long len, long targetBase, ConvertOptions opts)
-            throws BlockException {
+    private static Chunk readChunk(Image src, long off, long len, long targetBase, ConvertOptions opts,
+            BufferPool pool) throws BlockException {
         List<Piece> out = new java.util.ArrayList<>();
+        ByteBuffer buffer = null;
         long end = off + len;
         long at = off;
-        while (at < end) {
-            BlockStatus st = status(src, at, end - at);
-            long n = st.length();
-            if (st.isZero()) {
-                out.add(new Piece(targetBase + at, n, null));
-            } else {
-                ByteBuffer buf = ByteBuffer.allocateDirect((int) n);
-                src.read(at, buf);
-                buf.flip();
-                splitZeroes(buf, targetBase + at, opts.minSparse(), out);
+        try {
+            while (at < end) {
+                BlockStatus st = status(src, at, end - at);
+                long n = st.length();
+                if (st.isZero()) {
+                    out.add(new Piece(targetBase + at, n, null));
+                } else {
+                    if (buffer == null) {
+                        buffer = pool.take();
+                    }
+                    ByteBuffer buf = buffer.slice((int) (at - off), (int) n);
+                    src.read(at, buf);
+                    buf.flip();
+                    splitZeroes(buf, targetBase + at, opts.minSparse(), out);
+                }
+                at += n;
             }
-            at += n;
+        } catch (BlockException | RuntimeException e) {
+            pool.release(buffer);
+            throw e;
         }
-        return out;
+        return new Chunk(out, buffer);
     }
 
     /** Block status of a whole chain: unallocated ranges are looked up in the backing image. */
