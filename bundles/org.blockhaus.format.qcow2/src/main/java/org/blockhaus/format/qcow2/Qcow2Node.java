@@ -14,8 +14,10 @@ import org.blockhaus.api.BlockStatus;
 import org.blockhaus.api.Capabilities;
 import org.blockhaus.api.Capabilities.Feature;
 import org.blockhaus.api.Capabilities.Support;
+import org.blockhaus.api.Options;
 import org.blockhaus.api.Preallocation;
 import org.blockhaus.api.spi.CheckResult;
+import org.blockhaus.api.spi.AmendableNode;
 import org.blockhaus.api.spi.CheckableNode;
 import org.blockhaus.api.spi.SnapshotNode;
 
@@ -27,7 +29,7 @@ import org.blockhaus.api.spi.SnapshotNode;
  * which writes them in the order that survives a crash: refcount increases, then L2 tables, then
  * the L1 table, then refcount decreases (see {@link Refcounts}). One lock serialises requests.
  */
-final class Qcow2Node implements CheckableNode, SnapshotNode {
+final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     static final long L1_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
     static final long L2_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
     static final long OFLAG_COPIED = 1L << 63;
@@ -845,6 +847,213 @@ final class Qcow2Node implements CheckableNode, SnapshotNode {
             flushLocked();
         } finally {
             lock.unlock();
+        }
+    }
+
+    // ---- amend and rebase -------------------------------------------------------------------
+
+    @Override
+    public void changeBackingFile(String filename, String format) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            flushLocked();
+            rewriteHeader(header.version(), filename, filename == null ? null : format, header.compatibleFeatures());
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void amend(Options o, boolean force) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            checkWritable();
+            for (String key : o.asMap().keySet()) {
+                switch (key) {
+                    case "compat", "lazy_refcounts", "backing_file", "backing_fmt", "size" -> { }
+                    case "cluster_size" -> unchanged(key, o.getSize(key, clusterSize) == clusterSize, "cluster size");
+                    case "refcount_bits" -> unchanged(key, o.getLong(key, 16) == header.refcountBits(),
+                            "refcount width");
+                    case "extended_l2" -> unchanged(key, o.getBool(key, false) == extL2, "extended L2 setting");
+                    case "compression_type" -> unchanged(key, o.get(key).equals(
+                            header.compressionType() == Qcow2Header.COMPRESSION_ZSTD ? "zstd" : "zlib"),
+                            "compression type");
+                    case "preallocation" -> throw BlockException.invalid("Cannot change preallocation mode");
+                    default -> throw new BlockException(Reason.UNSUPPORTED, "Changing the option '" + key
+                            + "' is not supported");
+                }
+            }
+            flushLocked();
+            int version = header.version();
+            if (o.has("compat")) {
+                version = switch (o.get("compat")) {
+                    case "0.10", "v2" -> 2;
+                    case "1.1", "v3" -> 3;
+                    default -> throw BlockException.invalid("Invalid compatibility level: '" + o.get("compat") + "'");
+                };
+            }
+            long compat = header.compatibleFeatures();
+            if (o.has("lazy_refcounts")) {
+                boolean lazy = o.getBool("lazy_refcounts", false);
+                if (lazy && version < 3) {
+                    throw BlockException.invalid("Lazy refcounts only supported with compatibility level 1.1 and"
+                            + " above (use compat=1.1 or greater)");
+                }
+                compat = lazy ? compat | Qcow2Header.COMPAT_LAZY_REFCOUNTS : compat & ~Qcow2Header.COMPAT_LAZY_REFCOUNTS;
+            }
+            if (version < 3) {
+                compat &= ~Qcow2Header.COMPAT_LAZY_REFCOUNTS;
+            }
+            if (version < header.version()) {
+                downgradeChecks();
+                expandZeroClusters();
+                flushLocked();
+            }
+            String backing = o.has("backing_file") ? o.get("backing_file") : header.backingFile();
+            String backingFmt = o.has("backing_fmt") ? o.get("backing_fmt")
+                    : o.has("backing_file") ? null : header.backingFormat();
+            rewriteHeader(version, backing, backing == null ? null : backingFmt, compat);
+            if (o.has("size")) {
+                long newSize = o.getSize("size", size);
+                if (newSize != size) {
+                    lock.unlock();
+                    try {
+                        truncate(newSize, false, Preallocation.OFF);
+                    } finally {
+                        lock.lock();
+                    }
+                }
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private static void unchanged(String key, boolean same, String what) throws BlockException {
+        if (!same) {
+            throw new BlockException(Reason.UNSUPPORTED, "Changing the " + what + " (" + key + ") is not supported");
+        }
+    }
+
+    private void downgradeChecks() throws BlockException {
+        if (header.refcountBits() != 16) {
+            throw BlockException.invalid("Cannot downgrade an image with refcount_bits != 16 to compat=0.10");
+        }
+        if (extL2) {
+            throw BlockException.invalid("Cannot downgrade an image with extended L2 entries to compat=0.10");
+        }
+        if (header.compressionType() != Qcow2Header.COMPRESSION_ZLIB) {
+            throw BlockException.invalid("Cannot downgrade an image with a compression type other than zlib");
+        }
+        if (header.nbSnapshots() > 0) {
+            throw new BlockException(Reason.UNSUPPORTED, "Downgrading qcow2 images with internal snapshots is not"
+                    + " supported yet");
+        }
+    }
+
+    /** Version 2 has no zero flag: zero clusters become unallocated (no backing) or real zeroes. */
+    private void expandZeroClusters() throws BlockException {
+        long perL2 = 1L << (clusterBits + l2Bits);
+        for (int i = 0; i < l1.length; i++) {
+            if ((l1[i] & L1_OFFSET_MASK) == 0) {
+                continue;
+            }
+            for (int j = 0; j < (1 << l2Bits); j++) {
+                long guest = i * perL2 + ((long) j << clusterBits);
+                if (guest >= size) {
+                    break;
+                }
+                L2Cache.Table t = l2For(guest);
+                long w = word(t, j);
+                if ((w & OFLAG_COMPRESSED) != 0 || (w & OFLAG_ZERO) == 0) {
+                    continue;
+                }
+                if ((w & L2_OFFSET_MASK) == 0 && backing == null) {
+                    makeUnallocated(guest);
+                } else {
+                    writeLocked(guest, ByteBuffer.allocate((int) Math.min(clusterSize, size - guest)));
+                }
+            }
+        }
+    }
+
+    /**
+     * Writes a new header (first cluster): fixed fields from the current state, the additional
+     * fields the old header had (version 3), the extensions we keep, then the backing file name.
+     */
+    private void rewriteHeader(int version, String backingFile, String backingFormat, long compatible)
+            throws BlockException {
+        Qcow2Header h = header;
+        int hdrLen = version < 3 ? Qcow2Header.V2_HEADER_LENGTH
+                : h.version() >= 3 ? h.headerLength() : Qcow2Header.V3_WRITTEN_HEADER_LENGTH;
+        ByteBuffer b = ByteBuffer.allocate(clusterSize);
+        if (h.version() >= 3 && version >= 3) {
+            b.put(file.read(0, hdrLen, "qcow2 header")); // keeps additional fields we do not know
+        }
+        b.putInt(0, Qcow2Header.MAGIC).putInt(4, version).putLong(8, 0).putInt(16, 0).putInt(20, clusterBits)
+                .putLong(24, size).putInt(32, 0).putInt(36, l1.length).putLong(40, l1Offset)
+                .putLong(48, refcounts.tableOffset()).putInt(56, refcounts.tableClusters())
+                .putInt(60, h.nbSnapshots()).putLong(64, h.snapshotsOffset());
+        long autoclear = h.autoclearFeatures();
+        long incompat = h.incompatibleFeatures();
+        if (version >= 3) {
+            b.putLong(72, incompat).putLong(80, compatible).putLong(88, autoclear).putInt(96, h.refcountOrder())
+                    .putInt(100, hdrLen);
+            if (hdrLen > 104) {
+                b.put(104, (byte) h.compressionType());
+            }
+        }
+        b.position(hdrLen);
+        List<Qcow2Header.Extension> keep = new ArrayList<>();
+        if (backingFormat != null) {
+            keep.add(new Qcow2Header.Extension(Qcow2Header.EXT_BACKING_FORMAT,
+                    backingFormat.getBytes(java.nio.charset.StandardCharsets.UTF_8)));
+        }
+        if (h.dataFile() != null) {
+            keep.add(new Qcow2Header.Extension(Qcow2Header.EXT_DATA_FILE,
+                    h.dataFile().getBytes(java.nio.charset.StandardCharsets.UTF_8)));
+        }
+        boolean hasFeatureTable = false;
+        for (Qcow2Header.Extension e : h.unknownExtensions()) {
+            if (e.type() == Qcow2Header.EXT_FEATURE_TABLE) {
+                hasFeatureTable = true;
+                if (version < 3) {
+                    continue;
+                }
+            }
+            keep.add(e);
+        }
+        if (version >= 3 && !hasFeatureTable) {
+            keep.add(Qcow2Header.standardFeatureTable());
+        }
+        for (Qcow2Header.Extension e : keep) {
+            int padded = (e.data().length + 7) & ~7;
+            if (b.remaining() < 16 + padded) {
+                throw BlockException.invalid("qcow2: header extensions do not fit in the first cluster");
+            }
+            b.putInt(e.type()).putInt(e.data().length).put(e.data());
+            b.position(b.position() + padded - e.data().length);
+        }
+        b.putInt(Qcow2Header.EXT_END).putInt(0);
+        byte[] name = null;
+        if (backingFile != null) {
+            name = backingFile.getBytes(java.nio.charset.StandardCharsets.UTF_8);
+            if (name.length > Qcow2Header.MAX_BACKING_NAME || name.length > b.remaining()) {
+                throw BlockException.invalid("Backing file name too long");
+            }
+            b.putLong(8, b.position()).putInt(16, name.length);
+            b.put(name);
+        }
+        b.flip();
+        file.write(0, b);
+        file.flush();
+        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
+                file.size());
+        if (header.version() != version || header.size() != size) {
+            throw new IllegalStateException("header rewrite did not round-trip");
         }
     }
 

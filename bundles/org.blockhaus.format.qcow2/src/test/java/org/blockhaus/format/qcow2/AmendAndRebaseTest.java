@@ -1,0 +1,105 @@
+package org.blockhaus.format.qcow2;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.Image;
+import org.blockhaus.api.Options;
+import org.blockhaus.api.spi.AmendableNode;
+import org.blockhaus.core.BlockCore;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** qemu-img amend and rebase -u on qcow2: qemu-img sees the new header, content stays. */
+class AmendAndRebaseTest {
+    @TempDir
+    Path dir;
+
+    private void amend(Path img, String... kv) throws Exception {
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            ((AmendableNode) i.driverNode()).amend(Options.of(kv), false);
+        }
+    }
+
+    private String info(Path img) {
+        return Qemu.img("info", "--output=json", img.toString()).ok().out();
+    }
+
+    @Test
+    void downgradeToVersion2ExpandsZeroClusters() throws Exception {
+        Path base = dir.resolve("base.raw");
+        Files.write(base, Fixtures.pattern(4 << 20, 9));
+        for (String backing : new String[] {null, "base.raw"}) {
+            Path img = dir.resolve("d.qcow2");
+            Files.deleteIfExists(img);
+            if (backing == null) {
+                Qemu.img("create", "-f", "qcow2", img.toString(), "4M").ok();
+            } else {
+                Qemu.img("create", "-f", "qcow2", "-b", backing, "-F", "raw", img.toString()).ok();
+            }
+            Qemu.io("-f", "qcow2", "-c", "write -P 7 0 1M", "-c", "write -z 64k 128k", "-c", "write -z 2M 64k",
+                    "-c", "write -z -u 3M 64k", img.toString()).ok();
+            byte[] before = Fixtures.qemuRaw(img, dir);
+            amend(img, "compat", "0.10");
+            assertTrue(info(img).contains("\"compat\": \"0.10\""), info(img));
+            assertEquals(0, Qemu.img("check", img.toString()).exit());
+            assertArrayEquals(before, Fixtures.qemuRaw(img, dir), "backing " + backing);
+        }
+    }
+
+    @Test
+    void upgradeToVersion3AndLazyRefcounts() throws Exception {
+        Path img = dir.resolve("u.qcow2");
+        Qemu.img("create", "-f", "qcow2", "-o", "compat=0.10", img.toString(), "4M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 3 100k 200k", img.toString()).ok();
+        byte[] before = Fixtures.qemuRaw(img, dir);
+        amend(img, "compat", "1.1", "lazy_refcounts", "on");
+        String info = info(img);
+        assertTrue(info.contains("\"compat\": \"1.1\"") && info.contains("\"lazy-refcounts\": true"), info);
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+        assertArrayEquals(before, Fixtures.qemuRaw(img, dir));
+        amend(img, "lazy_refcounts", "off");
+        assertTrue(info(img).contains("\"lazy-refcounts\": false"));
+    }
+
+    @Test
+    void refusesWhatItCannotChange() throws Exception {
+        Path img = dir.resolve("r.qcow2");
+        Qemu.img("create", "-f", "qcow2", img.toString(), "1M").ok();
+        BlockException e = assertThrows(BlockException.class, () -> amend(img, "cluster_size", "4096"));
+        assertTrue(e.getMessage().contains("cluster size"), e.getMessage());
+        assertThrows(BlockException.class, () -> amend(img, "encrypt.format", "luks"));
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
+
+    @Test
+    void rebaseUnsafeChangesOnlyTheHeader() throws Exception {
+        Files.write(dir.resolve("a.raw"), new byte[1 << 20]);
+        Path b = dir.resolve("b.qcow2");
+        Qemu.img("create", "-f", "qcow2", b.toString(), "1M").ok();
+        Path img = dir.resolve("t.qcow2");
+        Qemu.img("create", "-f", "qcow2", "-b", "a.raw", "-F", "raw", img.toString()).ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 5 0 4k", img.toString()).ok();
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            ((AmendableNode) i.driverNode()).changeBackingFile("b.qcow2", "qcow2");
+        }
+        String info = info(img);
+        assertTrue(info.contains("\"backing-filename\": \"b.qcow2\"")
+                && info.contains("\"backing-filename-format\": \"qcow2\""), info);
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+        try (Image i = Fixtures.openRw(core, img)) {
+            ((AmendableNode) i.driverNode()).changeBackingFile(null, null);
+        }
+        assertFalse(info(img).contains("backing-filename"), info(img));
+        Qemu.io("-r", "-f", "qcow2", "-c", "read -P 5 0 4k", img.toString()).ok();
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
+}
