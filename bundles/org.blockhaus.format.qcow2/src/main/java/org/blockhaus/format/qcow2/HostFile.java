@@ -77,6 +77,14 @@ final class HostFile {
         }
     }
 
+    /** Grows the file to {@code end} with the given preallocation (falloc reserves, full writes zeroes). */
+    void growWith(long end, Preallocation mode) throws BlockException {
+        if (end > size) {
+            file.truncate(end, true, mode);
+            size = Math.max(end, file.size());
+        }
+    }
+
     void flush() throws BlockException {
         file.flush();
     }

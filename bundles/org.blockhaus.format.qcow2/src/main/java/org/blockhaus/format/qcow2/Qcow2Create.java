@@ -74,9 +74,7 @@ final class Qcow2Create {
         }
         String prealloc = o.get("preallocation", "off");
         switch (prealloc) {
-            case "off", "metadata" -> { }
-            case "falloc", "full" -> throw new BlockException(Reason.UNSUPPORTED, "qcow2 preallocation=" + prealloc
-                    + " is not supported yet (use off or metadata)");
+            case "off", "metadata", "falloc", "full" -> { }
             default -> throw BlockException.invalid("Parameter 'preallocation' does not accept value '" + prealloc
                     + "'");
         }
@@ -155,10 +153,10 @@ final class Qcow2Create {
         f.flush();
         f.write(0, hdr); // last: until here the file is not a qcow2 image
         f.flush();
-        if (prealloc.equals("metadata") && size > 0) {
+        if (!prealloc.equals("off") && size > 0) {
             Qcow2Header written = Qcow2Header.parse(f.read(0, (int) Math.min(c, f.size()), "qcow2 header"), f.size());
             Qcow2Node q = new Qcow2Node(f, written, null, false, 32L << 20);
-            q.preallocateMetadata();
+            q.preallocate(org.blockhaus.api.Preallocation.parse(prealloc));
             q.close();
         }
     }

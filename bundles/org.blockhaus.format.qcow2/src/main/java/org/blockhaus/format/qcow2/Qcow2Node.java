@@ -828,8 +828,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         refcounts.applyQueuedFrees();
     }
 
-    /** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster. */
-    void preallocateMetadata() throws BlockException {
+    /**
+     * preallocation=metadata: every guest cluster gets an L2 entry and a host cluster; with falloc
+     * or full the file below also reserves (or writes) the space of those clusters.
+     */
+    void preallocate(Preallocation mode) throws BlockException {
         lock.lock();
         try {
             long last = 0;
@@ -843,7 +846,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 setEntry(t, idx, host | OFLAG_COPIED, ALL_SUBCLUSTERS);
                 last = Math.max(last, host + clusterSize);
             }
-            file.ensureSize(last);
+            if (mode == Preallocation.FALLOC || mode == Preallocation.FULL) {
+                file.growWith(last, mode);
+            } else {
+                file.ensureSize(last);
+            }
             flushLocked();
         } finally {
             lock.unlock();

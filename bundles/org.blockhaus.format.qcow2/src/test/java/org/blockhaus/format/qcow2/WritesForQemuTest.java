@@ -85,7 +85,7 @@ class WritesForQemuTest {
     @CsvSource({
         "cluster_size=512", "cluster_size=4096", "cluster_size=65536", "cluster_size=2097152",
         "compat=0.10", "compat=0.10;cluster_size=4096", "refcount_bits=1", "refcount_bits=8", "refcount_bits=64",
-        "extended_l2=on", "lazy_refcounts=on", "preallocation=metadata", "cluster_size=512;refcount_bits=64"})
+        "extended_l2=on", "lazy_refcounts=on", "preallocation=metadata", "preallocation=falloc", "preallocation=full", "cluster_size=512;refcount_bits=64"})
     void imageWeCreateAndWritePassesQemuCheckAndCompare(String opts) throws Exception {
         Path img = dir.resolve("w.qcow2");
         int clusterSize = opts.contains("cluster_size=") ? Integer.parseInt(opts.replaceAll(".*cluster_size=(\\d+).*", "$1"))
@@ -102,6 +102,19 @@ class WritesForQemuTest {
         try (Image i = Fixtures.openRo(core, img)) {
             assertArrayEquals(ref, Fixtures.readAll(i));
         }
+    }
+
+    @Test
+    void fullPreallocationWritesEveryClusterLikeQemu() throws Exception {
+        Path ours = dir.resolve("full.qcow2");
+        Path theirs = dir.resolve("theirs.qcow2");
+        BlockCore core = Fixtures.core();
+        Fixtures.create(core, ours, 3 << 20, "preallocation", "full");
+        Qemu.img("create", "-f", "qcow2", "-o", "preallocation=full", theirs.toString(), "3M").ok();
+        assertEquals(Files.size(theirs), Files.size(ours));
+        assertEquals(Qemu.img("map", "--output=json", theirs.toString()).ok().out(),
+                Qemu.img("map", "--output=json", ours.toString()).ok().out());
+        assertEquals(0, Qemu.img("check", ours.toString()).exit());
     }
 
     @Test
