@@ -8,11 +8,9 @@ import java.net.InetSocketAddress;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
-import java.nio.channels.ClosedChannelException;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
@@ -56,6 +54,11 @@ final class NbdConnection implements AutoCloseable {
         }
     }
 
+    /** TLS for NBD_OPT_STARTTLS: where the engine comes from (host name checks included). */
+    interface Tls {
+        javax.net.ssl.SSLEngine engine();
+    }
+
     /** What the handshake agreed on. */
     record Export(long size, int flags, boolean structured, int baseAllocationId, int minBlock, int preferredBlock,
             int maxBlock) {
@@ -65,6 +68,7 @@ final class NbdConnection implements AutoCloseable {
     }
 
     private final SocketChannel channel;
+    private final Wire wire;
     private final Address address;
     private final Export export;
     private final ReentrantLock sendLock = new ReentrantLock();
@@ -77,7 +81,9 @@ final class NbdConnection implements AutoCloseable {
     /** How long one request may wait for its reply before the connection is given up (0 = forever). */
     private final Duration requestTimeout;
 
-    private NbdConnection(SocketChannel channel, Address address, Export export, Duration requestTimeout) {
+    private NbdConnection(SocketChannel channel, Wire wire, Address address, Export export,
+            Duration requestTimeout) {
+        this.wire = wire;
         this.requestTimeout = requestTimeout;
         this.channel = channel;
         this.address = address;
@@ -99,7 +105,7 @@ final class NbdConnection implements AutoCloseable {
      * Connects and negotiates {@code exportName}. The whole of connect and handshake must finish
      * within {@code timeout}; a server that stalls is cut off then.
      */
-    static NbdConnection open(Address address, String exportName, Duration timeout, Duration requestTimeout)
+    static NbdConnection open(Address address, String exportName, Duration timeout, Duration requestTimeout, Tls tls)
             throws BlockException {
         SocketChannel ch;
         try {
@@ -121,8 +127,9 @@ final class NbdConnection implements AutoCloseable {
                 throw new BlockException(Reason.IO, "Failed to connect to '" + address + "': " + describe(e), e);
             }
             Export ex;
+            Handshake hs = new Handshake(ch, tls);
             try {
-                ex = new Handshake(ch).negotiate(exportName);
+                ex = hs.negotiate(exportName);
             } catch (IOException e) {
                 if (watchdog.fired()) {
                     throw new BlockException(Reason.IO, "NBD handshake with '" + address + "' timed out after "
@@ -137,7 +144,7 @@ final class NbdConnection implements AutoCloseable {
                 throw new BlockException(Reason.IO, "NBD handshake with '" + address + "' timed out after "
                         + timeout.toMillis() + " ms");
             }
-            NbdConnection c = new NbdConnection(ch, address, ex, requestTimeout);
+            NbdConnection c = new NbdConnection(ch, hs.wire, address, ex, requestTimeout);
             c.reader.start();
             ok = true;
             return c;
@@ -195,14 +202,18 @@ final class NbdConnection implements AutoCloseable {
     /** The option haggling, in the order QEMU's client uses. */
     private static final class Handshake {
         private final SocketChannel ch;
+        private final Tls tls;
+        private Wire wire;
         private boolean noZeroes;
 
-        Handshake(SocketChannel ch) {
+        Handshake(SocketChannel ch, Tls tls) {
             this.ch = ch;
+            this.tls = tls;
+            this.wire = new Wire.Plain(ch);
         }
 
         Export negotiate(String exportName) throws IOException, BlockException {
-            ByteBuffer hello = readFully(ch, 18 - 2);
+            ByteBuffer hello = wire.readFully(16);
             long magic = hello.getLong();
             if (magic != NBDMAGIC) {
                 throw protocol("Bad initial magic received: 0x%x", magic);
@@ -215,11 +226,18 @@ final class NbdConnection implements AutoCloseable {
             if (second != IHAVEOPT) {
                 throw protocol("Bad server magic received: 0x%x", second);
             }
-            int handshakeFlags = Short.toUnsignedInt(readFully(ch, 2).getShort());
+            int handshakeFlags = Short.toUnsignedInt(wire.readFully(2).getShort());
             boolean fixed = (handshakeFlags & FLAG_FIXED_NEWSTYLE) != 0;
             noZeroes = (handshakeFlags & FLAG_NO_ZEROES) != 0;
             int clientFlags = (fixed ? FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? FLAG_C_NO_ZEROES : 0);
-            writeFully(ch, ByteBuffer.allocate(4).putInt(0, clientFlags));
+            wire.write(ByteBuffer.allocate(4).putInt(0, clientFlags));
+            if (tls != null) {
+                if (!fixed) {
+                    throw new BlockException(Reason.UNSUPPORTED, "The server does not support fixed newstyle"
+                            + " negotiation, so TLS cannot be used");
+                }
+                startTls();
+            }
             if (!fixed) {
                 // Without fixed newstyle, unknown options end the session: only EXPORT_NAME is safe.
                 return exportName(exportName, false, -1);
@@ -227,6 +245,22 @@ final class NbdConnection implements AutoCloseable {
             boolean structured = structuredReply();
             int contextId = structured ? setMetaContext(exportName) : -1;
             return go(exportName, structured, contextId);
+        }
+
+        /** NBD_OPT_STARTTLS, then the TLS handshake; everything after it runs over TLS. */
+        private void startTls() throws IOException, BlockException {
+            sendOption(OPT_STARTTLS, ByteBuffer.allocate(0));
+            OptionReply r = readReply(OPT_STARTTLS);
+            if (r.type != REP_ACK) {
+                if ((r.type & REP_FLAG_ERROR) != 0) {
+                    BlockException e = optionError(r, OPT_STARTTLS);
+                    throw new BlockException(Reason.UNSUPPORTED, "The server does not support TLS: "
+                            + e.getMessage());
+                }
+                throw protocol("Unexpected reply type %d to NBD_OPT_STARTTLS", r.type);
+            }
+            javax.net.ssl.SSLEngine engine = tls.engine();
+            wire = TlsWire.handshake(ch, engine);
         }
 
         private boolean structuredReply() throws IOException, BlockException {
@@ -319,7 +353,7 @@ final class NbdConnection implements AutoCloseable {
             sendOption(OPT_EXPORT_NAME, ByteBuffer.wrap(name));
             ByteBuffer b;
             try {
-                b = readFully(ch, noZeroes ? 10 : 10 + 124);
+                b = wire.readFully(noZeroes ? 10 : 10 + 124);
             } catch (EOFException e) {
                 throw new BlockException(Reason.NOT_FOUND, "Requested export not available (the server closed"
                         + " the connection after NBD_OPT_EXPORT_NAME '" + exportName + "')");
@@ -358,14 +392,14 @@ final class NbdConnection implements AutoCloseable {
         private void sendOption(int option, ByteBuffer data) throws IOException {
             ByteBuffer h = ByteBuffer.allocate(16);
             h.putLong(IHAVEOPT).putInt(option).putInt(data.remaining()).flip();
-            writeFully(ch, h, data);
+            wire.write(h, data);
         }
 
         private record OptionReply(int type, ByteBuffer data) {
         }
 
         private OptionReply readReply(int option) throws IOException, BlockException {
-            ByteBuffer h = readFully(ch, 20);
+            ByteBuffer h = wire.readFully(20);
             long magic = h.getLong();
             if (magic != OPTION_REPLY_MAGIC) {
                 throw protocol("Unexpected option reply magic 0x%x", magic);
@@ -381,7 +415,7 @@ final class NbdConnection implements AutoCloseable {
                 throw protocol("Server sent an oversized reply of %s bytes to option %d (%s)",
                         Integer.toUnsignedString(length), option, optionName(option));
             }
-            return new OptionReply(type, readFully(ch, length));
+            return new OptionReply(type, wire.readFully(length));
         }
 
         private static BlockException optionError(OptionReply r, int opt) {
@@ -520,10 +554,10 @@ final class NbdConnection implements AutoCloseable {
                         .putLong(offset).putInt(length).flip();
                 if (payload != null) {
                     ByteBuffer data = payload.duplicate();
-                    writeFully(channel, requestHeader, data);
+                    wire.write(requestHeader, data);
                     payload.position(payload.limit());
                 } else {
-                    writeFully(channel, requestHeader);
+                    wire.write(requestHeader);
                 }
             } catch (IOException e) {
                 fail(failure != null ? failure : new BlockException(Reason.IO, "Failed to send NBD "
@@ -582,18 +616,18 @@ final class NbdConnection implements AutoCloseable {
         try {
             while (true) {
                 h.clear().limit(4);
-                readFully(channel, h);
+                wire.readFully(h);
                 int magic = h.getInt(0);
                 if (magic == SIMPLE_REPLY_MAGIC) {
                     h.limit(16);
-                    readFully(channel, h);
+                    wire.readFully(h);
                     simpleReply(h.getInt(4), h.getLong(8));
                 } else if (magic == STRUCTURED_REPLY_MAGIC) {
                     if (!export.structured()) {
                         throw protocol("Server sent a structured reply that was not negotiated");
                     }
                     h.limit(20);
-                    readFully(channel, h);
+                    wire.readFully(h);
                     structuredChunk(Short.toUnsignedInt(h.getShort(4)), Short.toUnsignedInt(h.getShort(6)),
                             h.getLong(8), Integer.toUnsignedLong(h.getInt(16)));
                 } else {
@@ -627,7 +661,7 @@ final class NbdConnection implements AutoCloseable {
                 throw protocol("Server sent a simple reply with data to a read despite structured replies");
             }
             ByteBuffer into = p.dst.duplicate().position(p.dstBase).limit(p.dstBase + p.length);
-            readFully(channel, into);
+            wire.readFully(into);
         }
         p.error = error;
         p.complete(null);
@@ -649,17 +683,17 @@ final class NbdConnection implements AutoCloseable {
                     throw protocol("Unexpected NBD_REPLY_TYPE_OFFSET_DATA chunk (length %d) for %s of %d bytes",
                             length, commandName(p.type), Integer.toUnsignedLong(p.length));
                 }
-                long at = readFully(channel, 8).getLong();
+                long at = wire.readFully(8).getLong();
                 int n = (int) (length - 8);
                 int rel = checkChunkRange(p, at, n);
-                readFully(channel, p.dst.duplicate().position(p.dstBase + rel).limit(p.dstBase + rel + n));
+                wire.readFully(p.dst.duplicate().position(p.dstBase + rel).limit(p.dstBase + rel + n));
                 p.covered += n;
             }
             case REPLY_TYPE_OFFSET_HOLE -> {
                 if (p.type != CMD_READ || length != 12) {
                     throw protocol("Unexpected NBD_REPLY_TYPE_OFFSET_HOLE chunk (length %d)", length);
                 }
-                ByteBuffer b = readFully(channel, 12);
+                ByteBuffer b = wire.readFully(12);
                 long at = b.getLong();
                 int n = b.getInt();
                 if (n == 0) {
@@ -676,7 +710,7 @@ final class NbdConnection implements AutoCloseable {
                 if (p.type != CMD_BLOCK_STATUS || length < 12 || (length - 4) % 8 != 0 || length > MAX_STATUS_CHUNK) {
                     throw protocol("Unexpected NBD_REPLY_TYPE_BLOCK_STATUS chunk (length %d)", length);
                 }
-                ByteBuffer b = readFully(channel, 12);
+                ByteBuffer b = wire.readFully(12);
                 int ctx = b.getInt();
                 long extentLength = Integer.toUnsignedLong(b.getInt());
                 int extentFlags = b.getInt();
@@ -696,7 +730,7 @@ final class NbdConnection implements AutoCloseable {
                 if (length < 6 || length > 6 + MAX_STRING + 8) {
                     throw protocol("Error chunk with invalid length %d", length);
                 }
-                ByteBuffer b = readFully(channel, (int) length);
+                ByteBuffer b = wire.readFully((int) length);
                 int error = b.getInt();
                 int msgLen = Short.toUnsignedInt(b.getShort());
                 if (msgLen > b.remaining()) {
@@ -736,7 +770,7 @@ final class NbdConnection implements AutoCloseable {
         ByteBuffer b = ByteBuffer.allocate((int) Math.min(n, 64 * 1024));
         while (n > 0) {
             b.clear().limit((int) Math.min(n, b.capacity()));
-            readFully(channel, b);
+            wire.readFully(b);
             n -= b.capacity() == 0 ? 0 : b.limit();
         }
     }
@@ -752,8 +786,10 @@ final class NbdConnection implements AutoCloseable {
                 requestHeader.clear();
                 requestHeader.putInt(REQUEST_MAGIC).putShort((short) 0).putShort((short) CMD_DISC)
                         .putLong(nextCookie.getAndIncrement()).putLong(0).putInt(0).flip();
-                writeFully(channel, requestHeader);
-                channel.shutdownOutput();
+                wire.write(requestHeader);
+                if (wire instanceof Wire.Plain) {
+                    channel.shutdownOutput();
+                }
             } catch (IOException ignored) {
                 // the server is gone already; closing is all that is left
             } finally {
@@ -777,34 +813,9 @@ final class NbdConnection implements AutoCloseable {
 
     // ---- channel helpers -------------------------------------------------------------------
 
-    static ByteBuffer readFully(SocketChannel ch, int n) throws IOException {
-        ByteBuffer b = ByteBuffer.allocate(n);
-        readFully(ch, b);
-        return b.flip();
-    }
-
+    /** For tests' fake servers. */
     static void readFully(SocketChannel ch, ByteBuffer b) throws IOException {
-        while (b.hasRemaining()) {
-            if (ch.read(b) < 0) {
-                throw new EOFException("connection closed by peer");
-            }
-        }
-    }
-
-    static void writeFully(SocketChannel ch, ByteBuffer... bufs) throws IOException {
-        List<ByteBuffer> list = new ArrayList<>(List.of(bufs));
-        ByteBuffer[] arr = list.toArray(ByteBuffer[]::new);
-        long total = 0;
-        for (ByteBuffer b : arr) {
-            total += b.remaining();
-        }
-        while (total > 0) {
-            long n = ch.write(arr);
-            if (n < 0) {
-                throw new ClosedChannelException();
-            }
-            total -= n;
-        }
+        new Wire.Plain(ch).readFully(b);
     }
 
     static void closeQuietly(SocketChannel ch) {

@@ -46,10 +46,13 @@ public final class NbdDriver implements BlockDriver {
                     OptionSpec.of("port", OptionType.STRING, "Legacy spelling of server.port"),
                     OptionSpec.of("path", OptionType.STRING, "Legacy spelling of server.path"),
                     OptionSpec.of("export", OptionType.STRING, "", "Name of the NBD export to open"),
-                    OptionSpec.of("tls-creds", OptionType.STRING, "ID of the TLS credentials object (not supported"
-                            + " yet)"),
+                    OptionSpec.of("tls-creds", OptionType.STRING, "ID of a tls-creds object (not supported: use"
+                            + " x-tls-creds-dir)"),
                     OptionSpec.of("tls-hostname", OptionType.STRING, "Host name to check the server certificate"
-                            + " against (not supported yet)"),
+                            + " against (default: server.host)"),
+                    OptionSpec.of("x-tls-creds-dir", OptionType.STRING, "Blockhaus: directory with ca-cert.pem and"
+                            + " optionally client-cert.pem and client-key.pem; enables TLS (NBD_OPT_STARTTLS)"),
+                    OptionSpec.of("x-tls", OptionType.BOOL, "off", "Blockhaus: require TLS (set by nbds:// URIs)"),
                     OptionSpec.of("reconnect-delay", OptionType.NUMBER, "0", "Seconds to wait for a reconnect"
                             + " before failing requests (only 0 is supported)"),
                     OptionSpec.of("open-timeout", OptionType.NUMBER, "0", "Seconds to keep retrying the first"
@@ -137,37 +140,41 @@ public final class NbdDriver implements BlockDriver {
         switch (scheme) {
             case "nbd", "nbd+tcp" -> unix = false;
             case "nbd+unix" -> unix = true;
-            case "nbds", "nbds+tcp", "nbds+unix" -> throw new BlockException(Reason.UNSUPPORTED, "NBD over TLS ('"
-                    + scheme + "://') is not supported yet");
+            case "nbds", "nbds+tcp" -> unix = false;
+            case "nbds+unix" -> unix = true;
             default -> throw BlockException.invalid("Invalid NBD URI scheme in '" + filename + "'");
         }
         String path = uri.getPath() == null ? "" : uri.getPath();
         String export = path.startsWith("/") ? path.substring(1) : path;
+        boolean tls = scheme.startsWith("nbds");
+        String socket = null;
+        String certificates = null;
         String query = uri.getRawQuery();
+        if (query != null) {
+            for (String param : query.split("&")) {
+                int eq = param.indexOf('=');
+                String key = eq < 0 ? param : param.substring(0, eq);
+                String value = eq < 0 ? null : java.net.URLDecoder.decode(param.substring(eq + 1),
+                        java.nio.charset.StandardCharsets.UTF_8);
+                if (key.equals("socket") && unix && value != null) {
+                    socket = value;
+                } else if (key.equals("tls-certificates") && tls && value != null) {
+                    certificates = value; // libnbd's spelling, so nbdinfo's URIs work here too
+                } else {
+                    throw BlockException.invalid("NBD URI '" + filename + "': unexpected parameter '" + key + "'");
+                }
+            }
+        }
         Options o;
         if (unix) {
             if (uri.getHost() != null || uri.getPort() != -1) {
                 throw BlockException.invalid("NBD URI '" + filename + "': nbd+unix:// takes no host or port");
-            }
-            String socket = null;
-            if (query != null) {
-                for (String param : query.split("&")) {
-                    int eq = param.indexOf('=');
-                    String key = eq < 0 ? param : param.substring(0, eq);
-                    if (!key.equals("socket") || eq < 0) {
-                        throw BlockException.invalid("NBD URI '" + filename + "': unknown parameter '" + key + "'");
-                    }
-                    socket = java.net.URLDecoder.decode(param.substring(eq + 1), java.nio.charset.StandardCharsets.UTF_8);
-                }
             }
             if (socket == null || socket.isEmpty()) {
                 throw BlockException.invalid("NBD URI '" + filename + "' needs ?socket=<path> for nbd+unix://");
             }
             o = Options.of("server.type", "unix", "server.path", socket);
         } else {
-            if (query != null) {
-                throw BlockException.invalid("NBD URI '" + filename + "': parameters are not allowed for nbd://");
-            }
             String host = uri.getHost();
             if (host == null || host.isEmpty()) {
                 throw BlockException.invalid("NBD URI '" + filename + "' names no host");
@@ -177,6 +184,12 @@ public final class NbdDriver implements BlockDriver {
             }
             int port = uri.getPort() == -1 ? Nbd.DEFAULT_PORT : uri.getPort();
             o = Options.of("server.type", "inet", "server.host", host, "server.port", String.valueOf(port));
+        }
+        if (tls) {
+            o = o.with("x-tls", "on");
+            if (certificates != null) {
+                o = o.with("x-tls-creds-dir", certificates);
+            }
         }
         return export.isEmpty() ? o : o.with("export", export);
     }
@@ -221,7 +234,9 @@ public final class NbdDriver implements BlockDriver {
     public BlockNode open(OpenContext ctx) throws BlockException {
         Options o = ctx.options();
         if (o.get("tls-creds") != null) {
-            throw new BlockException(Reason.UNSUPPORTED, "NBD over TLS (tls-creds) is not supported yet");
+            throw new BlockException(Reason.UNSUPPORTED, "tls-creds objects are not supported yet; give the"
+                    + " credentials directory as x-tls-creds-dir=<dir with ca-cert.pem[, client-cert.pem,"
+                    + " client-key.pem]>");
         }
         if (o.get("x-dirty-bitmap") != null) {
             throw BlockException.unsupported("x-dirty-bitmap");
@@ -242,9 +257,11 @@ public final class NbdDriver implements BlockDriver {
         }
         NbdConnection.Address address = address(o);
         String export = o.get("export", "");
+        NbdConnection.Tls tls = tls(o, address);
         NbdConnection c;
         try {
-            c = NbdConnection.open(address, export, Duration.ofSeconds(timeout), Duration.ofSeconds(requestTimeout));
+            c = NbdConnection.open(address, export, Duration.ofSeconds(timeout), Duration.ofSeconds(requestTimeout),
+                    tls);
         } catch (BlockException e) {
             throw e.prepend("Could not open '" + describe(address, export) + "': ");
         }
@@ -254,6 +271,31 @@ public final class NbdDriver implements BlockDriver {
                     + "': NBD export is read-only; open it read-only");
         }
         return new NbdNode(c, ctx.readOnly());
+    }
+
+    /** TLS when asked for (x-tls-creds-dir, or an nbds:// URI), checking the server's name. */
+    private static NbdConnection.Tls tls(Options o, NbdConnection.Address address) throws BlockException {
+        String dir = o.get("x-tls-creds-dir");
+        if (dir == null) {
+            if (o.getBool("x-tls", false)) {
+                throw BlockException.invalid("NBD over TLS needs credentials: x-tls-creds-dir=<dir> (or"
+                        + " ?tls-certificates=<dir> in the nbds:// URI)");
+            }
+            return null;
+        }
+        javax.net.ssl.SSLContext ctx = TlsCredentials.clientContext(java.nio.file.Path.of(dir));
+        String hostname = o.get("tls-hostname", address.unix() ? null : address.host());
+        return () -> {
+            javax.net.ssl.SSLEngine e = hostname == null ? ctx.createSSLEngine()
+                    : ctx.createSSLEngine(hostname, address.port());
+            e.setUseClientMode(true);
+            if (hostname != null) {
+                javax.net.ssl.SSLParameters p = e.getSSLParameters();
+                p.setEndpointIdentificationAlgorithm("HTTPS");
+                e.setSSLParameters(p);
+            }
+            return e;
+        };
     }
 
     static String describe(NbdConnection.Address a, String export) {

@@ -2,7 +2,6 @@ package org.blockhaus.protocol.nbd;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.Options;
@@ -61,10 +60,13 @@ class NbdFilenameTest {
     }
 
     @Test
-    void tlsSchemesSayTlsIsNotSupportedYet() {
-        BlockException e = assertThrows(BlockException.class, () -> parse("nbds://h/e"));
-        assertEquals(BlockException.Reason.UNSUPPORTED, e.reason());
-        assertTrue(e.getMessage().contains("TLS"));
+    void tlsSchemesAskForTlsAndTakeLibnbdsCertificateParameter() throws Exception {
+        assertEquals(Options.of("server.type", "inet", "server.host", "h", "server.port", "10809", "x-tls", "on",
+                "export", "e"), parse("nbds://h/e"));
+        Options o = parse("nbds+unix:///e?socket=/s&tls-certificates=/etc/pki/qemu");
+        assertEquals("/s", o.get("server.path"));
+        assertEquals("/etc/pki/qemu", o.get("x-tls-creds-dir"));
+        assertThrows(BlockException.class, () -> parse("nbd://h/e?tls-certificates=/x"));
     }
 
     @Test
