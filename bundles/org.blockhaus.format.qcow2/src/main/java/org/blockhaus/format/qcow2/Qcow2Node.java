@@ -836,15 +836,22 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             long last = 0;
-            for (long guest = 0; guest < size; guest += clusterSize) {
-                L2Cache.Table t = l2ForWrite(guest);
-                int idx = l2Index(guest);
-                if (word(t, idx) != 0) {
-                    continue;
+            long perL2 = 1L << (clusterBits + l2Bits);
+            for (long region = 0; region < size; region += perL2) {
+                // the L2 table, then its data clusters in one contiguous run (qemu's layout)
+                L2Cache.Table t = l2ForWrite(region);
+                int count = (int) Qcow2Header.ceilShift(Math.min(perL2, size - region), clusterBits);
+                long host = refcounts.allocate(count);
+                for (int k = 0; k < count; k++) {
+                    long guest = region + ((long) k << clusterBits);
+                    int idx = l2Index(guest);
+                    if (word(t, idx) != 0) {
+                        refcounts.queueFree(host + ((long) k << clusterBits), clusterSize);
+                        continue;
+                    }
+                    setEntry(t, idx, host + ((long) k << clusterBits) | OFLAG_COPIED, ALL_SUBCLUSTERS);
                 }
-                long host = refcounts.allocate(1);
-                setEntry(t, idx, host | OFLAG_COPIED, ALL_SUBCLUSTERS);
-                last = Math.max(last, host + clusterSize);
+                last = Math.max(last, host + ((long) count << clusterBits));
             }
             if (mode == Preallocation.FALLOC || mode == Preallocation.FULL) {
                 file.growWith(last, mode);

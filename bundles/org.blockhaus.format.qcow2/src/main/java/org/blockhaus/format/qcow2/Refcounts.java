@@ -225,8 +225,7 @@ final class Refcounts {
             table[(int) missing] = blockOffset;
             tableDirty = true;
             // It counts itself if it covers 'start'; otherwise 'start' lies in an existing block.
-            set(start, 1);
-            file.ensureSize(blockOffset + clusterSize);
+            set(start, 1); // the block reaches the file when refcounts are written
         }
     }
 
