@@ -3,17 +3,19 @@ package org.blockhaus.nbd.server;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
 import java.net.UnixDomainSocketAddress;
+import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
 import java.util.Objects;
 import org.blockhaus.api.BlockException;
+import javax.net.ssl.SSLContext;
 import org.blockhaus.api.BlockNode;
 import org.osgi.annotation.versioning.ProviderType;
 
 /**
  * An NBD server (qemu-nbd's counterpart): exports block nodes by name on one listening address.
- * The server speaks the fixed newstyle handshake with NBD_OPT_GO/INFO, structured replies and the
- * base:allocation meta context. It never closes the nodes it serves; their owner does, after
+ * The server speaks the fixed newstyle handshake with NBD_OPT_GO/INFO, structured replies, the
+ * base:allocation and qemu:allocation-depth meta contexts, and optionally TLS (X.509). It never closes the nodes it serves; their owner does, after
  * {@link Running#close()}.
  */
 @ProviderType
@@ -89,9 +91,14 @@ public interface NbdServer {
      * @param maxInFlight       requests one client may have in flight before the server stops
      *                          reading from it
      * @param handshakeTimeout  clients that do not finish the handshake in time are dropped
+     * @param tls               null for plain NBD; else every client must upgrade with
+     *                          NBD_OPT_STARTTLS first (the spec's FORCEDTLS mode)
+     * @param tlsVerifyPeer     with TLS: require a client certificate signed by a trusted CA
+     *                          (QEMU's verify-peer)
      */
-    record Settings(int maxClients, boolean persistent, int maxInFlight, Duration handshakeTimeout) {
-        public static final Settings DEFAULT = new Settings(0, true, 16, Duration.ofSeconds(10));
+    record Settings(int maxClients, boolean persistent, int maxInFlight, Duration handshakeTimeout,
+            SSLContext tls, boolean tlsVerifyPeer) {
+        public static final Settings DEFAULT = new Settings(0, true, 16, Duration.ofSeconds(10), null, false);
 
         public Settings {
             if (maxClients < 0 || maxInFlight < 1) {
@@ -101,16 +108,28 @@ public interface NbdServer {
         }
 
         public Settings withMaxClients(int n) {
-            return new Settings(n, persistent, maxInFlight, handshakeTimeout);
+            return new Settings(n, persistent, maxInFlight, handshakeTimeout, tls, tlsVerifyPeer);
         }
 
         public Settings withPersistent(boolean p) {
-            return new Settings(maxClients, p, maxInFlight, handshakeTimeout);
+            return new Settings(maxClients, p, maxInFlight, handshakeTimeout, tls, tlsVerifyPeer);
         }
 
         public Settings withHandshakeTimeout(Duration d) {
-            return new Settings(maxClients, persistent, maxInFlight, d);
+            return new Settings(maxClients, persistent, maxInFlight, d, tls, tlsVerifyPeer);
         }
+
+        public Settings withTls(SSLContext context, boolean verifyPeer) {
+            return new Settings(maxClients, persistent, maxInFlight, handshakeTimeout, context, verifyPeer);
+        }
+    }
+
+    /**
+     * TLS credentials from a directory laid out as for QEMU's tls-creds-x509 (endpoint=server):
+     * server-cert.pem, server-key.pem, and ca-cert.pem to verify client certificates.
+     */
+    static SSLContext tlsFromDirectory(Path dir) throws BlockException {
+        return org.blockhaus.nbd.server.impl.TlsCredentials.serverContext(dir);
     }
 
     /** A running server. */

@@ -34,6 +34,7 @@ final class Proto {
     static final int REP_ERR_UNSUP = (1 << 31) | 1;
     static final int REP_ERR_POLICY = (1 << 31) | 2;
     static final int REP_ERR_INVALID = (1 << 31) | 3;
+    static final int REP_ERR_TLS_REQD = (1 << 31) | 5;
     static final int REP_ERR_UNKNOWN = (1 << 31) | 6;
     static final int REP_ERR_SHUTDOWN = (1 << 31) | 7;
     static final int REP_ERR_TOO_BIG = (1 << 31) | 9;

@@ -48,6 +48,9 @@ final class Session {
     private final ReentrantLock sendLock = new ReentrantLock();
     private final CountDownLatch ended = new CountDownLatch(1);
     private volatile boolean transmitting;
+    /** The socket, or TLS over it after NBD_OPT_STARTTLS. */
+    private Wire wire;
+    private boolean tlsActive;
 
     // negotiated state
     private boolean noZeroes;
@@ -67,6 +70,7 @@ final class Session {
     Session(ServerInstance server, SocketChannel ch) {
         this.server = server;
         this.ch = ch;
+        this.wire = new Wire.Plain(ch);
     }
 
     void run() {
@@ -165,6 +169,13 @@ final class Session {
                 return null; // not worth reading: names are at most 4 KiB
             }
             ByteBuffer data = read((int) len);
+            if (server.settings().tls() != null && !tlsActive && opt != OPT_STARTTLS && opt != OPT_ABORT) {
+                if (opt == OPT_EXPORT_NAME) {
+                    return null; // cannot be refused with an error: disconnect
+                }
+                reply(opt, REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first");
+                continue;
+            }
             if (server.closing() && opt != OPT_ABORT) {
                 if (opt == OPT_EXPORT_NAME) {
                     return null;
@@ -196,11 +207,33 @@ final class Session {
                     }
                 }
                 case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(opt, data);
-                case OPT_STARTTLS -> reply(opt, REP_ERR_UNSUP, "TLS is not supported by this server");
+                case OPT_STARTTLS -> startTls(data);
                 default -> reply(opt, REP_ERR_UNSUP, "option " + opt + " is not supported");
             }
         }
         return null; // endless option haggling
+    }
+
+    /** NBD_OPT_STARTTLS: acknowledge, then the TLS handshake; everything after it runs over TLS. */
+    private void startTls(ByteBuffer data) throws IOException {
+        javax.net.ssl.SSLContext ctx = server.settings().tls();
+        if (ctx == null) {
+            reply(OPT_STARTTLS, REP_ERR_UNSUP, "TLS is not configured on this server");
+        } else if (tlsActive || data.hasRemaining()) {
+            reply(OPT_STARTTLS, REP_ERR_INVALID, tlsActive ? "TLS is already active" : "STARTTLS takes no data");
+        } else {
+            reply(OPT_STARTTLS, REP_ACK);
+            javax.net.ssl.SSLEngine engine = ctx.createSSLEngine();
+            engine.setUseClientMode(false);
+            if (server.settings().tlsVerifyPeer()) {
+                engine.setNeedClientAuth(true);
+                // GnuTLS clients (qemu, libnbd) answer the JDK's TLS 1.3 CertificateRequest with an
+                // empty chain; with TLS 1.2 they present their certificate.
+                engine.setEnabledProtocols(new String[] {"TLSv1.2"});
+            }
+            wire = TlsWire.handshake(ch, engine); // a failed handshake ends the session
+            tlsActive = true;
+        }
     }
 
     private NbdServer.Export exportName(ByteBuffer data) throws IOException {
@@ -858,26 +891,14 @@ final class Session {
     // ---- channel helpers -------------------------------------------------------------------
 
     private ByteBuffer read(int n) throws IOException {
-        ByteBuffer b = ByteBuffer.allocate(n);
-        readFully(b);
-        return b.flip();
+        return wire.readFully(n);
     }
 
     private void readFully(ByteBuffer b) throws IOException {
-        while (b.hasRemaining()) {
-            if (ch.read(b) < 0) {
-                throw new EOFException();
-            }
-        }
+        wire.readFully(b);
     }
 
     private void writeFully(ByteBuffer... bufs) throws IOException {
-        long total = 0;
-        for (ByteBuffer b : bufs) {
-            total += b.remaining();
-        }
-        while (total > 0) {
-            total -= ch.write(bufs);
-        }
+        wire.write(bufs);
     }
 }

@@ -1,0 +1,161 @@
+package org.blockhaus.nbd.server;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.net.InetSocketAddress;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockService.OpenMode;
+import org.blockhaus.api.Image;
+import org.blockhaus.api.Options;
+import org.blockhaus.core.BlockCore;
+import org.blockhaus.protocol.nbd.NbdDriver;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The server with TLS (X.509, FORCEDTLS): nbdinfo, qemu-io and our own client connect with
+ * certificates made by certtool in QEMU's directory layout; plain clients are told TLS is needed.
+ */
+@Timeout(value = 120, unit = TimeUnit.SECONDS)
+class TlsServerTest {
+    private static final int MIB = 1 << 20;
+
+    @TempDir
+    Path dir;
+    private NbdServer.Running running;
+
+    @AfterEach
+    void stop() {
+        if (running != null) {
+            running.close();
+        }
+    }
+
+    /** A CA, a server certificate for 127.0.0.1 and a client certificate, as QEMU's docs make them. */
+    static Path makeCredentials(Path d) throws Exception {
+        String certtool = Peers.require("certtool", "gnutls-bin");
+        Files.createDirectories(d);
+        Files.writeString(d.resolve("ca.info"), "cn = Test CA\nca\ncert_signing_key\nexpiration_days = 30\n");
+        Files.writeString(d.resolve("server.info"), "cn = 127.0.0.1\nip_address = 127.0.0.1\ndns_name = localhost\n"
+                + "tls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n");
+        Files.writeString(d.resolve("client.info"), "cn = client\ntls_www_client\nencryption_key\nsigning_key\n"
+                + "expiration_days = 30\n");
+        String s = d.toString() + "/";
+        Peers.check(certtool, "--generate-privkey", "--outfile", s + "ca-key.pem");
+        Peers.check(certtool, "--generate-self-signed", "--load-privkey", s + "ca-key.pem", "--template",
+                s + "ca.info", "--outfile", s + "ca-cert.pem");
+        for (String who : List.of("server", "client")) {
+            Peers.check(certtool, "--generate-privkey", "--outfile", s + who + "-key.pem");
+            Peers.check(certtool, "--generate-certificate", "--load-privkey", s + who + "-key.pem",
+                    "--load-ca-certificate", s + "ca-cert.pem", "--load-ca-privkey", s + "ca-key.pem", "--template",
+                    s + who + ".info", "--outfile", s + who + "-cert.pem");
+        }
+        return d;
+    }
+
+    private NbdServer.Running serve(MemoryNode node, Path creds, boolean verifyPeer) throws Exception {
+        running = NbdServer.standalone().start(List.of(new NbdServer.Export("disk", node, false, null)),
+                new InetSocketAddress("127.0.0.1", 0), NbdServer.Settings.DEFAULT
+                        .withTls(NbdServer.tlsFromDirectory(creds), verifyPeer));
+        return running;
+    }
+
+    private static BlockCore core() {
+        BlockCore core = BlockCore.standalone();
+        core.addDriver(new NbdDriver());
+        return core;
+    }
+
+    /** Without peer verification the JDK negotiates TLS 1.3 with GnuTLS; with it, TLS 1.2 (see Session). */
+    @Test
+    void nbdinfoConnectsOverTls() throws Exception {
+        Path creds = makeCredentials(dir.resolve("tls"));
+        NbdServer.Running r = serve(new MemoryNode(3 * MIB), creds, false);
+        int port = ((InetSocketAddress) r.address()).getPort();
+        String json = Peers.check(Peers.require("nbdinfo", "libnbd-bin"), "--json",
+                "nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + creds).out();
+        assertTrue(json.contains("\"TLS\": true"), json);
+        assertTrue(json.contains("\"export-size\": " + 3 * MIB), json);
+    }
+
+    @Test
+    void qemuIoWritesOverTlsWithItsClientCertificate() throws Exception {
+        Path creds = makeCredentials(dir.resolve("tls"));
+        MemoryNode node = new MemoryNode(4 * MIB);
+        NbdServer.Running r = serve(node, creds, true);
+        int port = ((InetSocketAddress) r.address()).getPort();
+        String qemuIo = Peers.require("qemu-io", "qemu-utils");
+        String object = "tls-creds-x509,id=tls0,endpoint=client,dir=" + creds;
+        String opts = "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=" + port
+                + ",export=disk,tls-creds=tls0";
+        Peers.check(qemuIo, "--object", object, "--image-opts", "-c", "write -P 0x12 64k 1M", "-c", "flush", opts);
+        byte[] got = new byte[MIB];
+        node.read(64 * 1024, ByteBuffer.wrap(got));
+        byte[] expected = new byte[MIB];
+        Arrays.fill(expected, (byte) 0x12);
+        assertArrayEquals(expected, got);
+        Peers.Result read = Peers.check(qemuIo, "--object", object, "--image-opts", "-r", "-c",
+                "read -P 0x12 64k 1M", opts);
+        assertFalse(read.out().contains("Pattern verification failed"), read.out());
+    }
+
+    @Test
+    void ourClientTalksTlsToOurServer() throws Exception {
+        Path creds = makeCredentials(dir.resolve("tls"));
+        MemoryNode node = new MemoryNode(4 * MIB);
+        NbdServer.Running r = serve(node, creds, true);
+        try (Image i = core().open(r.uri("disk").replace("nbd://", "nbds://") + "?tls-certificates=" + creds,
+                Options.of("driver", "nbd"), OpenMode.READ_WRITE)) {
+            byte[] data = new byte[2 * MIB + 3];
+            Arrays.fill(data, (byte) 0x4d);
+            i.write(1, ByteBuffer.wrap(data), 0);
+            ByteBuffer back = ByteBuffer.allocate(data.length);
+            i.read(1, back);
+            assertArrayEquals(data, back.array());
+            assertTrue(i.blockStatus(3 * MIB + 65536, 4096).isZero());
+        }
+    }
+
+    @Test
+    void plainClientsAreToldTlsIsRequired() throws Exception {
+        Path creds = makeCredentials(dir.resolve("tls"));
+        NbdServer.Running r = serve(new MemoryNode(MIB), creds, false);
+        BlockException e = assertThrows(BlockException.class,
+                () -> core().open(r.uri("disk"), Options.of("driver", "nbd"), OpenMode.READ_ONLY).close());
+        assertTrue(e.getMessage().contains("TLS negotiation required"), e.getMessage());
+        Peers.Result q = Peers.run(Peers.require("qemu-img", "qemu-utils"), "info", r.uri("disk"));
+        assertNotEquals(0, q.exit(), q.out());
+        assertTrue(q.out().contains("TLS"), q.out());
+    }
+
+    @Test
+    void clientWithoutACertificateIsRefusedWhenPeersAreVerified() throws Exception {
+        Path creds = makeCredentials(dir.resolve("tls"));
+        Path caOnly = Files.createDirectories(dir.resolve("ca-only"));
+        Files.copy(creds.resolve("ca-cert.pem"), caOnly.resolve("ca-cert.pem"));
+        NbdServer.Running r = serve(new MemoryNode(MIB), creds, true);
+        int port = ((InetSocketAddress) r.address()).getPort();
+        BlockException e = assertThrows(BlockException.class, () -> core().open(
+                "nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + caOnly, Options.of("driver", "nbd"),
+                OpenMode.READ_ONLY).close());
+        assertEquals(BlockException.Reason.IO, e.reason());
+        // and the server still serves clients that do have one
+        try (Image i = core().open("nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + creds,
+                Options.of("driver", "nbd"), OpenMode.READ_ONLY)) {
+            assertEquals(MIB, i.size());
+        }
+    }
+}
