@@ -354,7 +354,10 @@ final class NbdConnection implements AutoCloseable {
             ByteBuffer b;
             try {
                 b = wire.readFully(noZeroes ? 10 : 10 + 124);
-            } catch (EOFException e) {
+            } catch (IOException e) {
+                if (!(e instanceof EOFException) && !"Connection reset".equals(e.getMessage())) {
+                    throw e;
+                }
                 throw new BlockException(Reason.NOT_FOUND, "Requested export not available (the server closed"
                         + " the connection after NBD_OPT_EXPORT_NAME '" + exportName + "')");
             }

@@ -249,6 +249,53 @@ class HostileServerTest {
         assertTrue(e.getMessage().contains("minimum block size 3"), e.getMessage());
     }
 
+    @Test
+    void olderServerWithoutOptGoIsOpenedWithExportNameAndSimpleReplies() throws Exception {
+        int port = serve(ch -> {
+            hello(ch);
+            while (true) {
+                Option o = option(ch);
+                if (o.opt() == OPT_EXPORT_NAME) {
+                    assertEquals("e", StandardCharsets.UTF_8.decode(o.data()).toString());
+                    write(ch, ByteBuffer.allocate(10).putLong(SIZE).putShort((short) (FLAG_HAS_FLAGS | FLAG_READ_ONLY)));
+                    break;
+                }
+                optReply(ch, o.opt(), REP_ERR_UNSUP, new byte[0]);
+            }
+            Request r = request(ch);
+            byte[] data = new byte[r.length()];
+            java.util.Arrays.fill(data, (byte) 9);
+            write(ch, ByteBuffer.allocate(16 + data.length).putInt(SIMPLE_REPLY_MAGIC).putInt(0).putLong(r.cookie())
+                    .put(data));
+        });
+        try (Image i = open(port, OpenMode.READ_ONLY)) {
+            assertEquals(SIZE, i.size());
+            ByteBuffer b = ByteBuffer.allocate(4096);
+            i.read(8192, b);
+            byte[] expected = new byte[4096];
+            java.util.Arrays.fill(expected, (byte) 9);
+            assertArrayEquals(expected, b.array());
+            assertEquals(false, i.driverNode().capabilities().can(org.blockhaus.api.Capabilities.Feature.BLOCK_STATUS));
+        }
+    }
+
+    @Test
+    void exportNameRefusedByClosingIsReportedAsNotAvailable() throws Exception {
+        BlockException e = openFails(ch -> {
+            hello(ch);
+            while (true) {
+                Option o = option(ch);
+                if (o.opt() == OPT_EXPORT_NAME) {
+                    ch.close();
+                    return;
+                }
+                optReply(ch, o.opt(), REP_ERR_UNSUP, new byte[0]);
+            }
+        });
+        assertEquals(BlockException.Reason.NOT_FOUND, e.reason());
+        assertTrue(e.getMessage().contains("Requested export not available"), e.getMessage());
+    }
+
     // ---- transmission ----
 
     private BlockException readFails(Script afterHandshake) throws Exception {
