@@ -122,7 +122,7 @@ final class Qcow2Check {
             for (int i = 0; i < t.words.length; i += step) {
                 long w = t.words[i];
                 long host = w & Qcow2Node.L2_OFFSET_MASK;
-                if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0 || host == 0) {
+                if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0 || host == 0 || node.external()) {
                     continue;
                 }
                 if ((rc.get(host >>> clusterBits) == 1) != ((w & Qcow2Node.OFLAG_COPIED) != 0)) {
@@ -169,14 +169,16 @@ final class Qcow2Check {
                     continue;
                 }
                 long host = w & Qcow2Node.L2_OFFSET_MASK;
-                if (host == 0) {
+                if (host == 0 && !(node.external() && (w & Qcow2Node.OFLAG_COPIED) != 0)) {
                     continue;
                 }
                 if ((host & (clusterSize - 1)) != 0) {
                     corruptions++;
                     continue;
                 }
-                addRef(host, clusterSize);
+                if (!node.external()) {
+                    addRef(host, clusterSize); // external data file clusters are not refcounted
+                }
                 if (active) {
                     allocated++;
                     if (nextContiguous != 0 && host != nextContiguous) {

@@ -80,10 +80,6 @@ public final class Qcow2Driver implements BlockDriver {
     public BlockNode open(OpenContext ctx) throws BlockException {
         HostFile file = new HostFile(ctx.openFile());
         Qcow2Header h = readHeader(file);
-        if ((h.incompatibleFeatures() & Qcow2Header.INCOMPAT_DATA_FILE) != 0) {
-            throw new BlockException(Reason.UNSUPPORTED, "qcow2 images with an external data file (incompatible"
-                    + " feature bit 2) are not supported yet");
-        }
         boolean readOnly = ctx.readOnly();
         if (!readOnly && h.corrupt()) {
             throw new BlockException(Reason.CORRUPT, "qcow2: image is corrupt (incompatible feature bit 1 is set);"
@@ -94,7 +90,18 @@ public final class Qcow2Driver implements BlockDriver {
         if (h.backingFile() != null) {
             backing = ctx.openBacking(h.backingFile(), h.backingFormat());
         }
-        Qcow2Node node = new Qcow2Node(file, h, backing, readOnly, cache);
+        HostFile dataFile = null;
+        if ((h.incompatibleFeatures() & Qcow2Header.INCOMPAT_DATA_FILE) != 0) {
+            BlockNode df = ctx.openChild("data-file", h.dataFile(), false);
+            if (df == null) {
+                throw BlockException.invalid("qcow2: the image uses an external data file (incompatible feature bit"
+                        + " 2) but names none; give one with the data-file option");
+            }
+            dataFile = new HostFile(df);
+        } else if ((h.autoclearFeatures() & Qcow2Header.AUTOCLEAR_DATA_FILE_RAW) != 0) {
+            throw Qcow2Header.corrupt("data-file-raw (autoclear bit 1) is set without an external data file");
+        }
+        Qcow2Node node = new Qcow2Node(file, dataFile, h, backing, readOnly, cache);
         if (!readOnly) {
             node.clearUnknownAutoclear();
             if (h.dirty()) {

@@ -49,6 +49,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     private final ReentrantLock lock = new ReentrantLock();
     private final HostFile file;
+    /** Where guest data lives: the image file, or the external data file (incompatible bit 2). */
+    private final HostFile data;
+    private final boolean external;
+    /** The external data file must stay a valid raw image (autoclear bit 1). */
+    private final boolean rawExternal;
     private final BlockNode backing;
     private final boolean readOnly;
     private Qcow2Header header;
@@ -70,7 +75,15 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     Qcow2Node(HostFile file, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes)
             throws BlockException {
+        this(file, null, h, backing, readOnly, l2CacheBytes);
+    }
+
+    Qcow2Node(HostFile file, HostFile dataFile, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes)
+            throws BlockException {
         this.file = file;
+        this.external = dataFile != null;
+        this.data = external ? dataFile : file;
+        this.rawExternal = external && (h.autoclearFeatures() & Qcow2Header.AUTOCLEAR_DATA_FILE_RAW) != 0;
         this.header = h;
         this.backing = backing;
         this.readOnly = readOnly;
@@ -118,6 +131,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     Compression compression() {
         return compression;
+    }
+
+    boolean external() {
+        return external;
     }
 
     L2Cache.Table l2Table(long offset) throws BlockException {
@@ -197,6 +214,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         return host;
     }
 
+    /** Whether an entry maps a host cluster (with a data file, host offset 0 is valid when COPIED). */
+    private boolean mapped(long w, long host) {
+        return host != 0 || external && (w & OFLAG_COPIED) != 0;
+    }
+
     /** What lies at {@code guest}, up to the end of its cluster (or subcluster run), at most {@code max} bytes. */
     private Run classify(long guest, long max) throws BlockException {
         long inCluster = guest & (clusterSize - 1);
@@ -215,9 +237,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         long host = hostOf(w, guest);
         if (!extL2) {
             if ((w & OFLAG_ZERO) != 0) {
-                return new Run(ZERO, host == 0 ? -1 : host + inCluster, toClusterEnd);
+                return new Run(ZERO, mapped(w, host) ? host + inCluster : -1, toClusterEnd);
             }
-            if (host == 0) {
+            if (!mapped(w, host)) {
                 return new Run(UNALLOCATED, -1, toClusterEnd);
             }
             return new Run(DATA, host + inCluster, toClusterEnd);
@@ -225,7 +247,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         long bm = bitmap(t, idx);
         int sc = (int) (inCluster >>> subclusterBits);
         int kind = subclusterKind(bm, sc);
-        if (kind == DATA && host == 0) {
+        if (kind == DATA && !mapped(w, host)) {
             throw Qcow2Header.corrupt("Subcluster of guest offset " + guest + " is allocated without a host cluster");
         }
         int end = sc + 1;
@@ -307,7 +329,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             int n = (int) r.length();
             ByteBuffer part = dst.slice(dst.position(), n);
             switch (r.kind()) {
-                case DATA -> file.read(r.host(), part, "Data cluster for guest offset " + guest);
+                case DATA -> data.read(r.host(), part, "Data cluster for guest offset " + guest);
                 case ZERO -> fillZero(part);
                 case COMPRESSED_DATA -> {
                     byte[] c = decompressCluster(guest);
@@ -368,9 +390,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             Run r = map(offset, length);
             return switch (r.kind()) {
                 case DATA -> new BlockStatus(offset, r.length(), BlockStatus.DATA | BlockStatus.ALLOCATED, r.host(),
-                        file.node());
+                        data.node());
                 case ZERO -> new BlockStatus(offset, r.length(), BlockStatus.ZERO | BlockStatus.ALLOCATED,
-                        r.host(), r.host() < 0 ? null : file.node());
+                        r.host(), r.host() < 0 ? null : data.node());
                 case COMPRESSED_DATA -> new BlockStatus(offset, r.length(), BlockStatus.DATA | BlockStatus.ALLOCATED,
                         -1, null);
                 default -> new BlockStatus(offset, r.length(), backing == null ? BlockStatus.ZERO : 0, -1, null);
@@ -436,6 +458,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     /** Queues the release of whatever host space an L2 entry holds. */
     private void releaseEntry(long w) {
+        if (external) {
+            return; // clusters of an external data file are not refcounted
+        }
         if ((w & OFLAG_COMPRESSED) != 0) {
             refcounts.queueFree(compression.refStart(w), compression.refLength(w));
         } else {
@@ -486,7 +511,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             if (ByteBuffer.wrap(cluster).equals(ByteBuffer.wrap(ZERO_CLUSTER, 0, clusterSize))) {
                 packed[k] = ZERO_CLUSTER; // marker: store as zeroes
             } else {
-                packed[k] = compression.compress(cluster, clusterSize);
+                packed[k] = external ? null : compression.compress(cluster, clusterSize); // data files: never
             }
         }
         lock.lock();
@@ -556,13 +581,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             int idx = l2Index(guest);
             long w = word(t, idx);
             long host = (w & OFLAG_COMPRESSED) != 0 ? 0 : hostOf(w, guest);
-            boolean inPlace = (w & OFLAG_COMPRESSED) == 0 && host != 0 && (w & OFLAG_COPIED) != 0
+            boolean inPlace = (w & OFLAG_COMPRESSED) == 0 && mapped(w, host) && (w & OFLAG_COPIED) != 0
                     && (extL2 ? bitmap(t, idx) == ALL_SUBCLUSTERS : (w & OFLAG_ZERO) == 0);
             long target;
             if (inPlace) {
                 target = host + inCluster;
             } else {
-                boolean reuse = (w & OFLAG_COMPRESSED) == 0 && host != 0 && (w & OFLAG_COPIED) != 0;
+                boolean reuse = (w & OFLAG_COMPRESSED) == 0 && mapped(w, host) && (w & OFLAG_COPIED) != 0;
                 byte[] whole = null;
                 if (n < clusterSize) {
                     // Copy on write: the rest of the cluster comes from what the guest sees now.
@@ -572,7 +597,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                     readLocked(cStart, ByteBuffer.wrap(whole, 0, valid));
                     src.get(src.position(), whole, inCluster, n);
                 }
-                long newHost = reuse ? host : refcounts.allocate(1);
+                long newHost = reuse ? host : external ? guest - inCluster : refcounts.allocate(1);
                 if (!reuse) {
                     releaseEntry(w);
                 }
@@ -582,10 +607,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 setEntry(t, idx, newHost | OFLAG_COPIED, ALL_SUBCLUSTERS);
                 if (whole != null) {
                     if (runLen > 0) {
-                        file.write(runHost, src.slice(runStart, runLen));
+                        data.write(runHost, src.slice(runStart, runLen));
                         runLen = 0;
                     }
-                    file.write(newHost, ByteBuffer.wrap(whole));
+                    data.write(newHost, ByteBuffer.wrap(whole));
                     src.position(src.position() + n);
                     guest += n;
                     runStart = src.position();
@@ -594,7 +619,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 target = newHost;
             }
             if (runLen > 0 && runHost + runLen != target) {
-                file.write(runHost, src.slice(runStart, runLen));
+                data.write(runHost, src.slice(runStart, runLen));
                 runLen = 0;
             }
             if (runLen == 0) {
@@ -606,7 +631,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             guest += n;
         }
         if (runLen > 0) {
-            file.write(runHost, src.slice(runStart, runLen));
+            data.write(runHost, src.slice(runStart, runLen));
         }
     }
 
@@ -644,6 +669,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     /** Makes one whole cluster read as zeroes through metadata alone; false if the format cannot. */
     private boolean zeroCluster(long guest, boolean mayUnmap) throws BlockException {
+        if (rawExternal) {
+            return false; // the data file must read as the guest sees it: write real zeroes
+        }
         if (header.version() < 3) {
             if (backing != null) {
                 return false;
@@ -659,7 +687,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         int idx = l2Index(guest);
         long w = word(t, idx);
         long host = (w & OFLAG_COMPRESSED) != 0 ? 0 : hostOf(w, guest);
-        boolean keep = !mayUnmap && host != 0 && (w & OFLAG_COPIED) != 0;
+        boolean keep = (!mayUnmap || external) && mapped(w, host) && (w & OFLAG_COPIED) != 0;
         if (!keep) {
             releaseEntry(w);
         }
@@ -700,6 +728,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         try {
             checkOpen();
             checkWritable();
+            if (rawExternal) {
+                return; // the data file must keep the guest's view
+            }
             long guest = (offset + clusterSize - 1) & -clusterSize;
             long end = offset + length == size ? size : (offset + length) & -clusterSize;
             while (guest < end) {
@@ -1089,6 +1120,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             data.put("lazy-refcounts", header.lazyRefcounts());
         }
         data.put("refcount-bits", (long) header.refcountBits());
+        if (external) {
+            if (header.dataFile() != null) {
+                data.put("data-file", header.dataFile());
+            }
+            data.put("data-file-raw", rawExternal);
+        }
         if (header.version() >= 3) {
             data.put("corrupt", header.corrupt());
             data.put("extended-l2", extL2);
@@ -1238,6 +1275,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         try {
             checkOpen();
             checkWritable();
+            if (external) {
+                throw new BlockException(Reason.UNSUPPORTED, "qcow2: internal snapshots cannot be used with an"
+                        + " external data file");
+            }
             flushLocked();
             List<Snapshots.Entry> entries = new ArrayList<>(snapshotEntries());
             if (entries.size() >= Qcow2Header.MAX_SNAPSHOTS) {

@@ -201,12 +201,20 @@ class HostileImageTest {
     @Test
     void readWriteOpenClearsUnknownAutoclearBits() throws Exception {
         Path img = good();
-        Patch.writeLong(img, 88, (1L << 40) | 2);
+        Patch.writeLong(img, 88, (1L << 40) | 1);
         BlockCore core = Fixtures.core();
         try (Image i = Fixtures.openRw(core, img)) {
             i.flush();
         }
-        assertEquals(2, Patch.readLong(img, 88), "bits we do not know are cleared, data-file-raw kept");
+        assertEquals(0, Patch.readLong(img, 88), "unknown bits and the bitmaps bit (bitmaps are not kept) cleared");
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
+
+    @Test
+    void rejectsDataFileRawWithoutDataFile() throws Exception {
+        Path img = good();
+        Patch.writeLong(img, 88, 2);
+        assertRefused(img, "without an external data file");
     }
 
     @Test
