@@ -113,7 +113,10 @@ class ChainExportTest {
         BlockCore core = core();
         try (Image image = core.open(img.toString(), Options.of("driver", "raw"), OpenMode.READ_ONLY);
                 NbdServer.Running r = NbdServer.standalone().start(image, "", new InetSocketAddress("127.0.0.1", 0),
-                        true)) {
+                        false)) {
+            // the image was opened read-only, so the export is too, even though nobody said so
+            Peers.Result w = Peers.run(qemuIo(), "-f", "raw", "-c", "write 0 4k", r.uri(""));
+            assertTrue(w.exit() != 0 && w.out().contains("Permission denied"), w.out());
             Path out = dir.resolve("out.qcow2");
             Peers.check(qemuImg(), "convert", "-O", "qcow2", r.uri(""), out.toString());
             Peers.Result cmp = Peers.run(qemuImg(), "compare", "-f", "raw", "-F", "qcow2", img.toString(),

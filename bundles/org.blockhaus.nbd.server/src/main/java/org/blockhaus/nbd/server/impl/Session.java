@@ -16,6 +16,7 @@ import java.util.concurrent.locks.ReentrantLock;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockNode;
 import org.blockhaus.api.BlockStatus;
+import org.blockhaus.api.Capabilities;
 import org.blockhaus.api.Image;
 import org.blockhaus.nbd.server.NbdServer;
 
@@ -398,7 +399,7 @@ final class Session {
 
     private int transmissionFlags(NbdServer.Export e) {
         int f = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH;
-        if (e.readOnly()) {
+        if (readOnly(e)) {
             f |= FLAG_READ_ONLY | FLAG_CAN_MULTI_CONN;
         } else {
             f |= FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO;
@@ -407,6 +408,12 @@ final class Session {
             f |= FLAG_SEND_DF;
         }
         return f;
+    }
+
+    /** Read-only when asked, or when the node cannot write (an image opened read-only). */
+    private static boolean readOnly(NbdServer.Export e) {
+        Capabilities caps = e.node().capabilities();
+        return e.readOnly() || caps != null && !caps.can(Capabilities.Feature.WRITE);
     }
 
     private static int minBlock(BlockNode node) {
@@ -449,7 +456,7 @@ final class Session {
     private void transmission(NbdServer.Export e) throws IOException {
         export = e;
         node = e.node();
-        readOnly = e.readOnly();
+        readOnly = readOnly(e);
         try {
             size = node.size();
         } catch (BlockException ex) {
