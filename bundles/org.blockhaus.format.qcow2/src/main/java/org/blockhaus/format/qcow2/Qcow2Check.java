@@ -73,6 +73,13 @@ final class Qcow2Check {
             Snapshots.read(file, h, bytes);
             addRef(h.snapshotsOffset(), bytes[0]);
         }
+        if ((h.autoclearFeatures() & Qcow2Header.AUTOCLEAR_BITMAPS) != 0) {
+            for (Qcow2Header.Extension e : h.unknownExtensions()) {
+                if (e.type() == Qcow2Header.EXT_BITMAPS) {
+                    walkBitmaps(ByteBuffer.wrap(e.data()));
+                }
+            }
+        }
         addRef(rc.tableOffset(), (long) rc.tableClusters() * clusterSize);
         for (long b : rc.table()) {
             if (b != 0) {
@@ -185,6 +192,52 @@ final class Qcow2Check {
                         fragmented++;
                     }
                     nextContiguous = host + clusterSize;
+                }
+            }
+        }
+    }
+
+    /** Persistent dirty bitmaps (spec: "Bitmaps extension"): directory, bitmap tables, bitmap data. */
+    private void walkBitmaps(ByteBuffer ext) throws BlockException {
+        if (ext.remaining() < 24) {
+            corruptions++;
+            return;
+        }
+        long count = Integer.toUnsignedLong(ext.getInt(0));
+        long dirSize = ext.getLong(8);
+        long dirOffset = ext.getLong(16);
+        if (count > 65535 || dirSize < 0 || dirSize > 64L * 65535 * 1024 || dirOffset <= 0
+                || (dirOffset & (clusterSize - 1)) != 0 || dirOffset > file.size() - dirSize) {
+            corruptions++;
+            return;
+        }
+        addRef(dirOffset, dirSize);
+        ByteBuffer dir = file.read(dirOffset, (int) dirSize, "Bitmap directory");
+        int pos = 0;
+        for (long i = 0; i < count; i++) {
+            if (pos + 24 > dir.limit()) {
+                corruptions++;
+                return;
+            }
+            long tableOffset = dir.getLong(pos);
+            long tableEntries = Integer.toUnsignedLong(dir.getInt(pos + 8));
+            int nameSize = Short.toUnsignedInt(dir.getShort(pos + 18));
+            long extra = Integer.toUnsignedLong(dir.getInt(pos + 20));
+            pos += (int) ((24 + extra + nameSize + 7) & ~7L);
+            if (tableEntries == 0) {
+                continue;
+            }
+            if (tableEntries * 8 > Qcow2Header.MAX_L1_BYTES || (tableOffset & (clusterSize - 1)) != 0
+                    || tableOffset <= 0 || tableOffset > file.size() - tableEntries * 8) {
+                corruptions++;
+                continue;
+            }
+            addRef(tableOffset, tableEntries * 8);
+            ByteBuffer table = file.read(tableOffset, (int) (tableEntries * 8), "Bitmap table");
+            for (int k = 0; k < tableEntries; k++) {
+                long data = table.getLong(k * 8) & Qcow2Node.L2_OFFSET_MASK;
+                if (data != 0) {
+                    addRef(data, clusterSize);
                 }
             }
         }

@@ -103,7 +103,6 @@ public final class Qcow2Driver implements BlockDriver {
         }
         Qcow2Node node = new Qcow2Node(file, dataFile, h, backing, readOnly, cache);
         if (!readOnly) {
-            node.clearUnknownAutoclear();
             if (h.dirty()) {
                 // Refcounts may lag behind the L2 tables (lazy refcounts): rebuild them, then clear the bit.
                 CheckResult r = node.check(CheckResult.Repair.ALL);

@@ -410,6 +410,21 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    private boolean autoclearDone;
+
+    /**
+     * Before the first change to the image: autoclear bits we do not maintain (bitmaps) are
+     * cleared, as the spec requires; opening read-write without writing keeps them.
+     */
+    private void prepareWrite() throws BlockException {
+        checkOpen();
+        checkWritable();
+        if (!autoclearDone) {
+            clearUnknownAutoclear();
+            autoclearDone = true;
+        }
+    }
+
     private void checkOpen() throws BlockException {
         if (closed) {
             throw new BlockException(Reason.CLOSED, "qcow2 node is closed");
@@ -479,8 +494,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             writeLocked(offset, src);
             if ((flags & FUA) != 0) {
                 flushLocked();
@@ -516,8 +530,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             for (int k = 0; k < clusters; k++) {
                 long guest = offset + (long) k * clusterSize;
                 int n = Math.min(clusterSize, len - k * clusterSize);
@@ -639,8 +652,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     public void writeZeroes(long offset, long length, int flags) throws BlockException {
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             long guest = offset;
             long end = offset + length;
             while (guest < end) {
@@ -726,8 +738,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     public void discard(long offset, long length) throws BlockException {
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             if (rawExternal) {
                 return; // the data file must keep the guest's view
             }
@@ -806,8 +817,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     public void truncate(long newSize, boolean exact, Preallocation prealloc) throws BlockException {
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             if (prealloc != Preallocation.OFF && prealloc != null) {
                 throw BlockException.unsupported("qcow2 resize with preallocation=" + prealloc.qemuName());
             }
@@ -901,8 +911,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     public void changeBackingFile(String filename, String format) throws BlockException {
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             flushLocked();
             rewriteHeader(header.version(), filename, filename == null ? null : format, header.compatibleFeatures());
         } finally {
@@ -914,8 +923,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     public void amend(Options o, boolean force) throws BlockException {
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             for (String key : o.asMap().keySet()) {
                 switch (key) {
                     case "compat", "lazy_refcounts", "backing_file", "backing_fmt", "size" -> { }
@@ -1273,8 +1281,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     public void createSnapshot(String name) throws BlockException {
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             if (external) {
                 throw new BlockException(Reason.UNSUPPORTED, "qcow2: internal snapshots cannot be used with an"
                         + " external data file");
@@ -1328,8 +1335,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     public void applySnapshot(String nameOrId) throws BlockException {
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             flushLocked();
             List<Snapshots.Entry> entries = snapshotEntries();
             int idx = Snapshots.find(entries, nameOrId);
@@ -1373,8 +1379,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     public void deleteSnapshot(String nameOrId) throws BlockException {
         lock.lock();
         try {
-            checkOpen();
-            checkWritable();
+            prepareWrite();
             flushLocked();
             List<Snapshots.Entry> entries = new ArrayList<>(snapshotEntries());
             int idx = Snapshots.find(entries, nameOrId);

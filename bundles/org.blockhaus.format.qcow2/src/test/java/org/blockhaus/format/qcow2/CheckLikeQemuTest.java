@@ -83,6 +83,19 @@ class CheckLikeQemuTest {
     }
 
     @Test
+    void countsOfImageWithPersistentBitmapsMatchQemu() throws Exception {
+        Path img = dir.resolve("b.qcow2");
+        Qemu.img("create", "-f", "qcow2", img.toString(), "4M").ok();
+        Qemu.img("bitmap", "--add", img.toString(), "b0").ok();
+        Qemu.img("bitmap", "--add", "-g", "4096", img.toString(), "b1").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 1 0 1M", img.toString()).ok();
+        assertSameCounts(img);
+        CheckResult r = ourCheck(img, CheckResult.Repair.LEAKS); // must not free bitmap clusters
+        assertEquals(0, r.leaksFixed());
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
+
+    @Test
     void countsLeaksAndRepairsThem() throws Exception {
         Path img = written("cluster_size=64k");
         Patch.writeLong(img, Patch.l2Offset(img, 0) + 8L * 64, 0); // forget guest cluster 64 (4M): a leak

@@ -199,12 +199,16 @@ class HostileImageTest {
     }
 
     @Test
-    void readWriteOpenClearsUnknownAutoclearBits() throws Exception {
+    void firstWriteClearsUnknownAutoclearBits() throws Exception {
         Path img = good();
         Patch.writeLong(img, 88, (1L << 40) | 1);
         BlockCore core = Fixtures.core();
         try (Image i = Fixtures.openRw(core, img)) {
             i.flush();
+        }
+        assertEquals((1L << 40) | 1, Patch.readLong(img, 88), "opening read-write without writing changes nothing");
+        try (Image i = Fixtures.openRw(core, img)) {
+            i.write(0, ByteBuffer.allocate(512), 0);
         }
         assertEquals(0, Patch.readLong(img, 88), "unknown bits and the bitmaps bit (bitmaps are not kept) cleared");
         assertEquals(0, Qemu.img("check", img.toString()).exit());
