@@ -184,6 +184,19 @@ class NbdServerLoopbackTest {
     }
 
     @Test
+    void multiConnIsOfferedOnlyWhereItIsSafe() throws Exception {
+        NbdServer.Running ro = serve(new MemoryNode(MIB), "ro", true);
+        Image many = core.open(ro.uri("ro"), Options.of("driver", "nbd", "x-multi-conn", "4"), OpenMode.READ_ONLY);
+        closeLater.add(many);
+        assertEquals(4, many.driverNode().info().get("connections"));
+        assertEquals(4, ro.clients());
+        NbdServer.Running rw = serve(new MemoryNode(MIB), "rw", false);
+        Image one = core.open(rw.uri("rw"), Options.of("driver", "nbd", "x-multi-conn", "4"), OpenMode.READ_WRITE);
+        closeLater.add(one);
+        assertEquals(1, one.driverNode().info().get("connections"), "no NBD_FLAG_CAN_MULTI_CONN on a writable export");
+    }
+
+    @Test
     void closingTheServerEndsClientsQuickly() throws Exception {
         NbdServer.Running r = serve(new MemoryNode(MIB), "disk", false);
         Image i = open(r.uri("disk"), false);

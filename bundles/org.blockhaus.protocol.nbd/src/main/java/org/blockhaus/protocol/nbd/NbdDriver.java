@@ -59,6 +59,8 @@ public final class NbdDriver implements BlockDriver {
                             + " connection (only 0 is supported)"),
                     OptionSpec.of("x-dirty-bitmap", OptionType.STRING, "Dirty bitmap context to expose as block"
                             + " status (not supported)"),
+                    OptionSpec.of("x-multi-conn", OptionType.NUMBER, "1", "Blockhaus: connections to open when"
+                            + " the server allows several (NBD_FLAG_CAN_MULTI_CONN); requests are spread over them"),
                     OptionSpec.of("x-timeout", OptionType.NUMBER, DEFAULT_TIMEOUT_SECONDS, "Blockhaus: seconds"
                             + " allowed for connect and handshake before giving up"),
                     OptionSpec.of("x-request-timeout", OptionType.NUMBER, DEFAULT_REQUEST_TIMEOUT_SECONDS,
@@ -255,6 +257,10 @@ public final class NbdDriver implements BlockDriver {
         if (requestTimeout < 0) {
             throw BlockException.invalid("x-request-timeout must not be negative");
         }
+        long multiConn = o.getLong("x-multi-conn", 1);
+        if (multiConn < 1 || multiConn > 16) {
+            throw BlockException.invalid("x-multi-conn must be between 1 and 16");
+        }
         NbdConnection.Address address = address(o);
         String export = o.get("export", "");
         NbdConnection.Tls tls = tls(o, address);
@@ -270,7 +276,25 @@ public final class NbdDriver implements BlockDriver {
             throw new BlockException(Reason.READ_ONLY, "Could not open '" + describe(address, export)
                     + "': NBD export is read-only; open it read-only");
         }
-        return new NbdNode(c, ctx.readOnly());
+        List<NbdConnection> all = new java.util.ArrayList<>(List.of(c));
+        if (multiConn > 1 && c.export().has(Nbd.FLAG_CAN_MULTI_CONN)) {
+            try {
+                for (int i = 1; i < multiConn; i++) {
+                    NbdConnection more = NbdConnection.open(address, export, Duration.ofSeconds(timeout),
+                            Duration.ofSeconds(requestTimeout), tls);
+                    all.add(more);
+                    if (!sameExport(more.export(), c.export())) {
+                        throw new BlockException(Reason.IO, "Could not open '" + describe(address, export)
+                                + "': the server described the export differently on another connection");
+                    }
+                }
+            } catch (BlockException e) {
+                all.forEach(NbdConnection::close);
+                throw e.prepend(e.getMessage().startsWith("Could not open") ? "" : "Could not open '"
+                        + describe(address, export) + "': ");
+            }
+        }
+        return new NbdNode(all, ctx.readOnly());
     }
 
     /** TLS when asked for (x-tls-creds-dir, or an nbds:// URI), checking the server's name. */
@@ -296,6 +320,13 @@ public final class NbdDriver implements BlockDriver {
             }
             return e;
         };
+    }
+
+    /** Connections of one node must agree on everything but their context ids. */
+    private static boolean sameExport(NbdConnection.Export a, NbdConnection.Export b) {
+        return a.size() == b.size() && a.flags() == b.flags() && a.structured() == b.structured()
+                && (a.baseAllocationId() >= 0) == (b.baseAllocationId() >= 0) && a.minBlock() == b.minBlock()
+                && a.maxBlock() == b.maxBlock();
     }
 
     static String describe(NbdConnection.Address a, String export) {

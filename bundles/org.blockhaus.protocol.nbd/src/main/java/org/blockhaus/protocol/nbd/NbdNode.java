@@ -4,7 +4,9 @@ import static org.blockhaus.protocol.nbd.Nbd.*;
 
 import java.nio.ByteBuffer;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicInteger;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockNode;
@@ -23,13 +25,17 @@ final class NbdNode implements BlockNode {
     private static final int MAX_RANGE = 1 << 30;
 
     private final NbdConnection connection;
+    /** With multi-conn: every connection to the export, requests spread over them. */
+    private final List<NbdConnection> connections;
+    private final AtomicInteger next = new AtomicInteger();
     private final NbdConnection.Export export;
     private final boolean readOnly;
     private final Capabilities caps;
     private final Limits limits;
 
-    NbdNode(NbdConnection connection, boolean readOnly) {
-        this.connection = connection;
+    NbdNode(List<NbdConnection> connections, boolean readOnly) {
+        this.connections = List.copyOf(connections);
+        this.connection = connections.getFirst();
         this.export = connection.export();
         this.readOnly = readOnly || export.has(FLAG_READ_ONLY);
         Capabilities.Builder b = Capabilities.builder();
@@ -86,7 +92,7 @@ final class NbdNode implements BlockNode {
             int limit = dst.limit();
             dst.limit(dst.position() + n);
             try {
-                connection.read(offset, dst);
+                pick().read(offset, dst);
             } finally {
                 dst.limit(limit);
             }
@@ -105,7 +111,7 @@ final class NbdNode implements BlockNode {
             int limit = src.limit();
             src.limit(src.position() + n);
             try {
-                connection.write(offset, src, nbdFlags);
+                pick().write(offset, src, nbdFlags);
             } finally {
                 src.limit(limit);
             }
@@ -158,7 +164,7 @@ final class NbdNode implements BlockNode {
         int chunk = MAX_RANGE & -export.minBlock();
         while (length > 0) {
             int n = (int) Math.min(length, chunk);
-            connection.command(type, flags, offset, n);
+            pick().command(type, flags, offset, n);
             offset += n;
             length -= n;
         }
@@ -181,7 +187,7 @@ final class NbdNode implements BlockNode {
             return new BlockStatus(offset, length, BlockStatus.DATA | BlockStatus.ALLOCATED, offset, null);
         }
         int ask = (int) Math.min(Math.min(length, export.size() - offset), Integer.MAX_VALUE & -export.minBlock());
-        NbdConnection.Extent e = connection.blockStatus(offset, ask);
+        NbdConnection.Extent e = pick().blockStatus(offset, ask);
         long n = Math.min(e.length(), length);
         int flags = BlockStatus.ALLOCATED;
         if ((e.flags() & STATE_HOLE) == 0) {
@@ -197,14 +203,28 @@ final class NbdNode implements BlockNode {
     public Map<String, Object> info() {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("nbd-server", connection.address().toString());
+        m.put("connections", connections.size());
         m.put("structured-replies", export.structured());
         m.put("block-status", export.baseAllocationId() >= 0);
         return m;
     }
 
+    /**
+     * The connection for the next request. Spreading is safe only because the server set
+     * NBD_FLAG_CAN_MULTI_CONN: then a flush on any connection covers writes completed on all.
+     */
+    private NbdConnection pick() {
+        if (connections.size() == 1) {
+            return connection;
+        }
+        return connections.get(Math.floorMod(next.getAndIncrement(), connections.size()));
+    }
+
     @Override
     public void close() {
-        connection.close();
+        for (NbdConnection c : connections) {
+            c.close();
+        }
     }
 
     private void checkWritable() throws BlockException {

@@ -263,6 +263,43 @@ class NbdClientInteropTest {
     }
 
     @Test
+    void spreadsRequestsOverSeveralConnectionsWhenTheServerAllowsMultiConn() throws Exception {
+        String nbdkit = Peers.require("nbdkit", "nbdkit");
+        int port = Peers.freePort();
+        Path pid = dir.resolve("km.pid");
+        Path log = dir.resolve("log.txt");
+        peers.foreground(pid, nbdkit, "-f", "-P", pid.toString(), "-i", "127.0.0.1", "-p", String.valueOf(port),
+                "--filter=log", "memory", "16M", "logfile=" + log);
+        Image i = core.open("nbd://127.0.0.1:" + port, Options.of("driver", "nbd", "x-multi-conn", "4"),
+                OpenMode.READ_WRITE);
+        open.add(i);
+        assertEquals(4, i.driverNode().info().get("connections"));
+        try (ExecutorService ex = Executors.newVirtualThreadPerTaskExecutor()) {
+            List<Future<?>> fs = new ArrayList<>();
+            for (int t = 0; t < 32; t++) {
+                final int n = t;
+                fs.add(ex.submit(() -> {
+                    byte[] data = filled(100_000, n + 1);
+                    i.write((long) n * 500_000, ByteBuffer.wrap(data), 0);
+                    i.flush();
+                    assertArrayEquals(data, read(i, (long) n * 500_000, data.length));
+                    return null;
+                }));
+            }
+            for (Future<?> f : fs) {
+                f.get();
+            }
+        }
+        i.close();
+        open.remove(i);
+        peers.close();
+        // nbdkit's log filter names the connection of every request: writes went over all four
+        long writers = Files.readAllLines(log).stream().filter(l -> l.contains(" Write id="))
+                .map(l -> l.replaceAll(".* (connection=\\d+) .*", "$1")).distinct().count();
+        assertEquals(4, writers, Files.readString(log).lines().limit(20).toList().toString());
+    }
+
+    @Test
     void readsFileServedByNbdkitFilePluginOverUnixSocket() throws Exception {
         String nbdkit = Peers.require("nbdkit", "nbdkit");
         Path img = image("raw", "2M", "write -P 0x3c 1M 4k");
