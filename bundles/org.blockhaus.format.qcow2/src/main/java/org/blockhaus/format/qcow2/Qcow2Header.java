@@ -420,4 +420,66 @@ record Qcow2Header(
         }
         return new Extension(EXT_FEATURE_TABLE, data);
     }
+
+    /**
+     * A new first cluster for an existing image (amend, rebase): fixed fields from the current
+     * state, the additional version 3 fields the old header had ({@code oldHeader}, kept as they
+     * were), the extensions we keep (backing format, data file, unknown ones, the feature table
+     * for version 3), then the backing file name.
+     */
+    static ByteBuffer rewrite(Qcow2Header h, byte[] oldHeader, int version, String backingFile, String backingFormat,
+            long compatible, long size, int l1Size, long l1Offset, long reftableOffset, int reftableClusters)
+            throws BlockException {
+        int clusterSize = h.clusterSize();
+        int hdrLen = version < 3 ? V2_HEADER_LENGTH : h.version() >= 3 ? h.headerLength() : V3_WRITTEN_HEADER_LENGTH;
+        ByteBuffer b = ByteBuffer.allocate(clusterSize);
+        if (h.version() >= 3 && version >= 3) {
+            b.put(oldHeader, 0, hdrLen); // keeps additional fields we do not know
+        }
+        b.putInt(0, MAGIC).putInt(4, version).putLong(8, 0).putInt(16, 0).putInt(20, h.clusterBits())
+                .putLong(24, size).putInt(32, 0).putInt(36, l1Size).putLong(40, l1Offset)
+                .putLong(48, reftableOffset).putInt(56, reftableClusters)
+                .putInt(60, h.nbSnapshots()).putLong(64, h.snapshotsOffset());
+        if (version >= 3) {
+            b.putLong(72, h.incompatibleFeatures()).putLong(80, compatible).putLong(88, h.autoclearFeatures())
+                    .putInt(96, h.refcountOrder()).putInt(100, hdrLen);
+            if (hdrLen > 104) {
+                b.put(104, (byte) h.compressionType());
+            }
+        }
+        b.position(hdrLen);
+        List<Extension> keep = new ArrayList<>();
+        if (backingFormat != null) {
+            keep.add(new Extension(EXT_BACKING_FORMAT, backingFormat.getBytes(StandardCharsets.UTF_8)));
+        }
+        if (h.dataFile() != null) {
+            keep.add(new Extension(EXT_DATA_FILE, h.dataFile().getBytes(StandardCharsets.UTF_8)));
+        }
+        boolean hasFeatureTable = false;
+        for (Extension e : h.unknownExtensions()) {
+            if (e.type() == EXT_FEATURE_TABLE) {
+                hasFeatureTable = true;
+                if (version < 3) {
+                    continue;
+                }
+            }
+            keep.add(e);
+        }
+        if (version >= 3 && !hasFeatureTable) {
+            keep.add(standardFeatureTable());
+        }
+        for (Extension e : keep) {
+            putExtension(b, e.type(), e.data());
+        }
+        b.putInt(EXT_END).putInt(0);
+        if (backingFile != null) {
+            byte[] name = backingFile.getBytes(StandardCharsets.UTF_8);
+            if (name.length > MAX_BACKING_NAME || name.length > b.remaining()) {
+                throw BlockException.invalid("Backing file name too long");
+            }
+            b.putLong(8, b.position()).putInt(16, name.length);
+            b.put(name);
+        }
+        return b.flip();
+    }
 }

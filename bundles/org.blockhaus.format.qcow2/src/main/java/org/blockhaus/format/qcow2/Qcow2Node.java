@@ -457,7 +457,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         return t;
     }
 
-    private void markL1Dirty(int index) {
+    void markL1Dirty(int index) {
         l1DirtyClusters.set((int) ((long) index * 8 >>> clusterBits));
     }
 
@@ -845,7 +845,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     /** Moves the L1 table to a bigger, contiguous place; the old one is freed afterwards. */
-    private void growL1(int entries) throws BlockException {
+    void growL1(int entries) throws BlockException {
         int clusters = (int) Qcow2Header.ceilShift((long) entries * 8, clusterBits);
         long newOffset = refcounts.allocate(clusters);
         long[] n = java.util.Arrays.copyOf(l1, entries);
@@ -1033,74 +1033,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
-    /**
-     * Writes a new header (first cluster): fixed fields from the current state, the additional
-     * fields the old header had (version 3), the extensions we keep, then the backing file name.
-     */
+    /** Writes a new header for the current state (see {@link Qcow2Header#rewrite}) and reads it back. */
     private void rewriteHeader(int version, String backingFile, String backingFormat, long compatible)
             throws BlockException {
-        Qcow2Header h = header;
-        int hdrLen = version < 3 ? Qcow2Header.V2_HEADER_LENGTH
-                : h.version() >= 3 ? h.headerLength() : Qcow2Header.V3_WRITTEN_HEADER_LENGTH;
-        ByteBuffer b = ByteBuffer.allocate(clusterSize);
-        if (h.version() >= 3 && version >= 3) {
-            b.put(file.read(0, hdrLen, "qcow2 header")); // keeps additional fields we do not know
-        }
-        b.putInt(0, Qcow2Header.MAGIC).putInt(4, version).putLong(8, 0).putInt(16, 0).putInt(20, clusterBits)
-                .putLong(24, size).putInt(32, 0).putInt(36, l1.length).putLong(40, l1Offset)
-                .putLong(48, refcounts.tableOffset()).putInt(56, refcounts.tableClusters())
-                .putInt(60, h.nbSnapshots()).putLong(64, h.snapshotsOffset());
-        long autoclear = h.autoclearFeatures();
-        long incompat = h.incompatibleFeatures();
-        if (version >= 3) {
-            b.putLong(72, incompat).putLong(80, compatible).putLong(88, autoclear).putInt(96, h.refcountOrder())
-                    .putInt(100, hdrLen);
-            if (hdrLen > 104) {
-                b.put(104, (byte) h.compressionType());
-            }
-        }
-        b.position(hdrLen);
-        List<Qcow2Header.Extension> keep = new ArrayList<>();
-        if (backingFormat != null) {
-            keep.add(new Qcow2Header.Extension(Qcow2Header.EXT_BACKING_FORMAT,
-                    backingFormat.getBytes(java.nio.charset.StandardCharsets.UTF_8)));
-        }
-        if (h.dataFile() != null) {
-            keep.add(new Qcow2Header.Extension(Qcow2Header.EXT_DATA_FILE,
-                    h.dataFile().getBytes(java.nio.charset.StandardCharsets.UTF_8)));
-        }
-        boolean hasFeatureTable = false;
-        for (Qcow2Header.Extension e : h.unknownExtensions()) {
-            if (e.type() == Qcow2Header.EXT_FEATURE_TABLE) {
-                hasFeatureTable = true;
-                if (version < 3) {
-                    continue;
-                }
-            }
-            keep.add(e);
-        }
-        if (version >= 3 && !hasFeatureTable) {
-            keep.add(Qcow2Header.standardFeatureTable());
-        }
-        for (Qcow2Header.Extension e : keep) {
-            int padded = (e.data().length + 7) & ~7;
-            if (b.remaining() < 16 + padded) {
-                throw BlockException.invalid("qcow2: header extensions do not fit in the first cluster");
-            }
-            b.putInt(e.type()).putInt(e.data().length).put(e.data());
-            b.position(b.position() + padded - e.data().length);
-        }
-        b.putInt(Qcow2Header.EXT_END).putInt(0);
-        byte[] name = null;
-        if (backingFile != null) {
-            name = backingFile.getBytes(java.nio.charset.StandardCharsets.UTF_8);
-            if (name.length > Qcow2Header.MAX_BACKING_NAME || name.length > b.remaining()) {
-                throw BlockException.invalid("Backing file name too long");
-            }
-            b.putLong(8, b.position()).putInt(16, name.length);
-            b.put(name);
-        }
-        b.flip();
+        byte[] old = header.version() >= 3 && version >= 3
+                ? file.read(0, header.headerLength(), "qcow2 header").array() : new byte[0];
+        ByteBuffer b = Qcow2Header.rewrite(header, old, version, backingFile, backingFormat, compatible, size, l1.length,
+                l1Offset, refcounts.tableOffset(), refcounts.tableClusters());
         file.write(0, b);
         file.flush();
         header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
@@ -1213,119 +1152,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         return out;
     }
 
-    /** Visits every host range a mapping tree references: its L2 tables and their data clusters. */
-    private interface RefVisitor {
-        void visit(long offset, long bytes) throws BlockException;
-    }
-
-    private void walkTree(long[] table, RefVisitor v) throws BlockException {
-        for (long e : table) {
-            long off = e & L1_OFFSET_MASK;
-            if (off == 0) {
-                continue;
-            }
-            v.visit(off, clusterSize);
-            L2Cache.Table t = l2.get(off);
-            int step = extL2 ? 2 : 1;
-            for (int i = 0; i < t.words.length; i += step) {
-                long w = t.words[i];
-                if ((w & OFLAG_COMPRESSED) != 0) {
-                    v.visit(compression.refStart(w), compression.refLength(w));
-                } else if ((w & L2_OFFSET_MASK) != 0) {
-                    v.visit(hostOf(w, -1), clusterSize);
-                }
-            }
-        }
-    }
-
-    private void incrementRange(long offset, long bytes) throws BlockException {
-        long first = offset >>> clusterBits;
-        long last = (offset + bytes - 1) >>> clusterBits;
-        refcounts.increment(first, last - first + 1);
-    }
-
-    private long[] readTable(long offset, int entries) throws BlockException {
-        return readL1(offset, entries);
-    }
-
-    /** Writes a snapshot table to fresh clusters and points the header at it; frees the old one. */
-    private void replaceSnapshotTable(List<Snapshots.Entry> entries) throws BlockException {
-        long[] oldBytes = new long[1];
-        if (header.nbSnapshots() > 0) {
-            Snapshots.read(file, header, oldBytes);
-        }
-        long oldOffset = header.snapshotsOffset();
-        byte[] table = Snapshots.serialize(entries);
-        long newOffset = 0;
-        if (table.length > 0) {
-            newOffset = refcounts.allocate((int) Qcow2Header.ceilShift(table.length, clusterBits));
-            refcounts.writeIncreases();
-            file.write(newOffset, table);
-            file.flush();
-        }
-        ByteBuffer hdr = ByteBuffer.allocate(12).putInt(entries.size()).putLong(newOffset).flip();
-        file.write(60, hdr);
-        file.flush();
-        header = new Qcow2Header(header.version(), header.backingFileOffset(), header.backingFileSize(), clusterBits,
-                size, header.cryptMethod(), l1.length, l1Offset, refcounts.tableOffset(), refcounts.tableClusters(),
-                entries.size(), newOffset, header.incompatibleFeatures(), header.compatibleFeatures(),
-                header.autoclearFeatures(), header.refcountOrder(), header.headerLength(), header.compressionType(),
-                header.backingFile(), header.backingFormat(), header.dataFile(), header.featureNames(),
-                header.unknownExtensions());
-        if (oldBytes[0] > 0) {
-            refcounts.queueFree(oldOffset, oldBytes[0]);
-        }
-    }
-
     @Override
     public void createSnapshot(String name) throws BlockException {
         lock.lock();
         try {
             prepareWrite();
-            if (external) {
-                throw new BlockException(Reason.UNSUPPORTED, "qcow2: internal snapshots cannot be used with an"
-                        + " external data file");
-            }
             flushLocked();
-            List<Snapshots.Entry> entries = new ArrayList<>(snapshotEntries());
-            if (entries.size() >= Qcow2Header.MAX_SNAPSHOTS) {
-                throw BlockException.invalid("qcow2: too many snapshots");
-            }
-            // The snapshot's own L1 table, a copy of the active one.
-            long l1Bytes = (long) l1.length * 8;
-            long snapL1 = l1.length == 0 ? 0 : refcounts.allocate((int) Qcow2Header.ceilShift(l1Bytes, clusterBits));
-            // Everything the active tree references gains a reference, so writes copy on write.
-            walkTree(l1, this::incrementRange);
-            long[] copy = l1.clone();
-            for (int i = 0; i < l1.length; i++) {
-                if ((l1[i] & OFLAG_COPIED) != 0) {
-                    l1[i] &= ~OFLAG_COPIED;
-                    markL1Dirty(i);
-                    L2Cache.Table t = l2.get(l1[i] & L1_OFFSET_MASK);
-                    int step = extL2 ? 2 : 1;
-                    for (int j = 0; j < t.words.length; j += step) {
-                        if ((t.words[j] & OFLAG_COPIED) != 0) {
-                            t.words[j] &= ~OFLAG_COPIED;
-                            t.dirty = true;
-                        }
-                    }
-                }
-                copy[i] &= ~OFLAG_COPIED;
-            }
-            flushLocked(); // refcounts, then the tables without OFLAG_COPIED
-            if (snapL1 != 0) {
-                ByteBuffer b = ByteBuffer.allocate((int) l1Bytes);
-                for (long e : copy) {
-                    b.putLong(e);
-                }
-                file.write(snapL1, b.flip());
-                file.flush();
-            }
-            java.time.Instant now = java.time.Instant.now();
-            entries.add(new Snapshots.Entry(snapL1, l1.length, Snapshots.nextId(entries), name, now.getEpochSecond(),
-                    now.getNano(), 0, 0, size, -1));
-            replaceSnapshotTable(entries);
-            refcounts.applyQueuedFrees();
+            new SnapshotOps(this).create(name);
         } finally {
             lock.unlock();
         }
@@ -1337,39 +1170,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         try {
             prepareWrite();
             flushLocked();
-            List<Snapshots.Entry> entries = snapshotEntries();
-            int idx = Snapshots.find(entries, nameOrId);
-            if (idx < 0) {
-                throw new BlockException(Reason.NOT_FOUND, "Can't find snapshot '" + nameOrId + "'");
-            }
-            Snapshots.Entry sn = entries.get(idx);
-            long[] snapL1 = readTable(sn.l1TableOffset(), sn.l1Size());
-            // 1. the snapshot's tree gains the active reference
-            walkTree(snapL1, this::incrementRange);
-            refcounts.writeIncreases();
-            long[] oldL1 = l1.clone();
-            if (snapL1.length > l1.length) {
-                growL1(snapL1.length);
-            }
-            // 2. the active L1 becomes the snapshot's (shared tables: no OFLAG_COPIED)
-            for (int i = 0; i < l1.length; i++) {
-                l1[i] = i < snapL1.length ? snapL1[i] & ~OFLAG_COPIED : 0;
-            }
-            ByteBuffer b = ByteBuffer.allocate(l1.length * 8);
-            for (long e : l1) {
-                b.putLong(e);
-            }
-            file.write(l1Offset, b.flip());
-            file.flush();
-            if (sn.diskSize() != size) {
-                file.write(24, ByteBuffer.allocate(8).putLong(0, sn.diskSize()));
-                file.flush();
-                size = sn.diskSize();
-            }
+            new SnapshotOps(this).apply(nameOrId);
             cachedCompressedGuest = -1;
-            // 3. the old active tree loses its reference
-            walkTree(oldL1, (off, bytes) -> refcounts.queueFree(off, bytes));
-            refcounts.applyQueuedFrees();
         } finally {
             lock.unlock();
         }
@@ -1381,51 +1183,33 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         try {
             prepareWrite();
             flushLocked();
-            List<Snapshots.Entry> entries = new ArrayList<>(snapshotEntries());
-            int idx = Snapshots.find(entries, nameOrId);
-            if (idx < 0) {
-                throw new BlockException(Reason.NOT_FOUND, "Can't find snapshot '" + nameOrId + "'");
-            }
-            Snapshots.Entry sn = entries.remove(idx);
-            long[] snapL1 = readTable(sn.l1TableOffset(), sn.l1Size());
-            replaceSnapshotTable(entries); // from here on nothing refers to the snapshot's tree
-            walkTree(snapL1, (off, bytes) -> refcounts.queueFree(off, bytes));
-            if (sn.l1Size() > 0) {
-                refcounts.queueFree(sn.l1TableOffset(), (long) sn.l1Size() * 8);
-            }
-            refcounts.applyQueuedFrees();
-            // Clusters the active tree now owns alone get their OFLAG_COPIED flag back.
-            for (int i = 0; i < l1.length; i++) {
-                long off = l1[i] & L1_OFFSET_MASK;
-                if (off == 0) {
-                    continue;
-                }
-                boolean l2Owned = refcounts.get(off >>> clusterBits) == 1;
-                if (l2Owned != ((l1[i] & OFLAG_COPIED) != 0)) {
-                    l1[i] = l2Owned ? l1[i] | OFLAG_COPIED : l1[i] & ~OFLAG_COPIED;
-                    markL1Dirty(i);
-                }
-                if (!l2Owned) {
-                    continue;
-                }
-                L2Cache.Table t = l2.get(off);
-                int step = extL2 ? 2 : 1;
-                for (int j = 0; j < t.words.length; j += step) {
-                    long w = t.words[j];
-                    long host = w & L2_OFFSET_MASK;
-                    if ((w & OFLAG_COMPRESSED) != 0 || host == 0) {
-                        continue;
-                    }
-                    boolean owned = refcounts.get(host >>> clusterBits) == 1;
-                    if (owned != ((w & OFLAG_COPIED) != 0)) {
-                        t.words[j] = owned ? w | OFLAG_COPIED : w & ~OFLAG_COPIED;
-                        t.dirty = true;
-                    }
-                }
-            }
-            flushLocked();
+            new SnapshotOps(this).delete(nameOrId);
         } finally {
             lock.unlock();
+        }
+    }
+
+    // ---- for SnapshotOps (callers hold the lock) ------------------------------------------------
+
+    long[] readTable(long offset, int entries) throws BlockException {
+        return readL1(offset, entries);
+    }
+
+    void snapshotTableMoved(int count, long offset) {
+        Qcow2Header h = header;
+        header = new Qcow2Header(h.version(), h.backingFileOffset(), h.backingFileSize(), clusterBits, size,
+                h.cryptMethod(), l1.length, l1Offset, refcounts.tableOffset(), refcounts.tableClusters(), count,
+                offset, h.incompatibleFeatures(), h.compatibleFeatures(), h.autoclearFeatures(), h.refcountOrder(),
+                h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(), h.dataFile(),
+                h.featureNames(), h.unknownExtensions());
+    }
+
+    /** The virtual size changes with an applied snapshot: header field and memory. */
+    void setSize(long newSize) throws BlockException {
+        if (newSize != size) {
+            file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
+            file.flush();
+            size = newSize;
         }
     }
 
