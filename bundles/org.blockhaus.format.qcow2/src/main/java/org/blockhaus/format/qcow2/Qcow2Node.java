@@ -98,6 +98,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         this.cachedCompressed = new byte[clusterSize];
         this.l1 = readL1(h.l1TableOffset(), h.l1Size());
         this.refcounts = new Refcounts(file, h, this::refcountTableMoved);
+        this.refcounts.setGuard(this::isKnownMetadata);
         this.l2 = new L2Cache(file, clusterSize, l2CacheBytes, this::evictL2);
     }
 
@@ -167,6 +168,22 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 h.nbSnapshots(), h.snapshotsOffset(), incompat, h.compatibleFeatures(), autoclear,
                 h.refcountOrder(), h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(),
                 h.dataFile(), h.featureNames(), h.unknownExtensions());
+    }
+
+    private boolean isKnownMetadata(long cluster) {
+        long off = cluster << clusterBits;
+        if (cluster == 0) {
+            return true;
+        }
+        long l1Bytes = (long) l1.length * 8;
+        if (l1Bytes > 0 && off >= (l1Offset & -clusterSize) && off < l1Offset + l1Bytes) {
+            return true;
+        }
+        long rt = refcounts.tableOffset();
+        if (off >= rt && off < rt + ((long) refcounts.tableClusters() << clusterBits)) {
+            return true;
+        }
+        return header.nbSnapshots() > 0 && off == header.snapshotsOffset();
     }
 
     private void refcountTableMoved(long offset, int clusters) throws BlockException {

@@ -56,6 +56,17 @@ final class Refcounts {
 
     private final TableMoved tableMoved;
 
+    /** Says whether a host cluster holds metadata we know of (header, L1, refcount or snapshot tables). */
+    interface MetadataGuard {
+        boolean isMetadata(long cluster);
+    }
+
+    private MetadataGuard guard = c -> c == 0;
+
+    void setGuard(MetadataGuard guard) {
+        this.guard = guard;
+    }
+
     Refcounts(HostFile file, Qcow2Header h, TableMoved tableMoved) throws BlockException {
         this.file = file;
         this.clusterBits = h.clusterBits();
@@ -197,6 +208,13 @@ final class Refcounts {
     long allocate(int n) throws BlockException {
         while (true) {
             long start = findFree(freeHint, n);
+            for (long c = start; c < start + n; c++) {
+                // A free cluster that holds metadata means the refcounts lie: refuse rather than overwrite.
+                if (guard.isMetadata(c) || isRefcountBlock(c << clusterBits)) {
+                    throw Qcow2Header.corrupt("Refcounts are corrupt: metadata cluster " + c
+                            + " has refcount 0 and would be overwritten; run 'qemu-img check -r all'");
+                }
+            }
             long missing = -1;
             for (long ti = start >>> blockEntryBits; ti <= (start + n - 1) >>> blockEntryBits; ti++) {
                 if (ti >= table.length || table[(int) ti] == 0) {
@@ -223,11 +241,29 @@ final class Refcounts {
             b.dirty = true;
             blocks.put(blockOffset, b);
             table[(int) missing] = blockOffset;
+            if (blockOffsets != null) {
+                blockOffsets.add(blockOffset);
+            }
             tableDirty = true;
             // It counts itself if it covers 'start'; otherwise 'start' lies in an existing block.
             set(start, 1); // the block reaches the file when refcounts are written
         }
     }
+
+    private boolean isRefcountBlock(long offset) {
+        if (blockOffsets == null) {
+            blockOffsets = new java.util.HashSet<>();
+            for (long b : table) {
+                if (b != 0) {
+                    blockOffsets.add(b);
+                }
+            }
+        }
+        return blockOffsets.contains(offset);
+    }
+
+    /** Offsets of all refcount blocks, built on first use and kept up to date. */
+    private java.util.Set<Long> blockOffsets;
 
     /** First index at or after {@code from} that begins {@code n} free clusters. */
     private long findFree(long from, int n) throws BlockException {
@@ -295,6 +331,7 @@ final class Refcounts {
             long oldOffset = tableOffset;
             int oldClusters = tableClusters;
             table = newTable;
+            blockOffsets = null; // rebuilt from the new table when needed
             for (long off : newBlocks) {
                 Block b = new Block(off, new byte[clusterSize]);
                 b.dirty = true;

@@ -10,6 +10,7 @@ import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.Arrays;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.Image;
 import org.blockhaus.core.BlockCore;
@@ -183,6 +184,37 @@ class HostileImageTest {
         // Keep the sector count but point to the header: garbage that is no deflate stream.
         Patch.writeLong(img, l2, (entry & ~((1L << 54) - 1)) | 0x10);
         assertRefused(img, "Compressed cluster");
+    }
+
+    @Test
+    void refusesToAllocateOverMetadataWhenRefcountsLie() throws Exception {
+        Path img = good();
+        Patch.writeLong(img, Patch.readLong(img, 48), 0); // refcount block 0 gone: everything looks free
+        byte[] before = Files.readAllBytes(img);
+        BlockCore core = Fixtures.core();
+        BlockException e = assertThrows(BlockException.class, () -> {
+            try (Image i = Fixtures.openRw(core, img)) {
+                i.write(1 << 20, ByteBuffer.allocate(4096), 0);
+                i.flush();
+            }
+        });
+        assertTrue(e.getMessage().contains("metadata cluster 0"), e.getMessage());
+        assertArrayEquals(Arrays.copyOf(before, 65536), Arrays.copyOf(Files.readAllBytes(img), 65536),
+                "the header cluster is untouched");
+    }
+
+    @Test
+    void rejectsSnapshotWithHugeExtraData() throws Exception {
+        Path img = good();
+        Qemu.img("snapshot", "-c", "s", img.toString()).ok();
+        Patch.writeInt(img, Patch.readLong(img, 64) + 36, 1 << 30);
+        BlockCore core = Fixtures.core();
+        BlockException e = assertThrows(BlockException.class, () -> {
+            try (Image i = Fixtures.openRo(core, img)) {
+                ((org.blockhaus.api.spi.SnapshotNode) i.driverNode()).snapshots();
+            }
+        });
+        assertTrue(e.getMessage().contains("extra data"), e.getMessage());
     }
 
     @Test
