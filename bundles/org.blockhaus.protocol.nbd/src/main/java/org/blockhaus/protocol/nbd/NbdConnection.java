@@ -80,6 +80,7 @@ final class NbdConnection implements AutoCloseable {
     private volatile BlockException failure;
     /** How long one request may wait for its reply before the connection is given up (0 = forever). */
     private final Duration requestTimeout;
+    private Thread requestWatchdog;
 
     private NbdConnection(SocketChannel channel, Wire wire, Address address, Export export,
             Duration requestTimeout) {
@@ -146,6 +147,10 @@ final class NbdConnection implements AutoCloseable {
             }
             NbdConnection c = new NbdConnection(ch, hs.wire, address, ex, requestTimeout);
             c.reader.start();
+            if (!requestTimeout.isZero()) {
+                c.requestWatchdog = Thread.ofVirtual().name("nbd-request-watchdog " + address)
+                        .start(c::watchRequests);
+            }
             ok = true;
             return c;
         } finally {
@@ -462,6 +467,7 @@ final class NbdConnection implements AutoCloseable {
         final int length;
         final ByteBuffer dst; // reads: the caller's buffer, starting at its position
         final int dstBase;
+        final long started = System.nanoTime();
         long covered;
         int error;
         String message;
@@ -568,13 +574,9 @@ final class NbdConnection implements AutoCloseable {
             } finally {
                 sendLock.unlock();
             }
-            if (!p.await(requestTimeout.toNanos())) {
-                // The server stopped answering: give up the connection, and make sure the reader
-                // has stopped before the caller gets its buffer back.
-                fail(new BlockException(Reason.IO, "NBD server '" + address + "' did not answer a "
-                        + commandName(type) + " request within " + requestTimeout.toSeconds() + " s"));
-                joinReader();
-                p.await(0);
+            p.await(0); // bounded: the request watchdog fails the connection when the server stalls
+            if (p.failed != null && failure != null && dst != null) {
+                joinReader(); // the caller gets its buffer back only once nobody writes into it
             }
         } finally {
             pending.remove(cookie);
@@ -592,6 +594,31 @@ final class NbdConnection implements AutoCloseable {
             throw new BlockException(reasonOf(p.error), what);
         }
         return p;
+    }
+
+    /**
+     * Fails the connection when a request waited longer than the request timeout, whether for
+     * its reply or to be sent (a server that stops reading blocks our writes): every request on
+     * a broken peer ends in bounded time.
+     */
+    private void watchRequests() {
+        long limit = requestTimeout.toNanos();
+        long period = Math.max(Math.min(limit / 4, TimeUnit.SECONDS.toNanos(1)), TimeUnit.MILLISECONDS.toNanos(10));
+        while (failure == null) {
+            try {
+                TimeUnit.NANOSECONDS.sleep(period);
+            } catch (InterruptedException e) {
+                return;
+            }
+            long now = System.nanoTime();
+            for (Pending p : pending.values()) {
+                if (!p.done && now - p.started > limit) {
+                    fail(new BlockException(Reason.IO, "NBD server '" + address + "' did not answer a "
+                            + commandName(p.type) + " request within " + requestTimeout.toSeconds() + " s"));
+                    return;
+                }
+            }
+        }
     }
 
     private void checkAlive() throws BlockException {
@@ -784,6 +811,7 @@ final class NbdConnection implements AutoCloseable {
     @Override
     public void close() {
         if (failure == null) {
+            Watchdog bound = new Watchdog(channel, Duration.ofSeconds(5)); // a server that stopped reading
             sendLock.lock();
             try {
                 requestHeader.clear();
@@ -797,7 +825,11 @@ final class NbdConnection implements AutoCloseable {
                 // the server is gone already; closing is all that is left
             } finally {
                 sendLock.unlock();
+                bound.disarm();
             }
+        }
+        if (requestWatchdog != null) {
+            requestWatchdog.interrupt();
         }
         fail(new BlockException(Reason.CLOSED, "NBD connection to '" + address + "' is closed"));
         joinReader();

@@ -29,7 +29,7 @@ import org.junit.jupiter.api.Timeout;
  */
 @Timeout(value = 20, unit = TimeUnit.SECONDS)
 class HostileServerTest {
-    private static final long SIZE = 1 << 20;
+    private static final long SIZE = 64 << 20;
 
     interface Script {
         void run(SocketChannel ch) throws Exception;
@@ -387,6 +387,22 @@ class HostileServerTest {
         BlockException e = readFails(ch -> request(ch));
         assertEquals(BlockException.Reason.IO, e.reason());
         assertTrue(e.getMessage().contains("did not answer a read request within 2 s"), e.getMessage());
+    }
+
+    @Test
+    void serverThatStopsReadingCannotBlockAWriterForever() throws Exception {
+        int port = serve(ch -> {
+            handshake(ch);
+            Thread.sleep(60_000); // never reads the write's payload
+        });
+        Image i = open(port);
+        long t0 = System.nanoTime();
+        BlockException e = assertThrows(BlockException.class, () -> i.write(0, ByteBuffer.allocate(32 << 20), 0));
+        assertTrue(System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(6), "took too long");
+        assertTrue(e.getMessage().contains("did not answer a write request within 2 s"), e.getMessage());
+        t0 = System.nanoTime();
+        assertThrows(BlockException.class, i::close); // the final flush fails: the connection is gone
+        assertTrue(System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(6), "close took too long");
     }
 
     @Test
