@@ -2,9 +2,7 @@ package org.blockhaus.format.qcow2;
 
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.List;
-import java.util.Map;
 import org.blockhaus.api.BlockException;
 
 /**
@@ -30,7 +28,11 @@ final class Refcounts {
     private int tableClusters;
     private long[] table;
     private boolean tableDirty;
-    private final Map<Long, Block> blocks = new HashMap<>();
+    /** Cached refcount blocks, least recently used first; bounded by {@link #maxBlocks}. */
+    private final java.util.LinkedHashMap<Long, Block> blocks = new java.util.LinkedHashMap<>(16, 0.75f, true);
+    private final int maxBlocks;
+    /** Tests shrink the cache to exercise write-back; 0 = the normal bound. */
+    static volatile int maxBlocksForTests;
     private final List<long[]> queuedFrees = new ArrayList<>();
     /** No cluster below this index is free. */
     private long freeHint;
@@ -78,6 +80,7 @@ final class Refcounts {
         this.tableOffset = h.refcountTableOffset();
         this.tableClusters = h.refcountTableClusters();
         this.tableMoved = tableMoved;
+        this.maxBlocks = maxBlocksForTests > 0 ? maxBlocksForTests : Math.max(16, (16 << 20) / clusterSize);
         int n = (int) ((long) tableClusters * clusterSize / 8);
         ByteBuffer t = file.read(tableOffset, n * 8, "Reference count table");
         table = new long[n];
@@ -121,9 +124,28 @@ final class Refcounts {
             }
             ByteBuffer data = file.read(off, clusterSize, "Refcount block");
             b = new Block(off, data.array());
-            blocks.put(off, b);
+            cache(b);
         }
         return b;
+    }
+
+    /**
+     * Caches a block, writing back the least recently used one if the cache is full. Dirty blocks
+     * hold only increases between flushes (decreases are written as soon as they are applied),
+     * so writing one early can only leak clusters, never lose a reference.
+     */
+    private void cache(Block b) throws BlockException {
+        blocks.put(b.offset, b);
+        if (blocks.size() > maxBlocks) {
+            Block eldest = blocks.values().iterator().next();
+            if (eldest != b) {
+                if (eldest.dirty) {
+                    file.write(eldest.offset, eldest.data.clone());
+                    eldest.dirty = false;
+                }
+                blocks.remove(eldest.offset);
+            }
+        }
     }
 
     /** The refcount of host cluster {@code index}. */
@@ -239,7 +261,7 @@ final class Refcounts {
             long blockOffset = start << clusterBits;
             Block b = new Block(blockOffset, new byte[clusterSize]);
             b.dirty = true;
-            blocks.put(blockOffset, b);
+            cache(b);
             table[(int) missing] = blockOffset;
             if (blockOffsets != null) {
                 blockOffsets.add(blockOffset);
@@ -335,7 +357,7 @@ final class Refcounts {
             for (long off : newBlocks) {
                 Block b = new Block(off, new byte[clusterSize]);
                 b.dirty = true;
-                blocks.put(off, b);
+                cache(b);
             }
             for (long c = start; c < end; c++) {
                 set(c, 1);

@@ -187,6 +187,33 @@ class WritesForQemuTest {
     }
 
     @Test
+    void tinyMetadataCachesStillLeaveAConsistentImage() throws Exception {
+        Path img = dir.resolve("t.qcow2");
+        BlockCore core = Fixtures.core();
+        long size = 8 << 20;
+        Fixtures.create(core, img, size, "cluster_size", "512", "refcount_bits", "64");
+        byte[] ref = new byte[(int) size];
+        Refcounts.maxBlocksForTests = 16;
+        try (Image i = core.open(img.toString(), org.blockhaus.api.Options.of("driver", "qcow2", "l2-cache-size",
+                "2048"), org.blockhaus.api.BlockService.OpenMode.READ_WRITE)) {
+            Mirror m = new Mirror(i, ref);
+            java.util.Random r = new java.util.Random(3);
+            for (int k = 0; k < 300; k++) {
+                int len = 1 + r.nextInt(100_000);
+                long off = (long) (r.nextDouble() * (size - len));
+                m.write(off, Fixtures.pattern(len, k));
+                if (k % 40 == 0) {
+                    m.zero(off & -512, 4096, BlockNode.MAY_UNMAP);
+                    i.flush();
+                }
+            }
+        } finally {
+            Refcounts.maxBlocksForTests = 0;
+        }
+        assertQemuAgrees(img, ref);
+    }
+
+    @Test
     void overwritesCompressedClustersMadeByQemu() throws Exception {
         Path raw = dir.resolve("src.raw");
         byte[] data = new byte[2 << 20];
