@@ -344,6 +344,35 @@ class HostileClientTest {
     }
 
     @Test
+    void clientThatNeverReadsRepliesOnlyStallsItself() throws Exception {
+        try (Raw c = raw()) {
+            c.go("w", true, false);
+            // 200 reads of 1 MiB without reading a reply: the server stops reading this client once
+            // its window and byte budget are used; it neither buffers without bound nor stalls others
+            Thread writer = Thread.ofVirtual().start(() -> {
+                try {
+                    for (int i = 0; i < 200; i++) {
+                        c.request(0, 0, i, 0, SIZE, null);
+                    }
+                } catch (IOException ignored) {
+                    // closed at the end of the test
+                }
+            });
+            Thread.sleep(500);
+            othersStillServedWhile();
+            writer.interrupt();
+        }
+    }
+
+    private void othersStillServedWhile() throws Exception {
+        BlockCore core = BlockCore.standalone();
+        core.addDriver(new NbdDriver());
+        try (Image i = core.open(server.uri("r"), Options.of("driver", "nbd"), OpenMode.READ_ONLY)) {
+            i.read(0, ByteBuffer.allocate(4096));
+        }
+    }
+
+    @Test
     void badRequestMagicDisconnects() throws Exception {
         try (Raw c = raw()) {
             c.go("w", false, false);

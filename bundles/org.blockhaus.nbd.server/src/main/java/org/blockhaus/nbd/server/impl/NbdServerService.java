@@ -1,3 +1,12 @@
+/*
+ * The NBD server: qemu-nbd's counterpart, exporting block nodes over the Network Block Device
+ * protocol on TCP or unix sockets. Specs: doc/proto.md of the NetworkBlockDevice/nbd project (the
+ * protocol), QEMU's docs/interop/nbd.rst (qemu:allocation-depth) and qemu-nbd's behaviour
+ * (--shared, --persistent, handshake limit, stale socket replacement).
+ *
+ * Layout: ServerInstance listens and accepts, Session speaks the protocol with one client,
+ * Proto names the protocol's numbers, Wire/TlsWire carry the bytes (plain or TLS).
+ */
 package org.blockhaus.nbd.server.impl;
 
 import java.net.SocketAddress;
