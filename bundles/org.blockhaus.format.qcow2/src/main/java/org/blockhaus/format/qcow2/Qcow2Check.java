@@ -115,14 +115,23 @@ final class Qcow2Check {
         if (leaksFixed > 0 || corruptionsFixed > 0) {
             rc.writeAll();
         }
-        // OFLAG_COPIED must be set exactly where the (repaired) refcount is 1, in the active tables only.
-        for (long e : l1) {
+        // COPIED must be set exactly where the (repaired) refcount is 1, in the active tables only.
+        // With -r all, flags are fixed in the L1 table and in L2 tables this image owns alone.
+        boolean fix = repair == CheckResult.Repair.ALL;
+        for (int li = 0; li < l1.length; li++) {
+            long e = l1[li];
             long off = e & Qcow2Node.L1_OFFSET_MASK;
             if (off == 0) {
                 continue;
             }
-            if ((rc.get(off >>> clusterBits) == 1) != ((e & Qcow2Node.OFLAG_COPIED) != 0)) {
+            boolean l2Owned = rc.get(off >>> clusterBits) == 1;
+            if (l2Owned != ((e & Qcow2Node.OFLAG_COPIED) != 0)) {
                 corruptions++;
+                if (fix) {
+                    l1[li] = l2Owned ? e | Qcow2Node.OFLAG_COPIED : e & ~Qcow2Node.OFLAG_COPIED;
+                    node.markL1Dirty(li);
+                    corruptionsFixed++;
+                }
             }
             L2Cache.Table t = node.l2Table(off);
             int step = h.extendedL2() ? 2 : 1;
@@ -132,8 +141,14 @@ final class Qcow2Check {
                 if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0 || host == 0 || node.external()) {
                     continue;
                 }
-                if ((rc.get(host >>> clusterBits) == 1) != ((w & Qcow2Node.OFLAG_COPIED) != 0)) {
+                boolean owned = rc.get(host >>> clusterBits) == 1;
+                if (owned != ((w & Qcow2Node.OFLAG_COPIED) != 0)) {
                     corruptions++;
+                    if (fix && l2Owned) {
+                        t.words[i] = owned ? w | Qcow2Node.OFLAG_COPIED : w & ~Qcow2Node.OFLAG_COPIED;
+                        t.dirty = true;
+                        corruptionsFixed++;
+                    }
                 }
             }
         }

@@ -1136,7 +1136,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             if (!readOnly) {
                 flushLocked();
             }
-            return new Qcow2Check(this).run(repair);
+            CheckResult r = new Qcow2Check(this).run(repair);
+            if (repair == CheckResult.Repair.ALL && r.corruptionsFixed() > 0) {
+                flushLocked(); // the repaired COPIED flags
+            }
+            return r;
         } finally {
             lock.unlock();
         }

@@ -1,6 +1,7 @@
 package org.blockhaus.format.qcow2;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -116,5 +117,22 @@ class CheckLikeQemuTest {
         Patch.writeShort(img, block + 2 * dataCluster, 0); // a referenced cluster with refcount 0
         assertEquals(2, Qemu.img("check", img.toString()).exit());
         assertSameCounts(img);
+    }
+
+    @Test
+    void repairAllFixesRefcountsAndCopiedFlags() throws Exception {
+        Path img = written("cluster_size=64k");
+        long block = Patch.refcountBlock(img, 0);
+        long l2 = Patch.l2Offset(img, 0);
+        long dataCluster = (Patch.readLong(img, l2) & 0x00ff_ffff_ffff_fe00L) >>> 16;
+        Patch.writeShort(img, block + 2 * dataCluster, 0);       // referenced cluster, refcount 0
+        long second = Patch.readLong(img, l2 + 8L * 3);            // guest cluster 3 (200k)
+        Patch.writeLong(img, l2 + 8L * 3, second & ~(1L << 63));   // COPIED missing on an owned cluster
+        assertEquals(2, Qemu.img("check", img.toString()).exit());
+        CheckResult r = ourCheck(img, CheckResult.Repair.ALL);
+        assertEquals(0, r.corruptions());
+        assertTrue(r.corruptionsFixed() >= 2, r.toString());
+        Qemu.Result after = Qemu.img("check", img.toString());
+        assertEquals(0, after.exit(), after.out() + after.err());
     }
 }
