@@ -328,7 +328,7 @@ class NbdClientInteropTest {
             try {
                 i = openNbd("nbd://127.0.0.1:" + port + "/disk", true);
             } catch (BlockException e) {
-                if (attempt > 100) {
+                if (attempt > 250) {
                     throw e;
                 }
                 Thread.sleep(20); // the daemon writes its pid file just before it listens
