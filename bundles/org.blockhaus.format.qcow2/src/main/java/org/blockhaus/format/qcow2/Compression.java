@@ -8,7 +8,7 @@ import org.blockhaus.api.BlockException.Reason;
 
 /**
  * Compressed clusters: the descriptor layout of the spec ("Compressed Clusters Descriptor") and
- * decompression. qemu's "zlib" type is raw deflate (no zlib header). Output is capped at one
+ * decompression. qemu's "zlib" type is raw deflate (no zlib header); zstd goes through {@link Zstd}. Output is capped at one
  * cluster, so a compression bomb cannot grow past it.
  */
 final class Compression {
@@ -53,9 +53,9 @@ final class Compression {
 
     /** Inflates {@code src} into exactly one cluster, {@code dst}. */
     void decompress(byte[] src, int srcLen, byte[] dst, long guestOffset) throws BlockException {
-        if (compressionType != Qcow2Header.COMPRESSION_ZLIB) {
-            throw new BlockException(Reason.UNSUPPORTED, "qcow2: reading zstd-compressed clusters is not supported"
-                    + " (cluster at guest offset " + guestOffset + ")");
+        if (compressionType == Qcow2Header.COMPRESSION_ZSTD) {
+            Zstd.decompress(src, srcLen, dst, guestOffset);
+            return;
         }
         Inflater inf = new Inflater(true);
         try {
@@ -89,10 +89,10 @@ final class Compression {
      * resets the match history, so no back reference exceeds qemu's 4 KiB inflate window.
      */
     byte[] compress(byte[] cluster, int len) throws BlockException {
-        if (compressionType != Qcow2Header.COMPRESSION_ZLIB) {
-            throw new BlockException(Reason.UNSUPPORTED, "qcow2: writing zstd-compressed clusters is not supported");
-        }
         int limit = (1 << clusterBits) - 1;
+        if (compressionType == Qcow2Header.COMPRESSION_ZSTD) {
+            return Zstd.compress(cluster, len, limit);
+        }
         byte[] out = new byte[limit + 64];
         Deflater d = new Deflater(Deflater.DEFAULT_COMPRESSION, true);
         try {

@@ -55,7 +55,7 @@ class CompressedWritesTest {
 
     @ParameterizedTest(name = "{0}")
     @CsvSource({"cluster_size=65536", "cluster_size=4096", "cluster_size=2097152", "compat=0.10", "cluster_size=512",
-        "extended_l2=on"})
+        "extended_l2=on", "compression_type=zstd"})
     void compressedWritesAreReadByQemu(String opt) throws Exception {
         Path img = dir.resolve("c.qcow2");
         int size = 6 << 20;

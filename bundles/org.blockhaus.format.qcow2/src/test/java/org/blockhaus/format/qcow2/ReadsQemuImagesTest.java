@@ -56,9 +56,9 @@ class ReadsQemuImagesTest {
         assertReadsLikeQemu(img);
     }
 
-    @ParameterizedTest(name = "cluster_size={0}")
-    @CsvSource({"512", "4k", "64k", "2M"})
-    void readsZlibCompressedClusters(String clusterSize) throws Exception {
+    @ParameterizedTest(name = "cluster_size={0} {1}")
+    @CsvSource({"512,zlib", "4k,zlib", "64k,zlib", "2M,zlib", "512,zstd", "4k,zstd", "64k,zstd", "2M,zstd"})
+    void readsCompressedClusters(String clusterSize, String type) throws Exception {
         Path raw = dir.resolve("src.raw");
         byte[] data = new byte[3 << 20];
         for (int i = 0; i < data.length; i++) {
@@ -67,8 +67,8 @@ class ReadsQemuImagesTest {
         System.arraycopy(Fixtures.pattern(200_000, 7), 0, data, 500_000, 200_000); // incompressible part
         Files.write(raw, data);
         Path img = dir.resolve("c.qcow2");
-        Qemu.img("convert", "-c", "-O", "qcow2", "-o", "cluster_size=" + clusterSize, raw.toString(), img.toString())
-                .ok();
+        Qemu.img("convert", "-c", "-O", "qcow2", "-o", "cluster_size=" + clusterSize + ",compression_type=" + type,
+                raw.toString(), img.toString()).ok();
         BlockCore core = Fixtures.core();
         try (Image i = Fixtures.openRo(core, img)) {
             assertArrayEquals(data, Fixtures.readAll(i));
