@@ -5,6 +5,7 @@ import static org.blockhaus.protocol.nbd.Nbd.*;
 import java.io.EOFException;
 import java.io.IOException;
 import java.net.InetSocketAddress;
+import java.net.SocketAddress;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
@@ -109,8 +110,20 @@ final class NbdConnection implements AutoCloseable {
     static NbdConnection open(Address address, String exportName, Duration timeout, Duration requestTimeout, Tls tls)
             throws BlockException {
         SocketChannel ch;
+        SocketAddress target;
+        if (address.unix()) {
+            target = UnixDomainSocketAddress.of(address.path());
+        } else {
+            InetSocketAddress inet = new InetSocketAddress(address.host(), address.port());
+            if (inet.isUnresolved()) {
+                throw new BlockException(Reason.NOT_FOUND, "Failed to connect to '" + address + "': unknown host '"
+                        + address.host() + "'");
+            }
+            target = inet;
+        }
         try {
-            ch = SocketChannel.open(address.unix() ? StandardProtocolFamily.UNIX : inetFamily(address.host()));
+            // the default family is dual-stack, so IPv4 and IPv6 addresses both work
+            ch = address.unix() ? SocketChannel.open(StandardProtocolFamily.UNIX) : SocketChannel.open();
         } catch (IOException e) {
             throw BlockException.io("Failed to create a socket for '" + address + "'", e);
         }
@@ -118,8 +131,7 @@ final class NbdConnection implements AutoCloseable {
         boolean ok = false;
         try {
             try {
-                ch.connect(address.unix() ? UnixDomainSocketAddress.of(address.path())
-                        : new InetSocketAddress(address.host(), address.port()));
+                ch.connect(target);
             } catch (IOException e) {
                 if (watchdog.fired()) {
                     throw new BlockException(Reason.IO, "Failed to connect to '" + address + "': timed out after "
@@ -159,10 +171,6 @@ final class NbdConnection implements AutoCloseable {
                 closeQuietly(ch);
             }
         }
-    }
-
-    private static StandardProtocolFamily inetFamily(String host) {
-        return host.contains(":") ? StandardProtocolFamily.INET6 : StandardProtocolFamily.INET;
     }
 
     private static String describe(IOException e) {

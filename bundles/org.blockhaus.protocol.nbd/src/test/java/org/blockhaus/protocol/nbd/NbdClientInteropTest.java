@@ -99,6 +99,7 @@ class NbdClientInteropTest {
         peers.qemuNbd(dir, "-f", "raw", "--bind=127.0.0.1", "--port=" + port, "-x", "disk", img.toString());
         Image i = openNbd("nbd://127.0.0.1:" + port + "/disk", false);
         assertEquals(4 * MIB, i.size());
+        assertEquals(4 * MIB, openNbd("nbd://localhost:" + port + "/disk", false).size(), "by host name");
         assertArrayEquals(filled(64 * 1024, 0xab), read(i, 0, 64 * 1024));
         assertArrayEquals(filled(512, 0xcd), read(i, MIB, 512));
         assertArrayEquals(new byte[4096], read(i, 2 * MIB, 4096));
