@@ -614,6 +614,19 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             boolean inPlace = (w & OFLAG_COMPRESSED) == 0 && mapped(w, host) && (w & OFLAG_COPIED) != 0
                     && (extL2 ? bitmap(t, idx) == ALL_SUBCLUSTERS : (w & OFLAG_ZERO) == 0);
             long target;
+            if (!inPlace && extL2 && n < clusterSize && (w & OFLAG_COMPRESSED) == 0
+                    && (!mapped(w, host) || (w & OFLAG_COPIED) != 0)) {
+                // Extended L2: only the subclusters the write touches are allocated.
+                if (runLen > 0) {
+                    data.write(runHost, src.slice(runStart, runLen));
+                    runLen = 0;
+                }
+                writeSubclusters(t, idx, w, host, guest, inCluster, src.slice(src.position(), n));
+                src.position(src.position() + n);
+                guest += n;
+                runStart = src.position();
+                continue;
+            }
             if (inPlace) {
                 target = host + inCluster;
             } else {
@@ -662,6 +675,43 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
         if (runLen > 0) {
             data.write(runHost, src.slice(runStart, runLen));
+        }
+    }
+
+    /**
+     * Writes part of one cluster of an extended-L2 image: the touched subclusters get the data
+     * (partly touched ones are completed from what the guest sees now) and their allocation bits;
+     * the others keep their state, so they still read from the backing file or as zeroes.
+     */
+    private void writeSubclusters(L2Cache.Table t, int idx, long w, long host, long guest, int inCluster,
+            ByteBuffer part) throws BlockException {
+        int n = part.remaining();
+        int first = inCluster >>> subclusterBits;
+        int last = (inCluster + n - 1) >>> subclusterBits;
+        int from = first << subclusterBits;
+        int to = (last + 1) << subclusterBits;
+        long cStart = guest - inCluster;
+        byte[] buf = new byte[to - from];
+        if (inCluster != from) {
+            readForCow(cStart + from, buf, 0, 1 << subclusterBits);
+        }
+        if (inCluster + n != to && (last != first || inCluster == from)) {
+            readForCow(cStart + ((long) last << subclusterBits), buf, (last - first) << subclusterBits,
+                    1 << subclusterBits);
+        }
+        part.get(part.position(), buf, inCluster - from, n);
+        long target = mapped(w, host) ? host : external ? cStart : refcounts.allocate(1);
+        data.write(target + from, ByteBuffer.wrap(buf));
+        long mask = (last == 31 ? 0xffff_ffffL : (1L << (last + 1)) - 1) & ~((1L << first) - 1);
+        long bm = (bitmap(t, idx) | mask) & ~(mask << 32);
+        setEntry(t, idx, target | OFLAG_COPIED, bm);
+    }
+
+    /** Reads what the guest sees at {@code [guest, guest+len)} (clamped to the disk) into {@code buf}. */
+    private void readForCow(long guest, byte[] buf, int at, int len) throws BlockException {
+        int n = (int) Math.max(0, Math.min(len, size - guest));
+        if (n > 0) {
+            readLocked(guest, ByteBuffer.wrap(buf, at, n));
         }
     }
 
