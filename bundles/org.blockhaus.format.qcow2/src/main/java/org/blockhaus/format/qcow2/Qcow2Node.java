@@ -888,13 +888,14 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             if (prealloc != Preallocation.OFF && prealloc != null) {
                 throw BlockException.unsupported("qcow2 resize with preallocation=" + prealloc.qemuName());
             }
-            if (newSize < size) {
-                throw BlockException.unsupported("Shrinking qcow2 images");
-            }
             if (header.nbSnapshots() > 0) {
                 throw BlockException.unsupported("Resizing qcow2 images with internal snapshots");
             }
             newSize = (newSize + 511) & ~511L;
+            if (newSize < size) {
+                shrink(newSize);
+                return;
+            }
             long need = Qcow2Header.l1EntriesFor(newSize, clusterBits, extL2);
             if (need * 8 > Qcow2Header.MAX_L1_BYTES) {
                 throw BlockException.invalid("qcow2: the image size is too large for the cluster size");
@@ -909,6 +910,40 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         } finally {
             lock.unlock();
         }
+    }
+
+    /**
+     * Shrinking (the caller asked for it, as qemu-img's --shrink): every cluster wholly past the new
+     * end is released, L2 tables that map only such clusters too; the L1 table keeps its size.
+     */
+    private void shrink(long newSize) throws BlockException {
+        long firstDropped = (newSize + clusterSize - 1) & -clusterSize;
+        long perL2 = 1L << (clusterBits + l2Bits);
+        for (int i = (int) (firstDropped / perL2); i < l1.length; i++) {
+            long off = l1[i] & L1_OFFSET_MASK;
+            if (off == 0) {
+                continue;
+            }
+            long regionStart = i * perL2;
+            if (regionStart >= firstDropped) {
+                L2Cache.Table t = l2.get(off);
+                for (int j = 0; j < (1 << l2Bits); j++) {
+                    releaseEntry(word(t, j));
+                }
+                l1[i] = 0;
+                markL1Dirty(i);
+                refcounts.queueFree(off, clusterSize);
+            } else {
+                for (long guest = firstDropped; guest < regionStart + perL2 && guest < size; guest += clusterSize) {
+                    makeUnallocated(guest);
+                }
+            }
+        }
+        cachedCompressedGuest = -1;
+        flushLocked(); // tables first, then the freed clusters
+        file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
+        file.flush();
+        size = newSize;
     }
 
     /** Moves the L1 table to a bigger, contiguous place; the old one is freed afterwards. */

@@ -39,13 +39,33 @@ class ResizeAndConcurrencyTest {
             i.truncate(64 << 20, false, Preallocation.OFF);
             assertEquals(64 << 20, i.size());
             i.write((64 << 20) - 8192, ByteBuffer.wrap(a), 0);
-            assertThrows(BlockException.class, () -> i.truncate(1 << 20, false, Preallocation.OFF));
         }
         String info = Qemu.img("info", "--output=json", img.toString()).ok().out();
         assertTrue(info.contains("\"virtual-size\": 67108864"), info);
         assertEquals(0, Qemu.img("check", img.toString()).exit(), Qemu.img("check", img.toString()).out());
         Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0x61 4096 8192", "-c", "read -P 0x61 67100672 8192",
                 "-c", "read -P 0 12288 1M", img.toString()).ok();
+    }
+
+    @Test
+    void shrinkReleasesWhatLiesPastTheNewEnd() throws Exception {
+        Path img = dir.resolve("s.qcow2");
+        Qemu.img("create", "-f", "qcow2", "-o", "cluster_size=4k", img.toString(), "16M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 1 0 16M", img.toString()).ok();
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            i.truncate(3 * (1 << 20) + 1000, false, Preallocation.OFF);
+            assertEquals(3 * (1 << 20) + 1024, i.size());
+        }
+        Qemu.Result check = Qemu.img("check", "--output=json", img.toString());
+        assertEquals(0, check.exit(), check.out());
+        assertTrue(check.out().contains("\"allocated-clusters\": 769"), check.out());
+        Qemu.io("-r", "-f", "qcow2", "-c", "read -P 1 0 3145728", img.toString()).ok();
+        try (Image i = Fixtures.openRw(core, img)) {
+            i.truncate(8 << 20, false, Preallocation.OFF); // grows again: the old data is gone
+        }
+        Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0 3149824 1M", img.toString()).ok();
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
     }
 
     @Test
