@@ -22,6 +22,7 @@ import org.blockhaus.api.spi.DriverDescriptor.Kind;
 import org.blockhaus.api.spi.OpenContext;
 import org.blockhaus.api.spi.OptionSpec;
 import org.blockhaus.api.spi.Permission;
+import org.blockhaus.api.spi.PermissionAwareNode;
 
 /**
  * Turns a filename and options into a chain of nodes, as QEMU's bdrv_open does: the protocol
@@ -107,30 +108,34 @@ final class ChainResolver {
         if (!probe) {
             return openProtocol(protocol, filename, opts, req, perm, shared);
         }
-        // No format given: peek at the protocol layer (read-only, claiming nothing but a read),
-        // choose the format, then open the chain for real so every layer takes its own locks.
-        DriverRegistry.Entry fmt;
-        ManagedNode peek = openProtocol(protocol, filename, opts.subtree("file"),
-                new Request(true, req.forceShare(), req.warnings()), EnumSet.of(Permission.CONSISTENT_READ),
-                Permission.all());
+        // No format given: open the protocol layer claiming only a read, probe, then tell it the
+        // permissions the chosen format needs (a remote export is connected to once, and a
+        // file's lock bytes end up exactly as QEMU's would).
+        ManagedNode file = openProtocol(protocol, filename, opts.subtree("file"), req,
+                EnumSet.of(Permission.CONSISTENT_READ), Permission.all());
         try {
-            fmt = probeFormat(peek, filename);
-        } finally {
-            closeQuietly(peek);
+            DriverRegistry.Entry fmt = probeFormat(file, filename);
+            if (fmt == null) {
+                throw new BlockException(Reason.NOT_FOUND, "Could not determine the image format: no format driver"
+                        + " is installed");
+            }
+            if (file.driverNode() instanceof PermissionAwareNode aware) {
+                aware.updatePermissions(childPerm(fmt.descriptor(), perm),
+                        req.forceShare() ? Permission.all() : childShared(fmt.descriptor(), shared));
+            }
+            if (fmt.descriptor().name().equals("raw") && !req.readOnly()) {
+                req.warnings().accept("WARNING: Image format was not specified for '" + filename
+                        + "' and probing guessed raw.\n"
+                        + "         Automatically detecting the format is dangerous for raw images, write operations"
+                        + " on block 0 will be restricted.\n"
+                        + "         Specify the 'raw' format explicitly to remove the restrictions.");
+            }
+            boolean guard = fmt.descriptor().name().equals("raw") && !req.readOnly();
+            return openFormat(fmt, filename, opts, file, req, perm, shared, depth, chain, guard);
+        } catch (BlockException | RuntimeException e) {
+            closeQuietly(file);
+            throw e;
         }
-        if (fmt == null) {
-            throw new BlockException(Reason.NOT_FOUND, "Could not determine the image format: no format driver"
-                    + " is installed");
-        }
-        if (fmt.descriptor().name().equals("raw") && !req.readOnly()) {
-            req.warnings().accept("WARNING: Image format was not specified for '" + filename
-                    + "' and probing guessed raw.\n"
-                    + "         Automatically detecting the format is dangerous for raw images, write operations"
-                    + " on block 0 will be restricted.\n"
-                    + "         Specify the 'raw' format explicitly to remove the restrictions.");
-        }
-        boolean guard = fmt.descriptor().name().equals("raw") && !req.readOnly();
-        return openFormat(fmt, filename, opts, null, req, perm, shared, depth, chain, guard);
     }
 
     DriverRegistry.Entry protocolFor(String filename) throws BlockException {

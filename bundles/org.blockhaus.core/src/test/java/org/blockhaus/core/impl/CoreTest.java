@@ -267,4 +267,46 @@ class CoreTest {
                 () -> core.open("/elsewhere/x", Options.of("driver", "pass"), OpenMode.READ_ONLY));
         assertTrue(e.getMessage().contains("file"), e.getMessage());
     }
+
+    @Test
+    void probingOpensTheProtocolOnceThenGivesItTheFormatsPermissions() throws Exception {
+        List<String> events = new ArrayList<>();
+        core.addDriver(new BlockDriver() {
+            @Override
+            public DriverDescriptor descriptor() {
+                return new DriverDescriptor("locky", DriverDescriptor.Kind.PROTOCOL, "t", List.of("locky:"),
+                        List.of(), List.of());
+            }
+
+            @Override
+            public BlockNode open(OpenContext ctx) throws BlockException {
+                events.add("open " + ctx.permissions());
+                BlockNode inner = mem.open(ctx);
+                return new org.blockhaus.api.spi.PermissionAwareNode() {
+                    @Override public long size() throws BlockException { return inner.size(); }
+                    @Override public void read(long o, ByteBuffer d) throws BlockException { inner.read(o, d); }
+                    @Override public void write(long o, ByteBuffer s, int f) throws BlockException { inner.write(o, s, f); }
+                    @Override public void close() throws BlockException { inner.close(); }
+
+                    @Override
+                    public void updatePermissions(java.util.Set<org.blockhaus.api.spi.Permission> p,
+                            java.util.Set<org.blockhaus.api.spi.Permission> shared) {
+                        events.add("update " + new java.util.TreeSet<>(p) + " sharing " + new java.util.TreeSet<>(shared));
+                    }
+                };
+            }
+
+            @Override
+            public org.blockhaus.api.Options parseFilename(String filename) {
+                return org.blockhaus.api.Options.of("filename", filename.substring(6));
+            }
+        });
+        byte[] disk = new byte[4096];
+        ByteBuffer.wrap(disk).putInt(0x50415353);
+        mem.disks.put("p", disk);
+        Image img = core.open("locky:p", null, OpenMode.READ_WRITE);
+        assertEquals("pass", img.driverName());
+        assertEquals(List.of("open [CONSISTENT_READ]",
+                "update [CONSISTENT_READ, WRITE, RESIZE] sharing [CONSISTENT_READ, WRITE_UNCHANGED]"), events);
+    }
 }

@@ -24,7 +24,7 @@ import org.blockhaus.api.Preallocation;
  * {@code open(2)} through FFM) carries the image locks and answers what FileChannel cannot:
  * holes, hole punching, allocation, device geometry.
  */
-final class FileNode implements BlockNode {
+final class FileNode implements org.blockhaus.api.spi.PermissionAwareNode {
     static final int SECTOR = 512;
     /** Zeroes to copy from; read-only views are handed out, so sharing is safe. */
     private static final ByteBuffer ZEROS = ByteBuffer.allocateDirect(64 * 1024).asReadOnlyBuffer();
@@ -55,6 +55,16 @@ final class FileNode implements BlockNode {
 
     void setLock(ImageLock lock) {
         this.lock = lock;
+    }
+
+    /** The core found the format on top of this file: hold the lock bytes that format needs. */
+    @Override
+    public void updatePermissions(java.util.Set<org.blockhaus.api.spi.Permission> permissions,
+            java.util.Set<org.blockhaus.api.spi.Permission> shared) throws BlockException {
+        ImageLock l = lock;
+        if (l != null) {
+            l.update(permissions, shared);
+        }
     }
 
     /** Lock bytes held right now (empty with locking=off). */

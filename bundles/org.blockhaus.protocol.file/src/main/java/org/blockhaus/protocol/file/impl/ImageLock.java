@@ -71,6 +71,38 @@ final class ImageLock implements AutoCloseable {
         return lock;
     }
 
+    /**
+     * Moves to new permissions: takes the new bytes first and checks for conflicts, and only then
+     * drops bytes no longer needed, so there is no moment without protection. On a conflict the
+     * lock is back where it was.
+     */
+    void update(Set<Permission> perm, Set<Permission> shared) throws BlockException {
+        Set<Long> before = Set.copyOf(held);
+        try {
+            for (Permission p : Permission.values()) {
+                if (perm.contains(p)) {
+                    set(PERM_BASE + p.bit(), true);
+                }
+                if (!shared.contains(p)) {
+                    set(SHARED_BASE + p.bit(), true);
+                }
+            }
+            check(perm, shared);
+        } catch (BlockException | RuntimeException e) {
+            for (Long at : Set.copyOf(held)) {
+                if (!before.contains(at)) {
+                    try {
+                        set(at, false);
+                    } catch (BlockException ignored) {
+                        // the conflict is what the caller needs to hear about
+                    }
+                }
+            }
+            throw e;
+        }
+        apply(perm, shared);
+    }
+
     private void apply(Set<Permission> perm, Set<Permission> shared) throws BlockException {
         for (Permission p : Permission.values()) {
             set(PERM_BASE + p.bit(), perm.contains(p));
