@@ -167,6 +167,10 @@ final class Launcher {
                         + settings.waitMillis() / 1000 + " s" + notActive());
             }
             time("shell service ready");
+            Integer external = runSubcommand(ctx, args);
+            if (external != null) {
+                return external;
+            }
             Method run = ref.getBundle().loadClass(COMMAND_LINE)
                     .getMethod("run", String[].class, InputStream.class, PrintStream.class, PrintStream.class);
             Object code = run.invoke(service, args, System.in, System.out, System.err);
@@ -185,6 +189,49 @@ final class Launcher {
             return 1;
         } finally {
             tracker.close();
+        }
+    }
+
+    /**
+     * Commands that other bundles add to the command line ({@code ./blk nbd ...} from the NBD
+     * server bundle): a service with property {@code blk.subcommand=<name>} and a public method
+     * {@code int run(String[] args, InputStream in, PrintStream out, PrintStream err)}, called
+     * with the arguments after the name. Returns null when no bundle offers the command.
+     */
+    private Integer runSubcommand(BundleContext ctx, String[] args) throws LaunchException {
+        if (args.length == 0 || !args[0].matches("[a-z][a-z0-9-]*")) {
+            return null;
+        }
+        ServiceReference<?>[] refs;
+        try {
+            refs = ctx.getServiceReferences((String) null, "(blk.subcommand=" + args[0] + ")");
+        } catch (org.osgi.framework.InvalidSyntaxException e) {
+            return null;
+        }
+        if (refs == null || refs.length == 0) {
+            return null;
+        }
+        Object service = ctx.getService(refs[0]);
+        if (service == null) {
+            return null;
+        }
+        try {
+            Method run = service.getClass().getMethod("run", String[].class, InputStream.class, PrintStream.class,
+                    PrintStream.class);
+            run.setAccessible(true); // the class may live in a bundle's private package
+            Object code = run.invoke(service, java.util.Arrays.copyOfRange(args, 1, args.length), System.in,
+                    System.out, System.err);
+            System.out.flush();
+            return code instanceof Integer i ? i : 1;
+        } catch (NoSuchMethodException | IllegalAccessException e) {
+            throw new LaunchException("the '" + args[0] + "' command's service has no usable run method: " + e, e);
+        } catch (InvocationTargetException e) {
+            Throwable cause = e.getCause() == null ? e : e.getCause();
+            System.err.println("blk: internal error: " + cause);
+            cause.printStackTrace();
+            return 1;
+        } finally {
+            ctx.ungetService(refs[0]);
         }
     }
 
