@@ -25,15 +25,19 @@ final class Qcow2Check {
     private long compressed;
     private long nextContiguous;
 
-    Qcow2Check(Qcow2Node node) {
+    /** One counter per host cluster: 1 GiB of memory at most (2^28 clusters, 16 TiB at 64 KiB). */
+    static final long MAX_CLUSTERS = 1L << 28;
+
+    Qcow2Check(Qcow2Node node) throws BlockException {
         this.node = node;
         this.h = node.header();
         this.file = node.hostFile();
         this.clusterBits = h.clusterBits();
         this.clusterSize = h.clusterSize();
         long n = Qcow2Header.ceilShift(file.size(), clusterBits);
-        if (n > Integer.MAX_VALUE - 8) {
-            throw new IllegalStateException("image file too large to check");
+        if (n > MAX_CLUSTERS) {
+            throw new BlockException(BlockException.Reason.UNSUPPORTED, "qcow2: the image file has " + n
+                    + " clusters; check counts at most " + MAX_CLUSTERS);
         }
         this.refs = new int[(int) n];
     }

@@ -86,8 +86,11 @@ final class Qcow2Create {
         if (backingFile != null) {
             // Opening it proves it exists and is readable with the named format.
             try (BlockNode b = ctx.openBacking(backingFile, backingFmt)) {
-                if (backingFmt == null && b instanceof org.blockhaus.api.Image img) {
-                    backingFmt = img.driverName();
+                if (backingFmt == null) {
+                    // qemu-img 7.2 no longer records a probed format: the user must name it (-F)
+                    String detected = b instanceof org.blockhaus.api.Image img ? img.driverName() : "unknown";
+                    throw BlockException.invalid("Backing file specified without backing format\nDetected format of "
+                            + detected + ".");
                 }
             }
         }

@@ -62,7 +62,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     private final int l2Bits;
     private final boolean extL2;
     private final int subclusterBits;
-    private long size;
+    private volatile long size;
     private long l1Offset;
     private long[] l1;
     private final BitSet l1DirtyClusters = new BitSet();
@@ -1160,6 +1160,16 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     @Override
     public Map<String, Object> info() throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            return infoLocked();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private Map<String, Object> infoLocked() throws BlockException {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("cluster-size", (long) clusterSize);
         Map<String, Object> data = new LinkedHashMap<>();

@@ -297,6 +297,23 @@ class WritesForQemuTest {
     }
 
     @Test
+    void backingFileWithoutFormatIsRefusedLikeQemuImg() throws Exception {
+        Files.write(dir.resolve("b.raw"), new byte[1 << 20]);
+        Path theirs = dir.resolve("theirs.qcow2");
+        Qemu.Result q = Qemu.img("create", "-f", "qcow2", "-b", "b.raw", theirs.toString());
+        assertEquals(1, q.exit());
+        BlockCore core = Fixtures.core();
+        Path ours = dir.resolve("ours.qcow2");
+        org.blockhaus.api.BlockException e = org.junit.jupiter.api.Assertions.assertThrows(
+                org.blockhaus.api.BlockException.class, () -> core.create(ours.toString(), "qcow2",
+                        org.blockhaus.api.Options.of("backing_file", "b.raw"), s -> { }, w -> { }));
+        // qemu-img prints "qemu-img: <file>: <message>"; the core may put the file name in front too
+        assertEquals(q.err().trim().replaceFirst("^qemu-img: [^:]*: ", ""),
+                e.getMessage().replaceFirst("^" + java.util.regex.Pattern.quote(ours.toString()) + ": ", ""));
+        assertTrue(!Files.exists(ours), "a failed create leaves no file");
+    }
+
+    @Test
     void formattingLineWithBackingMatchesQemuImg() throws Exception {
         Files.write(dir.resolve("b.raw"), new byte[1 << 20]);
         Path theirs = dir.resolve("theirs.qcow2");
