@@ -23,6 +23,13 @@ public interface CreateContext {
      */
     BlockNode createFile(Options protocolOptions) throws BlockException;
 
+    /**
+     * Creates a second file next to the image (qcow2's external {@code data_file}), with the
+     * protocol its name selects, and opens it read-write, empty. Relative names resolve against
+     * the image's directory.
+     */
+    BlockNode createFile(String filename, Options protocolOptions) throws BlockException;
+
     /** Opens a backing image read-only, to check it and to learn its size. */
     BlockNode openBacking(String backingFilename, String backingFormat) throws BlockException;
 

@@ -129,6 +129,9 @@ final class Creator {
                     @Override public BlockNode createFile(Options o) throws BlockException {
                         throw BlockException.unsupported("a protocol below a protocol");
                     }
+                    @Override public BlockNode createFile(String f, Options o) throws BlockException {
+                        throw BlockException.unsupported("a protocol below a protocol");
+                    }
                     @Override public BlockNode openBacking(String f, String fm) throws BlockException {
                         throw BlockException.unsupported("backing files for protocols");
                     }
@@ -140,6 +143,18 @@ final class Creator {
                         EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE, Permission.RESIZE),
                         EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE_UNCHANGED), false, 0,
                         java.util.Set.of());
+                opened.add(n);
+                return n;
+            }
+
+            @Override
+            public BlockNode createFile(String other, Options protocolOptions) throws BlockException {
+                String name = other;
+                Path parent = Path.of(filename).getParent();
+                if (!other.startsWith("/") && !other.contains("://") && parent != null) {
+                    name = parent.resolve(other).toString();
+                }
+                BlockNode n = createProtocolFile(name, protocolOptions, warnings);
                 opened.add(n);
                 return n;
             }
@@ -169,6 +184,34 @@ final class Creator {
         }
         closeAll(opened);
         return new CreateResult(filename, format, summary);
+    }
+
+    /** Creates and opens, read-write, a plain file for a format's extra storage. */
+    private BlockNode createProtocolFile(String name, Options protocolOptions, Consumer<String> warnings)
+            throws BlockException {
+        DriverRegistry.Entry proto = resolver.protocolFor(name);
+        proto.driver().create(new CreateContext() {
+            @Override public String filename() { return name; }
+            @Override public Options options() { return protocolOptions; }
+            @Override public long size() {
+                return protocolOptions.has("size") ? Long.parseLong(protocolOptions.get("size")) : 0;
+            }
+            @Override public BlockNode createFile(Options o) throws BlockException {
+                throw BlockException.unsupported("a protocol below a protocol");
+            }
+            @Override public BlockNode createFile(String f, Options o) throws BlockException {
+                throw BlockException.unsupported("a protocol below a protocol");
+            }
+            @Override public BlockNode openBacking(String f, String fm) throws BlockException {
+                throw BlockException.unsupported("backing files for protocols");
+            }
+            @Override public byte[] secret(String id) throws BlockException { return secrets.get(id); }
+            @Override public void warn(String m) { warnings.accept(m); }
+        });
+        return resolver.openNode(name, Options.of("driver", proto.descriptor().name()),
+                new ChainResolver.Request(false, false, warnings),
+                EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE, Permission.RESIZE),
+                EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE_UNCHANGED), false, 0, java.util.Set.of());
     }
 
     private static void closeAll(List<BlockNode> nodes) throws BlockException {
