@@ -105,11 +105,9 @@ final class SnapshotOps {
             throw BlockException.invalid("qcow2: too many snapshots");
         }
         long[] l1 = node.activeL1();
-        // The snapshot's own L1 table, a copy of the active one.
-        long l1Bytes = (long) l1.length * 8;
-        long snapL1 = l1.length == 0 ? 0 : refcounts.allocate((int) Qcow2Header.ceilShift(l1Bytes, clusterBits));
-        // Everything the active tree references gains a reference, so writes copy on write.
-        walkTree(l1, this::incrementRange);
+        // 1. The active tables lose COPIED and reach the disk first: a crash now leaves flags that
+        //    only cause needless copies (check -r all sets them again), never a shared cluster
+        //    still marked as exclusively owned.
         long[] copy = l1.clone();
         for (int i = 0; i < l1.length; i++) {
             if ((l1[i] & Qcow2Node.OFLAG_COPIED) != 0) {
@@ -125,7 +123,13 @@ final class SnapshotOps {
             }
             copy[i] &= ~Qcow2Node.OFLAG_COPIED;
         }
-        node.flushLocked(); // refcounts, then the tables without COPIED
+        node.flushLocked();
+        // 2. Everything the active tree references gains the snapshot's reference.
+        long l1Bytes = (long) l1.length * 8;
+        long snapL1 = l1.length == 0 ? 0 : refcounts.allocate((int) Qcow2Header.ceilShift(l1Bytes, clusterBits));
+        walkTree(copy, this::incrementRange);
+        refcounts.writeIncreases();
+        // 3. The snapshot's L1 table, then the snapshot table and the header that point to it.
         if (snapL1 != 0) {
             writeTable(node.hostFile(), snapL1, copy);
         }

@@ -16,7 +16,7 @@ public final class CrashWriter {
     static final int REGION = 96 * 1024;
     static final int ROUNDS = 400;
     static final long SCRATCH = (long) ROUNDS * REGION;
-    static final long SIZE = SCRATCH + (1 << 20);
+    static final long SIZE = SCRATCH + (2 << 20);
 
     private CrashWriter() {
     }
@@ -43,6 +43,11 @@ public final class CrashWriter {
                 long scratch = SCRATCH + (long) (round % 16) * 65536;
                 i.write(scratch, ByteBuffer.wrap(buf, 0, 65536), 0);
                 i.writeZeroes(SCRATCH + (long) ((round + 8) % 16) * 65536, 65536, BlockNode.MAY_UNMAP);
+                // compressed clusters (byte-packed, refcounted per host cluster) and internal snapshots
+                i.write(SCRATCH + (16 + round % 8) * 65536L, ByteBuffer.wrap(buf, 0, 65536), BlockNode.COMPRESSED);
+                if (round % 25 == 24) {
+                    ((org.blockhaus.api.spi.SnapshotNode) i.driverNode()).createSnapshot("r" + round);
+                }
                 i.flush();
                 System.out.println("flushed " + round);
                 System.out.flush();
