@@ -66,7 +66,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     private long l1Offset;
     private long[] l1;
     private final BitSet l1DirtyClusters = new BitSet();
-    private final Refcounts refcounts;
+    private Refcounts refcounts;
     private final L2Cache l2;
     private final Compression compression;
     private long cachedCompressedGuest = -1;
@@ -1030,8 +1030,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 switch (key) {
                     case "compat", "lazy_refcounts", "backing_file", "backing_fmt", "size" -> { }
                     case "cluster_size" -> unchanged(key, o.getSize(key, clusterSize) == clusterSize, "cluster size");
-                    case "refcount_bits" -> unchanged(key, o.getLong(key, 16) == header.refcountBits(),
-                            "refcount width");
+                    case "refcount_bits" -> { }
                     case "extended_l2" -> unchanged(key, o.getBool(key, false) == extL2, "extended L2 setting");
                     case "compression_type" -> unchanged(key, o.get(key).equals(
                             header.compressionType() == Qcow2Header.COMPRESSION_ZSTD ? "zstd" : "zlib"),
@@ -1071,6 +1070,17 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             String backingFmt = o.has("backing_fmt") ? o.get("backing_fmt")
                     : o.has("backing_file") ? null : header.backingFormat();
             rewriteHeader(version, backing, backing == null ? null : backingFmt, compat);
+            if (o.has("refcount_bits") && o.getLong("refcount_bits", 16) != header.refcountBits()) {
+                long bits = o.getLong("refcount_bits", 16);
+                if (bits < 1 || bits > 64 || Long.bitCount(bits) != 1) {
+                    throw BlockException.invalid("Refcount width must be a power of two and may not exceed 64 bits");
+                }
+                if (header.version() < 3) {
+                    throw BlockException.invalid("Different refcount widths than 16 bits require compatibility level"
+                            + " 1.1 or above (use compat=1.1 or greater)");
+                }
+                changeRefcountWidth((int) bits);
+            }
             if (o.has("size")) {
                 long newSize = o.getSize("size", size);
                 if (newSize != size) {
@@ -1085,6 +1095,82 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         } finally {
             lock.unlock();
         }
+    }
+
+    /**
+     * amend refcount_bits: builds a complete refcount structure of the new width past the end of
+     * the used space (counting itself and the old one), switches the header to it in one write,
+     * then releases the old table and blocks. A crash before the switch leaves the old structure
+     * in force (the new one is unreferenced space); after it, leaks at most.
+     */
+    private void changeRefcountWidth(int bits) throws BlockException {
+        flushLocked();
+        long perBlock = (long) clusterSize * 8 / bits;
+        long maxValue = bits == 64 ? Long.MAX_VALUE : (1L << bits) - 1;
+        long used = refcounts.highestUsedCluster() + 1;
+        long start = Math.max(used, Qcow2Header.ceilShift(file.size(), clusterBits));
+        long tableClusters = 1;
+        long blocks = 1;
+        while (true) {
+            long end = start + tableClusters + blocks;
+            long needBlocks = (end + perBlock - 1) / perBlock;
+            long needTable = Qcow2Header.ceilShift(needBlocks * 8, clusterBits);
+            if (needBlocks <= blocks && needTable <= tableClusters) {
+                break;
+            }
+            blocks = Math.max(blocks, needBlocks);
+            tableClusters = Math.max(tableClusters, needTable);
+        }
+        if (tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+            throw BlockException.invalid("qcow2: the new refcount table would be too large");
+        }
+        long end = start + tableClusters + blocks;
+        ByteBuffer blockData = ByteBuffer.allocate((int) (blocks * clusterSize));
+        byte[] bd = blockData.array();
+        for (long i = 0; i < end; i++) {
+            long v = i >= start ? 1 : refcounts.get(i);
+            if (v > maxValue) {
+                throw BlockException.invalid("Cannot change the refcount width to " + bits + " bits: cluster " + i
+                        + " has refcount " + v);
+            }
+            if (v != 0) {
+                byte[] one = new byte[clusterSize];
+                int blockIndex = (int) (i / perBlock);
+                int inBlock = (int) (i % perBlock);
+                Refcounts.putEntry(one, bits, inBlock, v);
+                // merge the single entry into its block (entries may share a byte)
+                for (int k = 0; k < clusterSize; k++) {
+                    bd[blockIndex * clusterSize + k] |= one[k];
+                }
+            }
+        }
+        long tableOffset = start << clusterBits;
+        ByteBuffer table = ByteBuffer.allocate((int) (tableClusters * clusterSize));
+        for (long b = 0; b < blocks; b++) {
+            table.putLong((start + tableClusters + b) << clusterBits);
+        }
+        file.write((start + tableClusters) << clusterBits, blockData);
+        file.write(tableOffset, table.clear());
+        file.flush();
+        // the switch: reftable offset and clusters (48..59) and refcount_order (96) in one write
+        ByteBuffer h = ByteBuffer.allocate(52).putLong(tableOffset).putInt((int) tableClusters)
+                .putInt(header.nbSnapshots()).putLong(header.snapshotsOffset()).putLong(header.incompatibleFeatures())
+                .putLong(header.compatibleFeatures()).putLong(header.autoclearFeatures())
+                .putInt(Integer.numberOfTrailingZeros(bits)).flip();
+        file.write(48, h);
+        file.flush();
+        Refcounts old = refcounts;
+        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
+                file.size());
+        refcounts = new Refcounts(file, header, this::refcountTableMoved);
+        refcounts.setGuard(this::isKnownMetadata);
+        refcounts.queueFree(old.tableOffset(), (long) old.tableClusters() << clusterBits);
+        for (long b : old.table()) {
+            if (b != 0) {
+                refcounts.queueFree(b, clusterSize);
+            }
+        }
+        refcounts.applyQueuedFrees();
     }
 
     private static void unchanged(String key, boolean same, String what) throws BlockException {

@@ -180,6 +180,11 @@ final class Refcounts {
     }
 
     private void setEntry(byte[] d, int i, long v) {
+        putEntry(d, refcountBits, i, v);
+    }
+
+    /** Stores refcount {@code v} as entry {@code i} of a block of {@code refcountBits}-wide entries. */
+    static void putEntry(byte[] d, int refcountBits, int i, long v) {
         switch (refcountBits) {
             case 1, 2, 4 -> {
                 int bitPos = i * refcountBits;
@@ -377,7 +382,7 @@ final class Refcounts {
         }
     }
 
-    private long highestUsedCluster() throws BlockException {
+    long highestUsedCluster() throws BlockException {
         long hi = -1;
         for (int ti = 0; ti < table.length; ti++) {
             if (table[ti] != 0) {

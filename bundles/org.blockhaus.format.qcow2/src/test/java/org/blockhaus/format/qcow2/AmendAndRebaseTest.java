@@ -69,6 +69,26 @@ class AmendAndRebaseTest {
         assertTrue(info(img).contains("\"lazy-refcounts\": false"));
     }
 
+    @org.junit.jupiter.params.ParameterizedTest(name = "{0} to {1} bits")
+    @org.junit.jupiter.params.provider.CsvSource({"16,1", "16,64", "1,8", "64,2", "16,4"})
+    void changesTheRefcountWidth(int from, int to) throws Exception {
+        Path img = dir.resolve("w.qcow2");
+        Qemu.img("create", "-f", "qcow2", "-o", "cluster_size=4k,refcount_bits=" + from, img.toString(), "8M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 1 0 3M", "-c", "write -P 2 5M 1M", img.toString()).ok();
+        if (from >= 2 && to >= 2) {
+            Qemu.img("snapshot", "-c", "s", img.toString()).ok(); // refcounts of 2 must survive
+        }
+        byte[] before = Fixtures.qemuRaw(img, dir);
+        amend(img, "refcount_bits", Integer.toString(to));
+        String info = info(img);
+        assertTrue(info.contains("\"refcount-bits\": " + to), info);
+        Qemu.Result check = Qemu.img("check", img.toString());
+        assertEquals(0, check.exit(), check.out() + check.err());
+        assertArrayEquals(before, Fixtures.qemuRaw(img, dir));
+        Qemu.io("-f", "qcow2", "-c", "write -P 3 7M 100k", img.toString()).ok(); // qemu keeps writing
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
+
     @Test
     void refusesWhatItCannotChange() throws Exception {
         Path img = dir.resolve("r.qcow2");
