@@ -55,7 +55,7 @@ public class CliService implements CommandLine {
             printDeferred(img, err);
             return 1;
         } catch (CommandException e) {
-            printError(err, e.getMessage());
+            err.print("qemu-img: " + e.getMessage() + (e.newline ? "\n" : ""));
             printDeferred(img, err);
             return e.exitCode;
         } catch (RuntimeException e) {

@@ -37,9 +37,17 @@ final class Img {
     static final class CommandException extends Exception {
         final int exitCode;
 
+        /** Whether qemu-img ends the message with a newline (it does, but for a few). */
+        final boolean newline;
+
         CommandException(String message, int exitCode) {
+            this(message, exitCode, true);
+        }
+
+        CommandException(String message, int exitCode, boolean newline) {
             super(message);
             this.exitCode = exitCode;
+            this.newline = newline;
         }
     }
 
@@ -141,7 +149,7 @@ final class Img {
 
     // ---- create -------------------------------------------------------------------------
 
-    Object create(String[] argv) throws UsageException, BlockException {
+    Object create(String[] argv) throws UsageException, BlockException, CommandException {
         Args a = Args.parse(argv, "foFb", "quh", Set.of("object"), Set.of("help"));
         String fmt = a.get("f", "raw");
         String optText = String.join(",", a.all("o"));
@@ -173,34 +181,112 @@ final class Img {
         if (a.has("F")) {
             o = o.with("backing_fmt", a.get("F"));
         }
-        if (o.get("backing_file") != null) {
-            List<OptionSpec> specs;
-            try {
-                specs = core.createOptions(fmt, filename);
-            } catch (BlockException e) {
-                throw e.prepend(filename + ": ");
-            }
+        List<OptionSpec> specs;
+        try {
+            specs = core.createOptions(fmt, filename);
+        } catch (BlockException e) {
+            throw e.prepend(filename + ": ");
+        }
+        String backingFile = o.get("backing_file");
+        if (backingFile != null && a.has("u") && !o.has("size")) {
+            // unsafe mode does not open the backing file, so it cannot lend its size
+            throw BlockException.invalid(filename + ": Image creation needs a size parameter");
+        }
+        if (backingFile != null) {
             if (specs.stream().noneMatch(sp -> sp.name().equals("backing_file"))) {
                 throw BlockException.invalid(filename + ": Backing file not supported for file format '" + fmt + "'");
             }
-        }
-        if (o.get("backing_file") != null && o.get("backing_fmt") == null && !a.has("u")) {
-            throw BlockException.invalid(filename + ": Backing file specified without backing format");
+            checkBacking(filename, backingFile, o.get("backing_fmt"), a.has("u"));
         }
         boolean quiet = a.has("q");
         String[] summary = new String[1];
-        core.create(filename, fmt, o, s -> {
-            summary[0] = s;
-            if (!quiet) {
-                // qemu-img shows what it will create before it tries, so a late failure follows it
-                out.print("Formatting '" + filename + "', " + s + "\n");
-                out.flush();
-            }
-        }, this::warn);
+        try {
+            core.create(filename, fmt, o, s -> {
+                summary[0] = normalizeSummary(s, specs);
+                if (!quiet) {
+                    // qemu-img shows what it will create before it tries, so a late failure follows it
+                    out.print("Formatting '" + filename + "', " + summary[0] + "\n");
+                    out.flush();
+                }
+            }, this::warn);
+        } catch (BlockException e) {
+            throw qemuWording(e);
+        }
         return new Created(filename, summary[0], true);
     }
 
-    private static boolean isHelp(String optText) {
+    /**
+     * qemu-img create opens the backing file before it formats anything (unless -u): a missing
+     * backing file or format is reported first, in qemu-img's words.
+     */
+    private void checkBacking(String filename, String backing, String backingFmt, boolean unsafe)
+            throws BlockException, CommandException {
+        if (unsafe) {
+            if (backingFmt == null) {
+                throw BlockException.invalid(filename + ": Backing file specified without backing format");
+            }
+            return;
+        }
+        String name = backing;
+        java.nio.file.Path parent = java.nio.file.Path.of(filename).getParent();
+        if (!backing.startsWith("/") && !backing.contains(":") && parent != null) {
+            name = parent.resolve(backing).toString();
+        }
+        Image b;
+        try {
+            b = core.open(name, backingFmt == null ? Options.empty() : Options.of("driver", backingFmt),
+                    new OpenMode(false, true, w -> { }));
+        } catch (BlockException e) {
+            String msg = e.getMessage();
+            if (!msg.startsWith("Could not open '")) {
+                msg = msg.startsWith(name + ": ") ? msg.substring(name.length() + 2) : msg;
+            }
+            throw new BlockException(e.reason(), filename + ": " + msg + "\nCould not open backing image.");
+        }
+        String detected = b.driverName();
+        closeQuietly(b);
+        if (backingFmt == null) {
+            // qemu-img names the probed format and ends its message without a newline
+            throw new CommandException(filename + ": Backing file specified without backing format\nDetected format"
+                    + " of " + detected + ".", 1, false);
+        }
+    }
+
+    /** The core's create errors where qemu-img 7.2 words them differently. */
+    private static BlockException qemuWording(BlockException e) {
+        String m = e.getMessage();
+        int i = m.indexOf(": Could not open backing image: ");
+        if (i > 0) {
+            return new BlockException(e.reason(), m.substring(0, i) + ": "
+                    + m.substring(i + ": Could not open backing image: ".length()) + "\nCould not open backing image.");
+        }
+        return e;
+    }
+
+    /** qemu-img prints size options in bytes in its "Formatting" line ("cluster_size=4k" shows as 4096). */
+    static String normalizeSummary(String summary, List<OptionSpec> specs) {
+        StringBuilder sb = new StringBuilder();
+        for (String token : summary.split(" ", -1)) {
+            int eq = token.indexOf('=');
+            if (eq > 0) {
+                String key = token.substring(0, eq);
+                String value = token.substring(eq + 1);
+                boolean isSize = specs.stream().anyMatch(sp -> sp.name().equals(key)
+                        && sp.type() == OptionSpec.OptionType.SIZE);
+                if (isSize) {
+                    try {
+                        token = key + "=" + Sizes.parse(value);
+                    } catch (BlockException ignored) {
+                        // the driver rejects it; show it as given
+                    }
+                }
+            }
+            sb.append(sb.isEmpty() ? "" : " ").append(token);
+        }
+        return sb.toString();
+    }
+
+    static boolean isHelp(String optText) {
         for (String item : optText.split(",")) {
             if (item.equals("help") || item.equals("?")) {
                 return true;
@@ -209,21 +295,62 @@ final class Img {
         return false;
     }
 
-    /** {@code -o help}: the format's and protocol's create options, sorted as qemu-img lists them. */
+    /**
+     * QEMU's crypto creation options, which a format with an {@code encrypt.*} option takes under
+     * that prefix; {@code -o help} lists them one by one.
+     */
+    private static final List<OptionSpec> ENCRYPT_OPTIONS = List.of(
+            OptionSpec.of("encrypt.cipher-alg", OptionSpec.OptionType.STRING, "Name of encryption cipher algorithm"),
+            OptionSpec.of("encrypt.cipher-mode", OptionSpec.OptionType.STRING, "Name of encryption cipher mode"),
+            OptionSpec.of("encrypt.format", OptionSpec.OptionType.STRING,
+                    "Encrypt the image, format choices: 'aes', 'luks'"),
+            OptionSpec.of("encrypt.hash-alg", OptionSpec.OptionType.STRING, "Name of encryption hash algorithm"),
+            OptionSpec.of("encrypt.iter-time", OptionSpec.OptionType.NUMBER, "Time to spend in PBKDF in milliseconds"),
+            OptionSpec.of("encrypt.ivgen-alg", OptionSpec.OptionType.STRING, "Name of IV generator algorithm"),
+            OptionSpec.of("encrypt.ivgen-hash-alg", OptionSpec.OptionType.STRING, "Name of IV generator hash algorithm"),
+            OptionSpec.of("encrypt.key-secret", OptionSpec.OptionType.STRING,
+                    "ID of secret providing qcow AES key or LUKS passphrase"));
+
+    /**
+     * {@code -o help}: with a filename, the format's options merged with its protocol's; without
+     * one, the format's own (options it only passes down to the protocol are the protocol's) and a
+     * hint. Sorted by name, the help text in a column after 24 characters.
+     */
     String optionHelp(String fmt, String filename) throws BlockException {
         List<OptionSpec> specs = core.createOptions(fmt, filename);
+        if (filename == null) {
+            List<OptionSpec> protocol;
+            try {
+                protocol = core.createOptions("file", null);
+            } catch (BlockException e) {
+                protocol = List.of();
+            }
+            List<OptionSpec> own = new ArrayList<>();
+            for (OptionSpec s : specs) {
+                boolean passedDown = protocol.stream().anyMatch(p -> p.name().equals(s.name())
+                        && p.help().equals(s.help()));
+                if (s.name().equals("size") || !passedDown) {
+                    own.add(s);
+                }
+            }
+            specs = own;
+        }
         Map<String, OptionSpec> sorted = new TreeMap<>();
         for (OptionSpec s : specs) {
-            sorted.put(s.name(), s);
-        }
-        StringBuilder sb = new StringBuilder("Supported options:\n");
-        for (OptionSpec s : sorted.values()) {
-            String left = "  " + s.name() + "=<" + s.type().label() + ">";
-            sb.append(String.format("%-24s", left));
-            if (left.length() >= 24) {
-                sb.append(' ');
+            if (s.name().equals("encrypt.*")) {
+                ENCRYPT_OPTIONS.forEach(e -> sorted.put(e.name(), e));
+            } else {
+                sorted.put(s.name(), s);
             }
-            sb.append("- ").append(s.help()).append('\n');
+        }
+        StringBuilder sb = new StringBuilder(filename == null ? "Supported " + fmt + " options:\n"
+                : "Supported options:\n");
+        for (OptionSpec s : sorted.values()) {
+            sb.append(String.format("  %-22s - %s%n", s.name() + "=<" + s.type().label() + ">", s.help()));
+        }
+        if (filename == null) {
+            sb.append("\nThe protocol level may support further options.\n"
+                    + "Specify the target filename to include those options.\n");
         }
         return sb.toString();
     }
@@ -382,9 +509,10 @@ final class Img {
         Image i2 = null;
         try {
             i1 = open(pos.get(0), a.get("f"), a.has("image-opts"), false, share);
-            i2 = open(pos.get(1), a.get("F", a.get("f")), a.has("image-opts"), false, share);
-            int rc = compareImages(i1, i2, strict, lines, a.has("p"));
-            return new Compare(quiet ? List.of() : lines, rc);
+            i2 = open(pos.get(1), a.get("F"), a.has("image-opts"), false, share);
+            boolean progress = a.has("p") && !quiet;
+            int rc = compareImages(i1, i2, strict, lines, progress);
+            return new Compare(quiet ? List.of() : lines, rc, progress);
         } catch (BlockException e) {
             throw new CommandException(e.getMessage(), 2);
         } finally {
@@ -397,12 +525,9 @@ final class Img {
             throws BlockException {
         long sa = a.size();
         long sb = b.size();
-        if (sa != sb) {
-            if (strict) {
-                lines.add("Strict mode: Image size mismatch!");
-                return 1;
-            }
-            lines.add("Warning: Image size mismatch!");
+        if (sa != sb && strict) {
+            lines.add("Strict mode: Image size mismatch!");
+            return 1;
         }
         long common = Math.min(sa, sb);
         int chunk = 2 << 20;
@@ -434,6 +559,10 @@ final class Img {
             off += n;
             p.update(100.0 * off / Math.max(1, Math.max(sa, sb)));
         }
+        if (sa != sb) {
+            // qemu-img warns only once the common part has compared equal
+            lines.add("Warning: Image size mismatch!");
+        }
         Image longer = sa > sb ? a : b;
         for (long off = common; off < Math.max(sa, sb); ) {
             long len = Math.min(chunk, Math.max(sa, sb) - off);
@@ -451,7 +580,7 @@ final class Img {
             }
             off += s.length();
         }
-        p.finish();
+        p.finishInLine();
         lines.add("Images are identical.");
         return 0;
     }
@@ -476,18 +605,19 @@ final class Img {
 
     // ---- convert ------------------------------------------------------------------------
 
-    Object convert(String[] argv) throws UsageException, BlockException {
-        Args a = Args.parse(argv, "fOoSmtTB", "hpqncUW", Set.of("object", "target-is-zero"),
+    private static final Set<String> CACHE_MODES = Set.of("none", "writeback", "unsafe", "directsync",
+            "writethrough");
+
+    static boolean isCacheMode(String mode) {
+        return CACHE_MODES.contains(mode);
+    }
+
+    Object convert(String[] argv) throws UsageException, BlockException, CommandException {
+        Args a = Args.parse(argv, "fOoSmtTBFlr", "hpqncUWC", Set.of("object"),
                 Set.of("force-share", "image-opts", "target-image-opts", "help", "target-is-zero", "salvage"));
         List<String> pos = a.positional();
-        if (pos.size() < 2) {
-            throw new UsageException("Expecting image file name");
-        }
         String outFmt = a.get("O", "raw");
         String optText = String.join(",", a.all("o"));
-        if (isHelp(optText)) {
-            return new Text(optionHelp(outFmt, pos.get(pos.size() - 1)));
-        }
         long minSparse = 4096;
         if (a.has("S")) {
             long s;
@@ -495,13 +625,13 @@ final class Img {
                 s = Sizes.parse(a.get("S"));
             } catch (BlockException e) {
                 throw BlockException.invalid("Invalid buffer size for sparse output specified. You may use k, M, G,"
-                        + " T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and"
-                        + " exabytes.");
+                        + " T, P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes"
+                        + " and exabytes.");
             }
-            if (s % 512 != 0 || s > (64L << 20) * 512) {
-                throw BlockException.invalid("Invalid buffer size for sparse output specified. You may use k, M, G,"
-                        + " T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and"
-                        + " exabytes.");
+            if (s % 512 != 0 || s > 16L << 20) {
+                throw BlockException.invalid("Invalid buffer size for sparse output specified. Valid sizes are"
+                        + " multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates"
+                        + " output).");
             }
             minSparse = s;
         }
@@ -518,13 +648,24 @@ final class Img {
             }
         }
         boolean noCreate = a.has("n");
-        if (a.has("c") && core.drivers().stream().noneMatch(d -> d.name().equals(outFmt) && d.compressedWrites())) {
-            if (core.drivers().stream().anyMatch(d -> d.name().equals(outFmt))) {
-                throw BlockException.invalid("Compression not supported for this file format");
-            }
+        if (a.has("target-is-zero") && !noCreate) {
+            throw BlockException.invalid("--target-is-zero requires use of -n flag");
         }
+        if (a.has("T") && !CACHE_MODES.contains(a.get("T"))) {
+            throw BlockException.invalid("Invalid source cache option: " + a.get("T"));
+        }
+        String target = pos.size() >= 2 ? pos.get(pos.size() - 1) : null;
+        if (isHelp(optText)) {
+            return new Text(optionHelp(outFmt, target));
+        }
+        if (target == null) {
+            throw BlockException.invalid("Must specify image file name");
+        }
+        if (noCreate && !optText.isEmpty()) {
+            throw BlockException.invalid("-o has no effect when skipping image creation");
+        }
+        String backing = a.get("B");
         boolean share = a.has("U") || a.has("force-share");
-        String target = pos.get(pos.size() - 1);
         List<Image> sources = new ArrayList<>();
         Image dst = null;
         try {
@@ -534,21 +675,64 @@ final class Img {
                 sources.add(img);
                 total = Math.addExact(total, img.size());
             }
-            if (!noCreate) {
-                Options o = Options.parseKeyValue(optText, null).with("size", Long.toString(total));
-                if (a.has("B")) {
-                    o = o.with("backing_file", a.get("B"));
-                }
-                core.create(target, outFmt, o, s -> { }, this::warn);
+            if (a.has("l")) {
+                loadSnapshot(sources.get(0), a.get("l"));
             }
-            Options topts = a.has("target-image-opts") ? Options.parseKeyValue(target, null)
-                    : Options.of("driver", outFmt);
-            dst = core.open(a.has("target-image-opts") ? null : target, topts, new OpenMode(true, false, this::warn));
-            boolean zero = a.has("target-is-zero") || !noCreate && dst.hasZeroInit();
-            ConvertOptions copts = ConvertOptions.DEFAULT.withMinSparse(minSparse).withCompress(a.has("c"))
-                    .withTargetIsZero(zero).withParallel(parallel).withOutOfOrder(a.has("W"));
+            if (!noCreate) {
+                List<OptionSpec> specs = core.createOptions(outFmt, target);
+                Options o = Options.parseKeyValue(optText, null);
+                for (String key : o.asMap().keySet()) {
+                    if (specs.stream().noneMatch(sp -> sp.matches(key))) {
+                        throw BlockException.invalid("Invalid parameter '" + key + "'");
+                    }
+                }
+                if (backing != null && specs.stream().noneMatch(sp -> sp.name().equals("backing_file"))) {
+                    throw BlockException.invalid("Backing file not supported for file format '" + outFmt + "'");
+                }
+                if (backing != null && a.get("F") == null) {
+                    throw BlockException.invalid("Use of backing file requires explicit backing format");
+                }
+                if (a.has("c") && core.drivers().stream().noneMatch(d -> d.name().equals(outFmt)
+                        && d.compressedWrites())) {
+                    throw BlockException.invalid("Compression not supported for this file format");
+                }
+                o = o.with("size", Long.toString(total));
+                if (backing != null) {
+                    o = o.with("backing_file", backing).with("backing_fmt", a.get("F"));
+                }
+                try {
+                    core.create(target, outFmt, o, s -> { }, this::warn);
+                } catch (BlockException e) {
+                    String m = e.getMessage();
+                    String rest = m.startsWith(target + ": ") ? m.substring(target.length() + 2) : m;
+                    throw new BlockException(e.reason(), target + ": error while converting " + outFmt + ": " + rest,
+                            e);
+                }
+            } else if (a.has("c") && core.drivers().stream().noneMatch(d -> d.name().equals(outFmt)
+                    && d.compressedWrites())) {
+                throw BlockException.invalid("Compression not supported for this file format");
+            }
+            if (a.has("t") && !CACHE_MODES.contains(a.get("t"))) {
+                throw BlockException.invalid("Invalid cache option: " + a.get("t"));
+            }
+            if (a.has("target-image-opts")) {
+                dst = core.open(null, Options.parseKeyValue(target, null), new OpenMode(true, false, this::warn));
+            } else {
+                try {
+                    dst = core.open(target, Options.of("driver", outFmt), new OpenMode(true, false, this::warn));
+                } catch (BlockException e) {
+                    throw e.prepend("Could not open '" + target + "': ");
+                }
+            }
             Progress p = new Progress(a.has("p") && !a.has("q") ? out : null);
-            core.convert(sources, dst, copts, p::update);
+            if (backing != null && sources.size() == 1) {
+                copyTopLayer(sources.get(0), dst, p);
+            } else {
+                boolean zero = a.has("target-is-zero") || !noCreate && dst.hasZeroInit();
+                ConvertOptions copts = ConvertOptions.DEFAULT.withMinSparse(minSparse).withCompress(a.has("c"))
+                        .withTargetIsZero(zero).withParallel(parallel).withOutOfOrder(a.has("W"));
+                core.convert(sources, dst, copts, p::update);
+            }
             p.finish();
             return new Converted(total);
         } finally {
@@ -557,6 +741,48 @@ final class Img {
                 closeQuietly(s);
             }
         }
+    }
+
+    /**
+     * convert -l: the source's internal snapshot. Reading a snapshot needs the format driver to
+     * open one; without that, a snapshot that exists is refused as unsupported.
+     */
+    private static void loadSnapshot(Image source, String spec) throws BlockException {
+        String wanted = spec.startsWith("snapshot.name=") ? spec.substring("snapshot.name=".length())
+                : spec.startsWith("snapshot.id=") ? spec.substring("snapshot.id=".length()) : spec;
+        List<org.blockhaus.api.spi.SnapshotNode.Snapshot> list = source.driverNode()
+                instanceof org.blockhaus.api.spi.SnapshotNode sn ? sn.snapshots() : List.of();
+        boolean found = list.stream().anyMatch(s -> s.name().equals(wanted) || s.id().equals(wanted));
+        throw BlockException.invalid("Failed to load snapshot: " + (found ? "Operation not supported"
+                : "Can't find snapshot"));
+    }
+
+    /**
+     * convert -B: the target's backing file stands for the source's, so only what the source's top
+     * layer holds is copied (its zero ranges as zeroes); the rest stays unallocated.
+     */
+    private static void copyTopLayer(Image src, Image dst, Progress p) throws BlockException {
+        long size = src.size();
+        ByteBuffer buf = ByteBuffer.allocateDirect(2 << 20);
+        // a source without a backing file decides every byte itself
+        boolean all = src.backing() == null;
+        for (long off = 0; off < size; ) {
+            BlockStatus st = src.blockStatus(off, Math.min(buf.capacity(), size - off));
+            long n = st.length();
+            if (all || st.isAllocated()) {
+                if (st.isZero()) {
+                    dst.writeZeroes(off, n, 0);
+                } else {
+                    buf.clear().limit((int) n);
+                    src.read(off, buf);
+                    buf.flip();
+                    dst.write(off, buf, 0);
+                }
+            }
+            off += n;
+            p.update(100.0 * off / size);
+        }
+        dst.flush();
     }
 
     // ---- helpers ------------------------------------------------------------------------
@@ -610,6 +836,12 @@ final class Img {
         }
     }
 
+    /** An error qemu-img reports without failing. */
+    void error(String message) {
+        err.print("qemu-img: " + message + "\n");
+        err.flush();
+    }
+
     void warn(String message) {
         // qemu's raw-probing warning carries its own "WARNING:" prefix; the others get qemu-img's
         err.print(message.startsWith("WARNING") ? message + "\n" : "qemu-img: warning: " + message + "\n");
@@ -639,7 +871,7 @@ final class Img {
         }
 
         synchronized void update(double percent) {
-            if (out == null || percent - last < 1.0 && percent < 100) {
+            if (out == null || percent - last < 1.0 && percent < 100 || last >= 100) {
                 return;
             }
             last = percent;
@@ -647,8 +879,19 @@ final class Img {
             out.flush();
         }
 
+        /** compare -p: 100% drawn twice; the verdict follows on the same line, the newline after it. */
+        void finishInLine() {
+            if (out != null) {
+                update(100);
+                out.printf(java.util.Locale.ROOT, "    (%3.2f/100%%)\r", 100.0);
+                out.flush();
+            }
+        }
+
+        /** qemu-img ends a bar with 100% drawn twice, then a newline. */
         void finish() {
             if (out != null) {
+                update(100);
                 out.printf(java.util.Locale.ROOT, "    (%3.2f/100%%)\r", 100.0);
                 out.print("\n");
                 out.flush();

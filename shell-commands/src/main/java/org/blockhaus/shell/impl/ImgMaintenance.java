@@ -73,7 +73,8 @@ final class ImgMaintenance {
             repair = switch (a.get("r")) {
                 case "leaks" -> CheckResult.Repair.LEAKS;
                 case "all" -> CheckResult.Repair.ALL;
-                default -> throw new UsageException("Invalid option for -r: " + a.get("r"));
+                default -> throw new UsageException("Unknown option value for -r (expecting 'leaks' or 'all'): "
+                        + a.get("r"));
             };
         }
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), repair != CheckResult.Repair.NONE,
@@ -82,22 +83,12 @@ final class ImgMaintenance {
             if (!(image.driverNode() instanceof CheckableNode checkable)) {
                 throw new CommandException("This image format does not support checks", 63);
             }
-            CheckResult first = checkable.check(repair);
-            CheckResult before = null;
-            CheckResult result = first;
-            if (repair != CheckResult.Repair.NONE && (first.leaks() > 0 || first.corruptions() > 0)) {
-                before = first;
-                result = checkable.check(CheckResult.Repair.NONE);
-            }
-            Results.Check c = new Results.Check(image.filename(), image.driverName(), result, before, output);
-            return a.has("q") ? new QuietResult(c.exitCode()) : c;
+            CheckResult result = checkable.check(repair);
+            Results.Check c = new Results.Check(image.filename(), image.driverName(), result, output);
+            return a.has("q") ? new Results.Quiet(c.exitCode()) : c;
         } finally {
             image.close();
         }
-    }
-
-    /** -q: nothing to print, only the exit code. */
-    record QuietResult(int exitCode) implements Results.Result {
     }
 
     // ---- resize -------------------------------------------------------------------------
@@ -106,13 +97,22 @@ final class ImgMaintenance {
         Args a = Args.parse(argv, "f", "hqU", Set.of("object", "preallocation"), Set.of("image-opts", "shrink",
                 "help"));
         List<String> pos = a.positional();
-        if (pos.size() != 2) {
+        if (pos.size() < 2) {
+            throw new UsageException("Not enough arguments");
+        }
+        if (pos.size() > 2) {
             throw new UsageException("Expecting image file name and size");
         }
         String filename = pos.get(0);
         String sizeText = pos.get(1);
-        Preallocation prealloc = a.has("preallocation") ? Preallocation.parse(a.get("preallocation"))
-                : Preallocation.OFF;
+        Preallocation prealloc = Preallocation.OFF;
+        if (a.has("preallocation")) {
+            try {
+                prealloc = Preallocation.parse(a.get("preallocation"));
+            } catch (BlockException e) {
+                throw BlockException.invalid("Invalid preallocation mode '" + a.get("preallocation") + "'");
+            }
+        }
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), true, false);
         try {
             long current = image.size();
@@ -160,7 +160,15 @@ final class ImgMaintenance {
             throw new UsageException("Expecting one image file name");
         }
         String outFmt = a.get("O", "raw");
-        Options o = Options.parseKeyValue(String.join(",", a.all("o")), null);
+        String optText = String.join(",", a.all("o"));
+        Options o = Options.parseKeyValue(optText, null);
+        List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(outFmt, null);
+        for (String key : o.asMap().keySet()) {
+            if (specs.stream().noneMatch(sp -> sp.matches(key))) {
+                throw BlockException.invalid("Invalid parameter '" + key + "'\nqemu-img: Invalid options for file"
+                        + " format '" + outFmt + "'");
+            }
+        }
         if (a.has("size")) {
             long size;
             try {
@@ -169,15 +177,23 @@ final class ImgMaintenance {
                 throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E suffixes"
                         + " for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
             }
-            return new Results.Measure(core.measure(outFmt, o, size, null), output);
+            return new Results.Measure(withoutBitmaps(core.measure(outFmt, o, size, null)), output);
         }
         Image image = img.open(pos.get(0), a.get("f"), a.has("image-opts"), false, a.has("U")
                 || a.has("force-share"));
         try {
-            return new Results.Measure(core.measure(outFmt, o, image.size(), image), output);
+            var m = core.measure(outFmt, o, image.size(), image);
+            // qemu-img counts bitmaps only for a source format that stores them (qcow2)
+            return new Results.Measure(image.driverName().equals("qcow2") && outFmt.equals("qcow2")
+                    ? new org.blockhaus.api.spi.MeasureResult(m.required(), m.fullyAllocated(), Math.max(0, m.bitmaps()))
+                    : withoutBitmaps(m), output);
         } finally {
             image.close();
         }
+    }
+
+    private static org.blockhaus.api.spi.MeasureResult withoutBitmaps(org.blockhaus.api.spi.MeasureResult m) {
+        return new org.blockhaus.api.spi.MeasureResult(m.required(), m.fullyAllocated(), -1);
     }
 
     // ---- snapshot -----------------------------------------------------------------------
@@ -189,7 +205,11 @@ final class ImgMaintenance {
         if (actions > 1) {
             throw new UsageException("Cannot mix '-l', '-a', '-c', '-d'");
         }
-        boolean list = actions == 0 || a.has("l");
+        if (actions == 0) {
+            // qemu-img snapshot without an action does nothing
+            return new Text("");
+        }
+        boolean list = a.has("l");
         Image image = img.open(filename, null, a.has("image-opts"), !list, list && (a.has("U")
                 || a.has("force-share")));
         try {
@@ -199,9 +219,14 @@ final class ImgMaintenance {
             }
             String name = a.has("c") ? a.get("c") : a.has("a") ? a.get("a") : a.get("d");
             String verb = a.has("c") ? "create" : a.has("a") ? "apply" : "delete";
+            String prefix = "Could not " + verb + " snapshot '" + name + "': ";
             if (sn == null) {
-                throw new BlockException(Reason.UNSUPPORTED, "Could not " + verb + " snapshot '" + name
-                        + "': Operation not supported");
+                // qemu-img's words for a format without internal snapshots, per action
+                throw new BlockException(Reason.UNSUPPORTED, prefix + switch (verb) {
+                    case "create" -> "-95 (Operation not supported)";
+                    case "apply" -> "Block driver does not support snapshots";
+                    default -> "snapshot not found";
+                });
             }
             try {
                 switch (verb) {
@@ -210,7 +235,11 @@ final class ImgMaintenance {
                     default -> sn.deleteSnapshot(name);
                 }
             } catch (BlockException e) {
-                throw e.prepend("Could not " + verb + " snapshot '" + name + "': ");
+                if (e.reason() == Reason.NOT_FOUND && !verb.equals("create")) {
+                    throw new BlockException(Reason.NOT_FOUND, prefix + (verb.equals("apply")
+                            ? "Failed to load snapshot: No such file or directory" : "snapshot not found"));
+                }
+                throw e.prepend(prefix);
             }
             return new Text("");
         } finally {
@@ -222,7 +251,10 @@ final class ImgMaintenance {
 
     Object amend(String[] argv) throws UsageException, BlockException {
         Args a = Args.parse(argv, "oft", "hpq", Set.of("object"), Set.of("image-opts", "force", "help"));
-        String filename = Img.single(a, "Expecting one image file name");
+        if (a.positional().size() != 1) {
+            throw BlockException.invalid("Expecting one image file name");
+        }
+        String filename = a.positional().get(0);
         String optText = String.join(",", a.all("o"));
         if (optText.isEmpty()) {
             throw new UsageException("Must specify options (-o)");
@@ -233,7 +265,16 @@ final class ImgMaintenance {
                 throw new BlockException(Reason.UNSUPPORTED, "Format driver '" + image.driverName()
                         + "' does not support option amendment");
             }
+            Options given = Options.parseKeyValue(optText, null);
+            List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(image.driverName(), null);
+            for (String key : given.asMap().keySet()) {
+                if (specs.stream().noneMatch(sp -> sp.matches(key))) {
+                    throw BlockException.invalid("Invalid parameter '" + key + "'");
+                }
+            }
+            Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
             amendable.amend(Options.parseKeyValue(optText, null), a.has("force"));
+            p.finish();
             image.flush();
         } finally {
             image.close();
@@ -263,8 +304,8 @@ final class ImgMaintenance {
                     baseDepth++;
                 }
                 if (b == null) {
-                    throw BlockException.invalid("'" + a.get("b") + "' is not in the backing chain of '" + filename
-                            + "'");
+                    throw BlockException.invalid("Did not find '" + a.get("b") + "' in the backing chain of '"
+                            + filename + "'");
                 }
             }
             base = core.open(b.filename(), Options.of("driver", b.driverName()), new OpenMode(true, false,
@@ -324,14 +365,10 @@ final class ImgMaintenance {
         Args a = Args.parse(argv, "fFbtT", "hqpuUc", Set.of("object"), Set.of("image-opts", "force-share", "help"));
         String filename = Img.single(a, "Expecting one image file name");
         if (!a.has("b")) {
-            throw new UsageException("Must specify backing file (-b) or use '' as argument");
+            throw new UsageException("Must specify backing file (-b) or use unsafe mode (-u)");
         }
         String newBacking = a.get("b").isEmpty() ? null : a.get("b");
         String newFmt = a.get("F");
-        if (newBacking != null && newFmt == null && !a.has("u")) {
-            // like create: the backing format is never guessed silently
-            newFmt = null;
-        }
         if (a.has("u")) {
             Options o = a.get("f") == null ? Options.of("backing", null) : Options.of("driver", a.get("f"),
                     "backing", null);
@@ -346,14 +383,22 @@ final class ImgMaintenance {
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), true, false);
         Image nb = null;
         try {
+            if (!(image.driverNode() instanceof AmendableNode)) {
+                // refuse before any data moves: the backing file could not be changed afterwards
+                changeBacking(image, newBacking, newFmt);
+            }
             if (newBacking != null) {
                 String resolved = newBacking;
                 java.nio.file.Path parent = java.nio.file.Path.of(image.filename()).getParent();
                 if (!newBacking.startsWith("/") && parent != null) {
                     resolved = parent.resolve(newBacking).toString();
                 }
-                nb = core.open(resolved, newFmt == null ? Options.empty() : Options.of("driver", newFmt),
-                        new OpenMode(false, true, img::warn));
+                try {
+                    nb = core.open(resolved, newFmt == null ? Options.empty() : Options.of("driver", newFmt),
+                            new OpenMode(false, true, img::warn));
+                } catch (BlockException e) {
+                    throw e.prepend("Could not open new backing file '" + resolved + "': ");
+                }
             }
             long size = image.size();
             Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
@@ -378,9 +423,7 @@ final class ImgMaintenance {
                         newData.put((byte) 0);
                     }
                     newData.flip();
-                    if (oldData.mismatch(newData) >= 0) {
-                        image.write(off, oldData, 0);
-                    }
+                    writeDifferences(image, off, oldData, newData);
                 }
                 off += n;
                 p.update(100.0 * off / size);
@@ -397,12 +440,38 @@ final class ImgMaintenance {
         return new Text("");
     }
 
-    private static void changeBacking(Image image, String name, String fmt) throws BlockException {
-        if (!(image.driverNode() instanceof AmendableNode amendable)) {
-            throw new BlockException(Reason.UNSUPPORTED, "Could not change the backing file to '" + name
-                    + "': Operation not supported");
+    /** Writes the runs of sectors where the old backing's content differs from the new one's. */
+    private static void writeDifferences(Image image, long off, ByteBuffer oldData, ByteBuffer newData)
+            throws BlockException {
+        int len = oldData.remaining();
+        int sector = 512;
+        int runStart = -1;
+        for (int p = 0; p <= len; p += sector) {
+            boolean differs = p < len && oldData.slice(p, Math.min(sector, len - p))
+                    .mismatch(newData.slice(p, Math.min(sector, len - p))) >= 0;
+            if (differs && runStart < 0) {
+                runStart = p;
+            } else if (!differs && runStart >= 0) {
+                int end = Math.min(p, len);
+                image.write(off + runStart, oldData.slice(runStart, end - runStart), 0);
+                runStart = -1;
+            }
         }
-        amendable.changeBackingFile(name, fmt);
+    }
+
+    private static void changeBacking(Image image, String name, String fmt) throws BlockException {
+        String prefix = "Could not change the backing file to '" + (name == null ? "" : name) + "': ";
+        if (!(image.driverNode() instanceof AmendableNode amendable)) {
+            throw new BlockException(Reason.UNSUPPORTED, prefix + "Operation not supported");
+        }
+        if (name != null && fmt == null) {
+            throw BlockException.invalid(prefix + "backing format must be specified");
+        }
+        try {
+            amendable.changeBackingFile(name, fmt);
+        } catch (BlockException e) {
+            throw e.prepend(prefix);
+        }
     }
 
     // ---- bench --------------------------------------------------------------------------
@@ -413,14 +482,47 @@ final class ImgMaintenance {
         String filename = Img.single(a, "Expecting one image file name");
         long count = parseNum(a.get("c", "75000"), "request count");
         int depth = (int) parseNum(a.get("d", "64"), "queue depth");
-        int size = (int) Sizes.parse(a.get("s", "4096"));
-        long step = a.has("S") ? Sizes.parse(a.get("S")) : size;
-        long start = a.has("o") ? Sizes.parse(a.get("o")) : 0;
+        long sizeArg = benchSize(a.get("s", "4096"), "buffer size");
+        long step = a.has("S") ? benchSize(a.get("S"), "step_size") : sizeArg;
+        long start = a.has("o") ? benchSize(a.get("o"), "offset") : 0;
         boolean write = a.has("w");
-        int pattern = a.has("pattern") ? Integer.parseInt(a.get("pattern")) : 0;
-        if (depth < 1 || depth > 4096 || size < 1 || size > (64 << 20)) {
+        if (a.has("t") && !Img.isCacheMode(a.get("t"))) {
+            throw BlockException.invalid("Invalid cache mode");
+        }
+        if (a.has("i") && !Set.of("threads", "native", "io_uring").contains(a.get("i"))) {
+            throw BlockException.invalid("Invalid aio option: " + a.get("i"));
+        }
+        int pattern = 0;
+        if (a.has("pattern")) {
+            try {
+                pattern = Integer.parseInt(a.get("pattern"));
+            } catch (NumberFormatException e) {
+                pattern = -1;
+            }
+            if (pattern < 0 || pattern > 0xff) {
+                throw BlockException.invalid("Invalid pattern byte specified");
+            }
+        }
+        if (a.has("flush-interval")) {
+            long interval = parseNum(a.get("flush-interval"), "flush interval");
+            if (!write) {
+                throw BlockException.invalid("--flush-interval is only available in write tests");
+            }
+            if (interval < depth) {
+                throw BlockException.invalid("Flush interval can't be smaller than depth");
+            }
+        } else if (a.has("no-drain") && !write) {
+            throw BlockException.invalid("--no-drain is only available in write tests");
+        }
+        if (depth < 1 || depth > 4096 || sizeArg > (64 << 20)) {
             throw BlockException.invalid("Invalid queue depth or buffer size specified");
         }
+        if (a.has("n") && !"none".equals(a.get("t")) && !"directsync".equals(a.get("t"))) {
+            throw BlockException.invalid("Could not open '" + filename + "': aio=native was specified, but it"
+                    + " requires cache.direct=on, which was not specified.");
+        }
+        int size = (int) sizeArg;
+        final int fill = pattern;
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), write, !write && (a.has("U")
                 || a.has("force-share")));
         String header = String.format("Sending %d %s requests, %d bytes each, %d in parallel (starting at offset %d,"
@@ -442,7 +544,7 @@ final class ImgMaintenance {
                             buf.clear();
                             if (write) {
                                 while (buf.hasRemaining()) {
-                                    buf.put((byte) pattern);
+                                    buf.put((byte) fill);
                                 }
                                 buf.flip();
                                 image.write(off, buf, 0);
@@ -469,9 +571,19 @@ final class ImgMaintenance {
                 image.flush();
             }
             double seconds = (System.nanoTime() - t0) / 1e9;
-            return a.has("q") ? new Text("") : new Results.Bench(header, seconds);
+            // qemu-img bench reports even with -q
+            return new Results.Bench(header, seconds);
         } finally {
             image.close();
+        }
+    }
+
+    private static long benchSize(String s, String what) throws BlockException {
+        try {
+            return Sizes.parse(s);
+        } catch (BlockException e) {
+            throw BlockException.invalid("Invalid " + what + " specified. You may use k, M, G, T, P or E suffixes for"
+                    + "\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
         }
     }
 
@@ -498,27 +610,20 @@ final class ImgMaintenance {
         long skip = 0;
         for (String p : a.positional()) {
             int eq = p.indexOf('=');
-            if (eq < 0) {
-                throw new UsageException("unrecognized operand " + p);
-            }
-            String k = p.substring(0, eq);
-            String v = p.substring(eq + 1);
+            String k = eq < 0 ? p : p.substring(0, eq);
+            String v = eq < 0 ? "" : p.substring(eq + 1);
             switch (k) {
                 case "if" -> in = v;
                 case "of" -> outName = v;
                 case "bs" -> {
-                    try {
-                        bs = Sizes.parse(v);
-                    } catch (BlockException e) {
-                        bs = 0;
-                    }
+                    bs = ddNumber(v, "bs");
                     if (bs <= 0 || bs > Integer.MAX_VALUE) {
-                        throw BlockException.invalid("invalid number: '" + v + "'");
+                        throw BlockException.invalid("Invalid bs specified. Must be between 1 and 2147483647.");
                     }
                 }
-                case "count" -> count = ddNumber(v);
-                case "skip" -> skip = ddNumber(v);
-                default -> throw new UsageException("unrecognized operand " + p);
+                case "count" -> count = ddNumber(v, "count");
+                case "skip" -> skip = ddNumber(v, "skip");
+                default -> throw BlockException.invalid("unrecognized operand " + k);
             }
         }
         if (in == null || outName == null) {
@@ -529,16 +634,22 @@ final class ImgMaintenance {
         try {
             long inSize = src.size();
             long from = Math.multiplyHigh(skip, bs) != 0 ? Long.MAX_VALUE : skip * bs;
-            if (from > inSize) {
-                throw BlockException.invalid("cannot skip to specified offset");
+            String outFmt = a.get("O", "raw");
+            if (core.drivers().stream().noneMatch(d -> d.name().equals(outFmt))) {
+                throw BlockException.invalid("Unknown file format");
+            }
+            boolean skipBeyond = from > inSize;
+            if (skipBeyond) {
+                // qemu-img reports it, leaves an empty output file and exits 0
+                img.error(in + ": cannot skip to specified offset");
+                from = inSize;
             }
             // qemu-img dd counts "count" from the start of the input, skipped blocks included
             long end = inSize;
             if (count >= 0 && Math.multiplyHigh(count, bs) == 0 && count * bs <= inSize) {
                 end = count * bs;
             }
-            long size = Math.max(0, end - from);
-            String outFmt = a.get("O", "raw");
+            long size = skipBeyond ? 0 : Math.max(0, end - from);
             core.create(outName, outFmt, Options.of("size", Long.toString(size)), s -> { }, img::warn);
             dst = core.open(outName, Options.of("driver", outFmt), new OpenMode(true, false, img::warn));
             ByteBuffer buf = ByteBuffer.allocateDirect((int) Math.min(CHUNK, Math.max(bs, 512)));
@@ -560,11 +671,12 @@ final class ImgMaintenance {
         return new Text("");
     }
 
-    private static long ddNumber(String v) throws BlockException {
+    private static long ddNumber(String v, String what) throws BlockException {
         try {
             return Sizes.parse(v);
         } catch (BlockException e) {
-            throw BlockException.invalid("invalid number: '" + v + "'");
+            throw BlockException.invalid("Invalid " + what + " specified. You may use k, M, G, T, P or E suffixes for"
+                    + "\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
         }
     }
 }

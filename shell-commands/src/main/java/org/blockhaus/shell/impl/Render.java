@@ -30,12 +30,14 @@ final class Render {
         return switch (result) {
             case Info i -> info(i);
             case MapResult m -> map(m);
-            case Compare c -> c.lines().isEmpty() ? "" : String.join("\n", c.lines()) + "\n";
+            case Compare c -> (c.lines().isEmpty() ? "" : String.join("\n", c.lines()) + "\n")
+                    + (c.progress() ? "\n" : "");
             case Created c -> c.quiet() ? "" : "Formatting '" + c.filename() + "', " + c.summary() + "\n";
             case Converted c -> "";
             case Drivers d -> drivers(d);
             case Text t -> t.text();
             case Results.Check c -> check(c);
+            case Results.Quiet q -> "";
             case Results.Measure m -> measure(m);
             case Results.Snapshots sn -> snapshots(sn);
             case Results.Bench b -> b.header() + "\n" + String.format(java.util.Locale.ROOT,
@@ -106,8 +108,7 @@ final class Render {
         }
         if (i.get("snapshots") instanceof List<?> snaps && !snaps.isEmpty()) {
             sb.append("Snapshot list:\n");
-            sb.append(String.format("%-7s %-16s %8s %19s %15s %10s%n", "ID", "TAG", "VM SIZE", "DATE",
-                    "VM CLOCK", "ICOUNT"));
+            sb.append(SnapshotLine.header()).append('\n');
             for (Object o : snaps) {
                 Map<String, Object> s = (Map<String, Object>) o;
                 sb.append(SnapshotLine.format(s)).append('\n');
@@ -202,7 +203,7 @@ final class Render {
         StringBuilder sb = new StringBuilder();
         sb.append("required size: ").append(m.result().required()).append('\n');
         sb.append("fully allocated size: ").append(m.result().fullyAllocated()).append('\n');
-        if (m.result().bitmaps() > 0) {
+        if (m.result().bitmaps() >= 0) {
             sb.append("bitmaps size: ").append(m.result().bitmaps()).append('\n');
         }
         return sb.toString();
@@ -225,13 +226,11 @@ final class Render {
             if (r.leaks() > 0) {
                 j.put("leaks", r.leaks());
             }
-            if (c.before() != null) {
-                if (c.before().leaks() > 0) {
-                    j.put("leaks-fixed", c.before().leaks() - r.leaks());
-                }
-                if (c.before().corruptions() > 0) {
-                    j.put("corruptions-fixed", c.before().corruptions() - r.corruptions());
-                }
+            if (r.leaksFixed() > 0) {
+                j.put("leaks-fixed", r.leaksFixed());
+            }
+            if (r.corruptionsFixed() > 0) {
+                j.put("corruptions-fixed", r.corruptionsFixed());
             }
             j.put("allocated-clusters", r.allocatedClusters());
             j.put("filename", c.filename());
@@ -242,10 +241,10 @@ final class Render {
             return Json.pretty(j) + "\n";
         }
         StringBuilder sb = new StringBuilder();
-        if (c.before() != null && (c.before().leaks() > 0 || c.before().corruptions() > 0)) {
+        if (r.leaksFixed() > 0 || r.corruptionsFixed() > 0) {
             sb.append("The following inconsistencies were found and repaired:\n\n");
-            sb.append("    ").append(c.before().leaks() - r.leaks()).append(" leaked clusters\n");
-            sb.append("    ").append(c.before().corruptions() - r.corruptions()).append(" corruptions\n\n");
+            sb.append("    ").append(r.leaksFixed()).append(" leaked clusters\n");
+            sb.append("    ").append(r.corruptionsFixed()).append(" corruptions\n\n");
             sb.append("Double checking the fixed image now...\n");
         }
         if (r.corruptions() == 0 && r.leaks() == 0 && r.checkErrors() == 0) {
@@ -282,8 +281,7 @@ final class Render {
             return "";
         }
         StringBuilder sb = new StringBuilder("Snapshot list:\n");
-        sb.append(String.format("%-7s %-16s %8s %19s %15s %10s%n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK",
-                "ICOUNT"));
+        sb.append(SnapshotLine.header()).append('\n');
         for (org.blockhaus.api.spi.SnapshotNode.Snapshot sn : s.list()) {
             Map<String, Object> m = new LinkedHashMap<>();
             m.put("id", sn.id());
@@ -310,10 +308,18 @@ final class Render {
                     .format(java.time.LocalDateTime.ofEpochSecond(sec, 0,
                             java.time.ZoneId.systemDefault().getRules().getOffset(java.time.Instant.ofEpochSecond(sec))));
             long secs = clock / 1_000_000_000L;
-            String vmClock = String.format("%04d:%02d:%02d.%03d", secs / 3600, (secs / 60) % 60, secs % 60,
+            String vmClock = String.format("%02d:%02d:%02d.%03d", secs / 3600, (secs / 60) % 60, secs % 60,
                     (clock / 1_000_000) % 1000);
-            return String.format("%-7s %-16s %8s %19s %15s %10s", s.get("id"), s.get("name"),
-                    Sizes.human(vmSize).replace(" ", " "), date, vmClock, num(s.get("icount")));
+            Object icount = s.get("icount");
+            return String.format(LINE, s.get("id"), s.get("name"), Sizes.human(vmSize), date, vmClock,
+                    icount instanceof Number n && n.longValue() >= 0 ? n.toString() : "");
+        }
+
+        /** qemu-img's columns: ID, TAG, VM SIZE (right), DATE, VM CLOCK, ICOUNT. */
+        private static final String LINE = "%-9s %-16s %8s %19s %12s %10s";
+
+        static String header() {
+            return String.format(LINE, "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
         }
 
         private static long num(Object o) {

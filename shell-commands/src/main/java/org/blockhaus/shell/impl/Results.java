@@ -35,7 +35,7 @@ final class Results {
     }
 
     /** qemu-img compare: the lines it prints and its exit code. */
-    record Compare(List<String> lines, int exitCode) implements Result {
+    record Compare(List<String> lines, int exitCode, boolean progress) implements Result {
     }
 
     /** qemu-img create: the "Formatting ..." line, unless -q. */
@@ -53,8 +53,8 @@ final class Results {
     }
 
     /** qemu-img check: the driver's counts, or "not supported" (exit 63). */
-    record Check(String filename, String format, org.blockhaus.api.spi.CheckResult result,
-            org.blockhaus.api.spi.CheckResult before, Output output) implements Result {
+    record Check(String filename, String format, org.blockhaus.api.spi.CheckResult result, Output output)
+            implements Result {
         @Override
         public int exitCode() {
             if (result.checkErrors() > 0) {
@@ -65,6 +65,10 @@ final class Results {
             }
             return result.leaks() > 0 ? 3 : 0;
         }
+    }
+
+    /** A command that prints nothing (-q) but still ends with an exit code. */
+    record Quiet(int exitCode) implements Result {
     }
 
     /** qemu-img measure. */
