@@ -1125,6 +1125,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             throw BlockException.invalid("qcow2: the new refcount table would be too large");
         }
         long end = start + tableClusters + blocks;
+        if (blocks * clusterSize > (1L << 30)) {
+            throw new BlockException(Reason.UNSUPPORTED, "qcow2: the image is too large to change its refcount width");
+        }
+        // Consecutive blocks form one flat array of entries: entry i sits at bit i * bits.
         ByteBuffer blockData = ByteBuffer.allocate((int) (blocks * clusterSize));
         byte[] bd = blockData.array();
         for (long i = 0; i < end; i++) {
@@ -1134,14 +1138,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                         + " has refcount " + v);
             }
             if (v != 0) {
-                byte[] one = new byte[clusterSize];
-                int blockIndex = (int) (i / perBlock);
-                int inBlock = (int) (i % perBlock);
-                Refcounts.putEntry(one, bits, inBlock, v);
-                // merge the single entry into its block (entries may share a byte)
-                for (int k = 0; k < clusterSize; k++) {
-                    bd[blockIndex * clusterSize + k] |= one[k];
-                }
+                Refcounts.putEntry(bd, bits, (int) i, v);
             }
         }
         long tableOffset = start << clusterBits;
