@@ -1125,7 +1125,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             throw BlockException.invalid("qcow2: the new refcount table would be too large");
         }
         long end = start + tableClusters + blocks;
-        if (blocks * clusterSize > (1L << 30)) {
+        if (blocks * clusterSize > (1L << 30) || end > Integer.MAX_VALUE / 8) {
             throw new BlockException(Reason.UNSUPPORTED, "qcow2: the image is too large to change its refcount width");
         }
         // Consecutive blocks form one flat array of entries: entry i sits at bit i * bits.
