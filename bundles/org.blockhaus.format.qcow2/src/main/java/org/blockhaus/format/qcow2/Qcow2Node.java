@@ -539,8 +539,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             int n = Math.min(clusterSize, len - k * clusterSize);
             java.util.Arrays.fill(cluster, n, clusterSize, (byte) 0);
             src.get(src.position() + k * clusterSize, cluster, 0, n);
-            if (ByteBuffer.wrap(cluster).equals(ByteBuffer.wrap(ZERO_CLUSTER, 0, clusterSize))) {
-                packed[k] = ZERO_CLUSTER; // marker: store as zeroes
+            if (isZero(cluster)) {
+                packed[k] = ZERO_MARKER; // store as a zero cluster
             } else {
                 packed[k] = external ? null : compression.compress(cluster, clusterSize); // data files: never
             }
@@ -551,7 +551,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             for (int k = 0; k < clusters; k++) {
                 long guest = offset + (long) k * clusterSize;
                 int n = Math.min(clusterSize, len - k * clusterSize);
-                if (packed[k] == ZERO_CLUSTER) {
+                if (packed[k] == ZERO_MARKER) {
                     if (!zeroCluster(guest, true) && !readsAsZero(guest, n)) {
                         writeLocked(guest, ByteBuffer.allocate(n));
                     }
@@ -570,7 +570,17 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
-    private static final byte[] ZERO_CLUSTER = new byte[2 << 20];
+    private static final byte[] ZERO_MARKER = new byte[0];
+
+    private static boolean isZero(byte[] b) {
+        for (int at = 0; at < b.length; at += ZEROES.length) {
+            int n = Math.min(ZEROES.length, b.length - at);
+            if (java.util.Arrays.mismatch(b, at, at + n, ZEROES, 0, n) >= 0) {
+                return false;
+            }
+        }
+        return true;
+    }
 
     /** Host byte where the next compressed cluster may go, inside a cluster that already holds some. */
     private long compressedFree;
