@@ -169,6 +169,24 @@ class WritesForQemuTest {
         assertTrue(info.out().contains("\"backing-filename-format\": \"qcow2\""), info.out());
     }
 
+    @ParameterizedTest(name = "{0}")
+    @CsvSource({"0.10", "1.1"})
+    void zeroWritesHideTheBackingFile(String compat) throws Exception {
+        Path base = dir.resolve("base.raw");
+        Files.write(base, Fixtures.pattern(2 << 20, 77));
+        Path top = dir.resolve("top.qcow2");
+        BlockCore core = Fixtures.core();
+        Fixtures.create(core, top, 2 << 20, "compat", compat, "backing_file", "base.raw", "backing_fmt", "raw");
+        byte[] ref = Files.readAllBytes(base);
+        try (Image i = Fixtures.openRw(core, top)) {
+            Mirror m = new Mirror(i, ref);
+            m.zero(65536, 65536 * 3, BlockNode.MAY_UNMAP);  // whole clusters
+            m.zero(1_000_000, 5000, 0);                      // inside one cluster
+            m.zero(2 * 65536 * 8 - 100, 300, 0);             // across a cluster boundary
+        }
+        assertQemuAgrees(top, ref);
+    }
+
     @Test
     void newRefcountBlocksCountThemselvesAndTheTableGrows() throws Exception {
         // 512-byte clusters with 64-bit refcounts: a block covers 64 clusters, the first table 4096.
