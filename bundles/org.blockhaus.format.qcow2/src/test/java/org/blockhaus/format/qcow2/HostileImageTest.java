@@ -218,6 +218,35 @@ class HostileImageTest {
     }
 
     @Test
+    void compressionBombStopsAtOneCluster() throws Exception {
+        Path img = good();
+        // 64 MiB of zeroes deflate to about 64 KiB: one L2 entry points at them
+        java.util.zip.Deflater d = new java.util.zip.Deflater(9, true);
+        d.setInput(new byte[64 << 20]);
+        d.finish();
+        byte[] out = new byte[1 << 20];
+        int n = d.deflate(out);
+        d.end();
+        long at = Files.size(img);
+        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(at);
+            f.write(out, 0, n);
+            f.setLength(at + 512L * 256);
+        }
+        long sectors = Math.min(255, (n + 511) / 512);
+        long entry = (1L << 62) | (sectors << 54) | at; // cluster_bits 16: the size field starts at bit 54
+        Patch.writeLong(img, Patch.l2Offset(img, 0) + 8 * 10, entry);
+        BlockCore core = Fixtures.core();
+        assertTimeoutPreemptively(Duration.ofSeconds(2), () -> {
+            try (Image i = Fixtures.openRo(core, img)) {
+                ByteBuffer b = ByteBuffer.allocate(65536);
+                i.read(10 * 65536L, b);
+                assertArrayEquals(new byte[65536], b.array());
+            }
+        });
+    }
+
+    @Test
     void corruptImageOpensReadOnlyOnly() throws Exception {
         Path img = good();
         Patch.writeLong(img, 72, 2); // corrupt bit
