@@ -134,8 +134,9 @@ final class SnapshotOps {
             writeTable(node.hostFile(), snapL1, copy);
         }
         java.time.Instant now = java.time.Instant.now();
+        // as qemu-img: wall time with microsecond precision, no VM clock, icount 0 for an offline snapshot
         entries.add(new Snapshots.Entry(snapL1, l1.length, Snapshots.nextId(entries), name, now.getEpochSecond(),
-                now.getNano(), 0, 0, node.size(), -1));
+                now.getNano() / 1000 * 1000, 0, 0, node.size(), 0));
         replaceSnapshotTable(entries);
         refcounts.applyQueuedFrees();
     }

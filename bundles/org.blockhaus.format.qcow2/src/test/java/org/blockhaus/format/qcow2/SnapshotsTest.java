@@ -44,6 +44,8 @@ class SnapshotsTest {
         assertEquals(0, Qemu.img("check", img.toString()).exit(), Qemu.img("check", img.toString()).out());
         String list = Qemu.img("snapshot", "-l", img.toString()).ok().out();
         assertTrue(list.contains("before") && list.contains("after"), list);
+        String json = Qemu.img("info", "--output=json", img.toString()).ok().out();
+        assertTrue(json.contains("\"icount\": 0") && json.contains("\"vm-clock-nsec\": 0"), json);
         Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0x44 0 4k", "-c", "read -P 0x22 4096 100",
                 "-c", "read -P 0x33 2M 1M", img.toString()).ok();
         Qemu.img("snapshot", "-a", "before", img.toString()).ok();
