@@ -345,14 +345,64 @@ final class Img {
         }
         StringBuilder sb = new StringBuilder(filename == null ? "Supported " + fmt + " options:\n"
                 : "Supported options:\n");
-        for (OptionSpec s : sorted.values()) {
-            sb.append(String.format("  %-22s - %s%n", s.name() + "=<" + s.type().label() + ">", s.help()));
-        }
+        sb.append(helpLines(sorted.values()));
         if (filename == null) {
             sb.append("\nThe protocol level may support further options.\n"
                     + "Specify the target filename to include those options.\n");
         }
         return sb.toString();
+    }
+
+    /** One line per option, sorted by name, the help text in a column after 24 characters. */
+    static String helpLines(java.util.Collection<OptionSpec> specs) {
+        Map<String, OptionSpec> sorted = new TreeMap<>();
+        specs.forEach(s -> sorted.put(s.name(), s));
+        StringBuilder sb = new StringBuilder();
+        for (OptionSpec s : sorted.values()) {
+            sb.append(String.format("  %-22s - %s%n", s.name() + "=<" + s.type().label() + ">", s.help()));
+        }
+        return sb.toString();
+    }
+
+    /** Create options that only apply when an image is made; amend refuses them. */
+    private static final Set<String> CREATION_ONLY = Set.of("cluster_size", "extended_l2", "preallocation",
+            "compression_type", "encryption", "encrypt.*", "nocow", "extent_size_hint");
+
+    /** What an existing image's encryption accepts instead of the creation options (qemu's amend). */
+    private static final List<OptionSpec> ENCRYPT_AMEND_OPTIONS = List.of(
+            OptionSpec.of("encrypt.iter-time", OptionSpec.OptionType.NUMBER, "Time to spend in PBKDF in milliseconds"),
+            OptionSpec.of("encrypt.keyslot", OptionSpec.OptionType.NUMBER,
+                    "Select a single keyslot to modify explicitly"),
+            OptionSpec.of("encrypt.new-secret", OptionSpec.OptionType.STRING,
+                    "New secret to set in the matching keyslots. Empty string to erase"),
+            OptionSpec.of("encrypt.old-secret", OptionSpec.OptionType.STRING,
+                    "Select all keyslots that match this password"),
+            OptionSpec.of("encrypt.state", OptionSpec.OptionType.STRING,
+                    "Select new state of affected keyslots (active/inactive)"));
+
+    /**
+     * The options amend takes for a format: its create options less those that only apply to
+     * creation (the driver API has no list of its own for amend yet).
+     */
+    List<OptionSpec> amendOptions(String fmt) throws BlockException {
+        List<OptionSpec> specs = core.createOptions(fmt, null);
+        List<OptionSpec> protocol;
+        try {
+            protocol = core.createOptions("file", null);
+        } catch (BlockException e) {
+            protocol = List.of();
+        }
+        List<OptionSpec> out = new ArrayList<>();
+        for (OptionSpec s : specs) {
+            boolean fromProtocol = protocol.stream().anyMatch(p -> p.name().equals(s.name())
+                    && p.help().equals(s.help())) && !s.name().equals("size");
+            if (s.name().equals("encrypt.*")) {
+                out.addAll(ENCRYPT_AMEND_OPTIONS);
+            } else if (!CREATION_ONLY.contains(s.name()) && !fromProtocol) {
+                out.add(s);
+            }
+        }
+        return out;
     }
 
     // ---- info ---------------------------------------------------------------------------
@@ -875,15 +925,21 @@ final class Img {
                 return;
             }
             last = percent;
-            out.printf(java.util.Locale.ROOT, "    (%3.2f/100%%)\r", percent);
+            out.print(bar(percent));
             out.flush();
+        }
+
+        /** C's "%3.2f": the exact binary value rounded half to even (3.125 shows as 3.12). */
+        static String bar(double percent) {
+            return "    (" + new java.math.BigDecimal(percent).setScale(2, java.math.RoundingMode.HALF_EVEN)
+                    .toPlainString() + "/100%)\r";
         }
 
         /** compare -p: 100% drawn twice; the verdict follows on the same line, the newline after it. */
         void finishInLine() {
             if (out != null) {
                 update(100);
-                out.printf(java.util.Locale.ROOT, "    (%3.2f/100%%)\r", 100.0);
+                out.print(bar(100));
                 out.flush();
             }
         }
@@ -892,7 +948,7 @@ final class Img {
         void finish() {
             if (out != null) {
                 update(100);
-                out.printf(java.util.Locale.ROOT, "    (%3.2f/100%%)\r", 100.0);
+                out.print(bar(100));
                 out.print("\n");
                 out.flush();
             }

@@ -265,12 +265,24 @@ final class ImgMaintenance {
                 throw new BlockException(Reason.UNSUPPORTED, "Format driver '" + image.driverName()
                         + "' does not support option amendment");
             }
+            List<org.blockhaus.api.spi.OptionSpec> amendOptions = img.amendOptions(image.driverName());
+            if (Img.isHelp(optText)) {
+                return new Text("Amend options for '" + image.driverName() + "':\n" + Img.helpLines(amendOptions));
+            }
             Options given = Options.parseKeyValue(optText, null);
             List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(image.driverName(), null);
             for (String key : given.asMap().keySet()) {
                 if (specs.stream().noneMatch(sp -> sp.matches(key))) {
                     throw BlockException.invalid("Invalid parameter '" + key + "'");
                 }
+                if (amendOptions.stream().noneMatch(sp -> sp.matches(key)) && !key.startsWith("encrypt.")) {
+                    throw BlockException.invalid("Invalid parameter '" + key + "'\nThis option is only supported for"
+                            + " image creation");
+                }
+            }
+            Object current = image.info().get("backing-filename");
+            if (given.has("backing_file") && !given.get("backing_file").equals(current)) {
+                throw BlockException.invalid("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
             }
             Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
             amendable.amend(Options.parseKeyValue(optText, null), a.has("force"));
@@ -404,29 +416,33 @@ final class ImgMaintenance {
             Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
             ByteBuffer oldData = ByteBuffer.allocateDirect(CHUNK);
             ByteBuffer newData = ByteBuffer.allocateDirect(CHUNK);
-            for (long off = 0; off < size; ) {
-                var st = image.blockStatus(off, Math.min(CHUNK, size - off));
-                long n = st.length();
-                if (!st.isAllocated()) {
-                    oldData.clear().limit((int) n);
-                    image.read(off, oldData);
-                    oldData.flip();
-                    newData.clear().limit((int) n);
-                    long nbSize = nb == null ? 0 : nb.size();
-                    if (nb != null && off < nbSize) {
-                        long inNew = Math.min(n, nbSize - off);
-                        newData.limit((int) inNew);
-                        nb.read(off, newData);
-                        newData.limit((int) n);
+            // progress moves per 2 MiB step, as qemu-img's does; block status splits each step
+            for (long step = 0; step < size; step += Math.min(CHUNK, size - step)) {
+                long stepEnd = step + Math.min(CHUNK, size - step);
+                for (long off = step; off < stepEnd; ) {
+                    var st = image.blockStatus(off, stepEnd - off);
+                    long n = st.length();
+                    if (!st.isAllocated()) {
+                        oldData.clear().limit((int) n);
+                        image.read(off, oldData);
+                        oldData.flip();
+                        newData.clear().limit((int) n);
+                        long nbSize = nb == null ? 0 : nb.size();
+                        if (nb != null && off < nbSize) {
+                            long inNew = Math.min(n, nbSize - off);
+                            newData.limit((int) inNew);
+                            nb.read(off, newData);
+                            newData.limit((int) n);
+                        }
+                        while (newData.hasRemaining()) {
+                            newData.put((byte) 0);
+                        }
+                        newData.flip();
+                        writeDifferences(image, off, oldData, newData);
                     }
-                    while (newData.hasRemaining()) {
-                        newData.put((byte) 0);
-                    }
-                    newData.flip();
-                    writeDifferences(image, off, oldData, newData);
+                    off += n;
                 }
-                off += n;
-                p.update(100.0 * off / size);
+                p.update(100.0 * stepEnd / size);
             }
             image.flush();
             p.finish();

@@ -372,4 +372,56 @@ class Qcow2InteropTest extends QemuComparison {
                 "of=new.qcow2");
         assertSameEffect(CHAIN, "dd", "-O", "raw", "bs=64k", "count=3", "if=top.qcow2", "of=new.raw");
     }
+
+    @Test
+    void rebaseUnsafeAndSafeLeaveWhatQemuImgLeaves() throws Exception {
+        chain();
+        rawImage();
+        List<String> all = List.of("base.qcow2", "mid.qcow2", "top.qcow2", "r.raw");
+        assertSameEffect(all, "rebase", "-u", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2");
+        assertSameEffect(all, "rebase", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2");
+        assertSameEffect(all, "rebase", "-q", "-b", "", "top.qcow2");
+        assertSameEffect(all, "rebase", "-u", "-b", "", "top.qcow2");
+        assertSameEffect(all, "rebase", "-b", "r.raw", "-F", "raw", "mid.qcow2");
+        assertSameEffect(all, "rebase", "-b", "base.qcow2", "top.qcow2");
+        assertSameEffect(all, "rebase", "-u", "-b", "base.qcow2", "top.qcow2");
+        assertSameEffect(all, "rebase", "-b", "nofile.qcow2", "-F", "qcow2", "top.qcow2");
+        assertSameEffect(all, "rebase", "top.qcow2");
+        // the safe mode keeps the guest's view: the rebased image still reads as before
+        Twin t = assertSameEffect(all, "rebase", "-p", "-b", "", "top.qcow2");
+        sh("qemu-img", "convert", "-O", "raw", "top.qcow2", "before.raw");
+        assertEquals(0, Qemu.run(dir, "qemu-img", "compare", "before.raw", t.b().resolve("top.qcow2").toString())
+                .exitCode());
+    }
+
+    @Test
+    void amendChangesWhatQemuImgChanges() throws Exception {
+        chain();
+        for (String o : List.of("compat=0.10", "compat=1.1", "lazy_refcounts=on", "refcount_bits=64", "refcount_bits=1",
+                "lazy_refcounts=on,compat=0.10", "size=128M", "cluster_size=4k", "bogus=1", "help",
+                "backing_file=mid.qcow2,backing_fmt=qcow2")) {
+            assertSameEffect(CHAIN, "amend", "-o", o, "top.qcow2");
+            assertSameEffect(CHAIN, "amend", "-f", "qcow2", "-o", o, "base.qcow2");
+        }
+        assertSameEffect(CHAIN, "amend", "-p", "-o", "compat=0.10", "top.qcow2");
+        assertSameEffect(CHAIN, "amend", "-q", "-o", "compat=0.10", "top.qcow2");
+    }
+
+    @Test
+    void convertCompressedGivesAnImageQemuImgAgreesWith() throws Exception {
+        chain();
+        rawImage();
+        List<String> all = List.of("base.qcow2", "mid.qcow2", "top.qcow2", "r.raw");
+        assertSameEffect(all, "convert", "-c", "-O", "qcow2", "r.raw", "new.qcow2");
+        assertSameEffect(all, "convert", "-c", "-O", "qcow2", "top.qcow2", "new.qcow2");
+        assertSameEffect(all, "convert", "-c", "-O", "raw", "r.raw", "new.raw");
+    }
+
+    @Test
+    void resizeShrinksQcow2OnlyWhenAsked() throws Exception {
+        chain();
+        assertSameEffect(CHAIN, "resize", "--shrink", "top.qcow2", "--", "-10M");
+        assertSameEffect(CHAIN, "resize", "--shrink", "top.qcow2", "32M");
+        assertSameEffect(CHAIN, "resize", "top.qcow2", "32M");
+    }
 }
