@@ -38,6 +38,13 @@ qemu-io -f qcow2 -c 'write -P 8 1G 32M' top.qcow2 >/dev/null
 hyperfine --warmup 1 --runs 5 --export-markdown "$work/map.md" -n "qemu-img map chain" \
   "qemu-img map --output=json top.qcow2" -n "blk map chain" "$blk map --output=json top.qcow2" >/dev/null
 cmp <(qemu-img map --output=json top.qcow2) <("$blk" map --output=json top.qcow2) && echo "map outputs equal"
+# random 4k reads on the fully written qcow2, depth 1 and 32 (qemu-img bench's own workload)
+hyperfine --warmup 1 --runs 3 --export-markdown "$work/bench-qd1.md" -n "qemu-img bench qd1" \
+  "qemu-img bench -f qcow2 -c 200000 -d 1 -S 1048573 src.qcow2" -n "blk bench qd1" \
+  "$blk bench -f qcow2 -c 200000 -d 1 -S 1048573 src.qcow2" >/dev/null
+hyperfine --warmup 1 --runs 3 --export-markdown "$work/bench-qd32.md" -n "qemu-img bench qd32" \
+  "qemu-img bench -f qcow2 -c 400000 -d 32 -S 1048573 src.qcow2" -n "blk bench qd32" \
+  "$blk bench -f qcow2 -c 400000 -d 32 -S 1048573 src.qcow2" >/dev/null
 # check of a 256 GiB metadata-preallocated image
 [ -f big.qcow2 ] || qemu-img create -f qcow2 -o preallocation=metadata big.qcow2 256G >/dev/null
 hyperfine --warmup 1 --runs 3 --export-markdown "$work/check.md" -n "qemu-img check 256G" \
@@ -49,7 +56,7 @@ qemu-img compare -q b.qcow2 "$src" && qemu-img compare -q bz.qcow2 "$src" && qem
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; load during the run: $(uptime | sed 's/.*load average: //'); $(qemu-img --version | head -1); $("$JAVA_HOME/bin/java" -version 2>&1 | head -1)"
   echo "Input: 2 GiB raw, 1 MiB chunks cycling random / zeros / random / text; page cache warm."
-  for f in raw-to-qcow2 qcow2-to-raw qcow2-to-qcow2 compress-zlib compress-zstd map check; do
+  for f in raw-to-qcow2 qcow2-to-raw qcow2-to-qcow2 compress-zlib compress-zstd map bench-qd1 bench-qd32 check; do
     [ -f "$work/$f.md" ] && { echo; echo "## $f"; cat "$work/$f.md"; }
   done
   echo
