@@ -40,11 +40,11 @@ hyperfine --warmup 1 --runs 5 --export-markdown "$work/map.md" -n "qemu-img map 
 cmp <(qemu-img map --output=json top.qcow2) <("$blk" map --output=json top.qcow2) && echo "map outputs equal"
 # random 4k reads on the fully written qcow2, depth 1 and 32 (qemu-img bench's own workload)
 hyperfine --warmup 1 --runs 3 --export-markdown "$work/bench-qd1.md" -n "qemu-img bench qd1" \
-  "qemu-img bench -f qcow2 -c 200000 -d 1 -S 1048573 src.qcow2" -n "blk bench qd1" \
-  "$blk bench -f qcow2 -c 200000 -d 1 -S 1048573 src.qcow2" >/dev/null
+  "qemu-img bench -f qcow2 -c 200000 -d 1 -S 1052672 src.qcow2" -n "blk bench qd1" \
+  "$blk bench -f qcow2 -c 200000 -d 1 -S 1052672 src.qcow2" >/dev/null
 hyperfine --warmup 1 --runs 3 --export-markdown "$work/bench-qd32.md" -n "qemu-img bench qd32" \
-  "qemu-img bench -f qcow2 -c 400000 -d 32 -S 1048573 src.qcow2" -n "blk bench qd32" \
-  "$blk bench -f qcow2 -c 400000 -d 32 -S 1048573 src.qcow2" >/dev/null
+  "qemu-img bench -f qcow2 -c 400000 -d 32 -S 1052672 src.qcow2" -n "blk bench qd32" \
+  "$blk bench -f qcow2 -c 400000 -d 32 -S 1052672 src.qcow2" >/dev/null
 # check of a 256 GiB metadata-preallocated image
 [ -f big.qcow2 ] || qemu-img create -f qcow2 -o preallocation=metadata big.qcow2 256G >/dev/null
 hyperfine --warmup 1 --runs 3 --export-markdown "$work/check.md" -n "qemu-img check 256G" \

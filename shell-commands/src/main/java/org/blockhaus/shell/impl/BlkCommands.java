@@ -46,7 +46,7 @@ public class BlkCommands {
         return run(session, "info", args);
     }
 
-    @Descriptor("copy and convert images: convert [-c] [-p] [-n] [-f fmt] [-O fmt] [-o options] [-S size] [-m n] [-W] source... target")
+    @Descriptor("copy and convert images: convert [-c] [-p] [-q] [-n] [-f fmt] [-O fmt] [-o options] [-B backing -F fmt] [-l snapshot] [-S size] [-m n] [-W] [-t cache] [-T cache] [--target-is-zero] [--salvage] source... target")
     public Object convert(CommandSession session, @Descriptor("qemu-img convert arguments") String... args) throws Exception {
         return run(session, "convert", args);
     }
@@ -86,17 +86,17 @@ public class BlkCommands {
         return run(session, "amend", args);
     }
 
-    @Descriptor("write an image's changes into its backing file: commit [-q] [-f fmt] [-b base] [-d] [-p] filename")
+    @Descriptor("write an image's changes into its backing file (then empty it unless -d): commit [-q] [-f fmt] [-b base] [-d] [-p] filename")
     public Object commit(CommandSession session, @Descriptor("qemu-img commit arguments") String... args) throws Exception {
         return run(session, "commit", args);
     }
 
-    @Descriptor("change an image's backing file: rebase [-q] [-f fmt] [-p] [-u] -b backing [-F fmt] filename")
+    @Descriptor("change an image's backing file, keeping its content (-u: only the name): rebase [-q] [-f fmt] [-p] [-u] -b backing [-F fmt] filename")
     public Object rebase(CommandSession session, @Descriptor("qemu-img rebase arguments") String... args) throws Exception {
         return run(session, "rebase", args);
     }
 
-    @Descriptor("measure I/O speed: bench [-c count] [-d depth] [-f fmt] [-o offset] [-s size] [-S step] [-w] [-q] filename")
+    @Descriptor("measure I/O speed: bench [-c count] [-d depth] [-f fmt] [-o offset] [-s size] [-S step] [-t cache] [-i aio] [-w [--pattern=byte] [--flush-interval=n] [--no-drain]] [-q] filename")
     public Object bench(CommandSession session, @Descriptor("qemu-img bench arguments") String... args) throws Exception {
         return run(session, "bench", args);
     }
