@@ -54,9 +54,20 @@ public final class Qcow2Driver implements BlockDriver {
             OptionSpec.of("lazy_refcounts", OptionType.BOOL, "off", "Postpone refcount updates"),
             OptionSpec.of("refcount_bits", OptionType.NUMBER, "16", "Width of a reference count entry in bits"));
 
+    /** qemu's qcow2 runtime options; the tuning ones we do not need are accepted and have no effect. */
     private static final List<OptionSpec> OPEN_OPTIONS = List.of(
             OptionSpec.of("l2-cache-size", OptionType.SIZE, "Maximum L2 table cache size"),
-            OptionSpec.of("cache-size", OptionType.SIZE, "Maximum metadata cache size"));
+            OptionSpec.of("cache-size", OptionType.SIZE, "Maximum metadata cache size (the L2 cache gets it)"),
+            OptionSpec.of("refcount-cache-size", OptionType.SIZE, "Accepted for compatibility; no effect"),
+            OptionSpec.of("l2-cache-entry-size", OptionType.SIZE, "Accepted for compatibility; no effect"),
+            OptionSpec.of("cache-clean-interval", OptionType.NUMBER, "Accepted for compatibility; no effect"),
+            OptionSpec.of("lazy-refcounts", OptionType.BOOL,
+                    "Accepted for compatibility; refcounts are always written eagerly"),
+            OptionSpec.of("pass-discard-request", OptionType.BOOL, "Accepted for compatibility; no effect"),
+            OptionSpec.of("pass-discard-snapshot", OptionType.BOOL, "Accepted for compatibility; no effect"),
+            OptionSpec.of("pass-discard-other", OptionType.BOOL, "Accepted for compatibility; no effect"),
+            OptionSpec.of("overlap-check.*", OptionType.STRING,
+                    "Accepted for compatibility; allocation never overwrites known metadata"));
 
     private static final DriverDescriptor DESCRIPTOR = new DriverDescriptor("qcow2", DriverDescriptor.Kind.FORMAT,
             "QEMU copy-on-write image, version 2 and 3", List.of(), OPEN_OPTIONS, CREATE_OPTIONS, true);

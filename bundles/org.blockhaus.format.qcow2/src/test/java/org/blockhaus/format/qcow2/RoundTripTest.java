@@ -45,6 +45,19 @@ class RoundTripTest {
     }
 
     @Test
+    void acceptsQemusRuntimeOptions() throws Exception {
+        Path img = dir.resolve("o.qcow2");
+        Qemu.img("create", "-f", "qcow2", img.toString(), "1M").ok();
+        BlockCore core = Fixtures.core();
+        try (Image i = core.open(img.toString(), Options.of("driver", "qcow2", "l2-cache-size", "1M",
+                "refcount-cache-size", "256k", "lazy-refcounts", "on", "pass-discard-request", "off",
+                "overlap-check", "all", "cache-clean-interval", "600"), OpenMode.READ_WRITE)) {
+            i.write(0, ByteBuffer.allocate(512), 0);
+        }
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
+
+    @Test
     void probingPicksQcow2AndNothingElse() throws Exception {
         Path img = dir.resolve("p.qcow2");
         Qemu.img("create", "-f", "qcow2", img.toString(), "1M").ok();
