@@ -115,15 +115,18 @@ final class Img {
                 Options o = Options.parseKeyValue(def, "qom-type");
                 String type = o.get("qom-type");
                 if (!"secret".equals(type)) {
-                    throw BlockException.invalid("Invalid object type '" + type + "'");
+                    throw BlockException.invalid("invalid object type: " + type);
                 }
                 String id = o.get("id");
                 if (id == null) {
                     throw BlockException.invalid("Parameter 'id' is missing");
                 }
                 byte[] value;
-                if (o.has("data") == o.has("file")) {
-                    throw BlockException.invalid("'file' and 'data' are mutually exclusive; exactly one must be given");
+                if (o.has("data") && o.has("file")) {
+                    throw BlockException.invalid("'file' and 'data' are mutually exclusive");
+                }
+                if (!o.has("data") && !o.has("file")) {
+                    throw BlockException.invalid("Either 'file' or 'data' must be provided");
                 }
                 if (o.has("data")) {
                     value = o.get("data").getBytes(java.nio.charset.StandardCharsets.UTF_8);
@@ -429,7 +432,7 @@ final class Img {
         Map<String, Object> m = new LinkedHashMap<>();
         Map<String, Object> extra = img.info();
         m.put("virtual-size", img.size());
-        m.put("filename", img.filename());
+        m.put("filename", displayName(img));
         m.put("format", img.driverName());
         long actual = actualSize(img);
         if (actual >= 0) {
@@ -444,6 +447,28 @@ final class Img {
             }
         }
         return m;
+    }
+
+    /**
+     * The name qemu-img shows: a json: description that says no more than "this format over
+     * this file" ({@code --image-opts driver=qcow2,file.filename=x}) is shown as the file's name.
+     */
+    static String displayName(Image img) {
+        String f = img.filename();
+        Image file = img.file();
+        if (!f.startsWith("json:") || file == null || file.filename().startsWith("json:")) {
+            return f;
+        }
+        try {
+            Map<String, String> o = Options.parseJson(f.substring(5)).asMap();
+            Set<String> plain = Set.of("driver", "file.driver", "file.filename", "file.locking");
+            boolean onlyPlain = plain.containsAll(o.keySet()) && o.containsKey("file.filename")
+                    && img.driverName().equals(o.getOrDefault("driver", img.driverName()))
+                    && "file".equals(o.getOrDefault("file.driver", "file"));
+            return onlyPlain ? file.filename() : f;
+        } catch (BlockException e) {
+            return f;
+        }
     }
 
     /** Host bytes used: the driver's answer, else the sum of its storage children's (not backing). */

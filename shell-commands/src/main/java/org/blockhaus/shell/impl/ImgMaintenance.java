@@ -382,9 +382,16 @@ final class ImgMaintenance {
         String newBacking = a.get("b").isEmpty() ? null : a.get("b");
         String newFmt = a.get("F");
         if (a.has("u")) {
-            Options o = a.get("f") == null ? Options.of("backing", null) : Options.of("driver", a.get("f"),
-                    "backing", null);
-            Image image = core.open(filename, o, new OpenMode(true, false, img::warn));
+            // unsafe: only the header changes, so the old backing file need not even exist
+            Options o = a.has("image-opts") ? Options.parseKeyValue(filename, "file").with("backing", null)
+                    : a.get("f") == null ? Options.of("backing", null)
+                    : Options.of("driver", a.get("f"), "backing", null);
+            Image image;
+            try {
+                image = core.open(a.has("image-opts") ? null : filename, o, new OpenMode(true, false, img::warn));
+            } catch (BlockException e) {
+                throw e.prepend("Could not open '" + filename + "': ");
+            }
             try {
                 changeBacking(image, newBacking, newFmt);
             } finally {

@@ -155,4 +155,50 @@ class BadArgumentsTest extends QemuComparison {
             }
         }
     }
+
+    private static final String IMAGE_OPTS = "driver=qcow2,file.driver=file,file.filename=c.qcow2";
+
+    /** --image-opts, --object and -q wherever qemu-img takes them: same output, same images. */
+    @Test
+    void imageOptsObjectsAndQuietWorkForEveryCommandThatTakesThem() throws Exception {
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "c.qcow2", "64M");
+        sh("qemu-io", "-c", "write -P 1 0 1M", "c.qcow2");
+        String[][] cases = {
+            {"check", "--image-opts", IMAGE_OPTS},
+            {"map", "--image-opts", IMAGE_OPTS},
+            {"info", "--image-opts", IMAGE_OPTS},
+            {"measure", "-O", "qcow2", "--image-opts", IMAGE_OPTS},
+            {"snapshot", "-l", "--image-opts", IMAGE_OPTS},
+            {"amend", "-o", "compat=1.1", "--image-opts", IMAGE_OPTS},
+            {"commit", "--image-opts", IMAGE_OPTS},
+            {"rebase", "-u", "-b", "", "--image-opts", IMAGE_OPTS},
+            {"resize", "--image-opts", IMAGE_OPTS, "+1M"},
+            {"dd", "--image-opts", "if=" + IMAGE_OPTS, "of=o.raw"},
+            {"compare", "--image-opts", IMAGE_OPTS, IMAGE_OPTS},
+            {"convert", "--image-opts", "-O", "raw", IMAGE_OPTS, "o.raw"},
+            {"check", "--object", "secret,id=s,data=x", "c.qcow2"},
+            {"info", "--object", "secret,id=s", "c.qcow2"},
+            {"info", "--object", "secret,id=s,data=x,file=y", "c.qcow2"},
+            {"info", "--object", "iothread,id=i", "c.qcow2"},
+            {"create", "-q", "-f", "qcow2", "o.qcow2", "1M"},
+            {"check", "-q", "--output=json", "c.qcow2"},
+            {"compare", "-q", "c.qcow2", "c.qcow2"},
+            {"convert", "-q", "-O", "raw", "c.qcow2", "o.raw"},
+            {"resize", "-q", "c.qcow2", "+1M"},
+            {"snapshot", "-q", "-l", "c.qcow2"},
+            {"amend", "-q", "-o", "lazy_refcounts=on", "c.qcow2"},
+            {"rebase", "-q", "-u", "-b", "", "c.qcow2"},
+            {"commit", "-q", "c.qcow2"},
+            {"info", "-q", "c.qcow2"},
+            {"map", "-q", "c.qcow2"},
+            {"dd", "-q", "if=c.qcow2", "of=o.raw"},
+        };
+        for (String[] c : cases) {
+            try {
+                assertSameEffect(List.of("c.qcow2"), c);
+            } catch (AssertionError e) {
+                throw new AssertionError(String.join(" ", c) + ": " + e.getMessage(), e);
+            }
+        }
+    }
 }
