@@ -82,6 +82,15 @@ final class Img {
     }
 
     Object run(String command, String[] args) throws UsageException, BlockException, CommandException {
+        for (String arg : args) {
+            if (arg.equals("--")) {
+                break;
+            }
+            if (arg.equals("-h") || arg.equals("--help")) {
+                // qemu-img answers -h after any command with its help, exit code 0
+                return new Text(Usage.TEXT);
+            }
+        }
         applyObjects(args);
         if (ImgMaintenance.COMMANDS.contains(command)) {
             return new ImgMaintenance(core, this, out).run(command, args);
@@ -568,13 +577,18 @@ final class Img {
     Object compare(String[] argv) throws UsageException, CommandException {
         Args a;
         try {
-            a = Args.parse(argv, "fF", "hpqsU", Set.of("object"), Set.of("force-share", "image-opts", "help"));
+            a = Args.parse(argv, "fFT", "hpqsU", Set.of("object"), Set.of("force-share", "image-opts", "help"));
         } catch (UsageException e) {
             throw e;
         }
         List<String> pos = a.positional();
         if (pos.size() != 2) {
             throw new UsageException("Expecting two image file names");
+        }
+        try {
+            checkCacheModes(a, false, true);
+        } catch (BlockException e) {
+            throw new CommandException(e.getMessage(), 2);
         }
         boolean strict = a.has("s");
         boolean quiet = a.has("q");
@@ -687,11 +701,35 @@ final class Img {
         return CACHE_MODES.contains(mode);
     }
 
+    /** -t (target cache) and -T (source cache): qemu-img refuses unknown modes before it opens anything. */
+    static void checkCacheModes(Args a, boolean target, boolean source) throws BlockException {
+        if (target && a.has("t") && !isCacheMode(a.get("t"))) {
+            throw BlockException.invalid("Invalid cache option: " + a.get("t"));
+        }
+        if (source && a.has("T") && !isCacheMode(a.get("T"))) {
+            throw BlockException.invalid("Invalid source cache option: " + a.get("T"));
+        }
+    }
+
+    /** -r: a rate limit in bytes per second, with qemu-img's size suffixes. */
+    static void checkRateLimit(Args a) throws BlockException {
+        if (a.has("r")) {
+            try {
+                Sizes.parse(a.get("r"));
+            } catch (BlockException e) {
+                throw BlockException.invalid("Invalid rate limit specified. You may use k, M, G, T, P or E suffixes"
+                        + " for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+            }
+        }
+    }
+
     Object convert(String[] argv) throws UsageException, BlockException, CommandException {
         Args a = Args.parse(argv, "fOoSmtTBFlr", "hpqncUWC", Set.of("object"),
-                Set.of("force-share", "image-opts", "target-image-opts", "help", "target-is-zero", "salvage"));
+                Set.of("force-share", "image-opts", "target-image-opts", "help", "target-is-zero", "salvage",
+                        "bitmaps"));
         List<String> pos = a.positional();
         String outFmt = a.get("O", "raw");
+        checkRateLimit(a);
         String optText = String.join(",", a.all("o"));
         long minSparse = 4096;
         if (a.has("S")) {
@@ -822,7 +860,7 @@ final class Img {
      * convert -l: the source's internal snapshot. Reading a snapshot needs the format driver to
      * open one; without that, a snapshot that exists is refused as unsupported.
      */
-    private static void loadSnapshot(Image source, String spec) throws BlockException {
+    static void loadSnapshot(Image source, String spec) throws BlockException {
         String wanted = spec.startsWith("snapshot.name=") ? spec.substring("snapshot.name=".length())
                 : spec.startsWith("snapshot.id=") ? spec.substring("snapshot.id=".length()) : spec;
         List<org.blockhaus.api.spi.SnapshotNode.Snapshot> list = source.driverNode()

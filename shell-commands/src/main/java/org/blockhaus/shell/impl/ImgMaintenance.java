@@ -68,6 +68,7 @@ final class ImgMaintenance {
                 "help"));
         Output output = Img.output(a);
         String filename = Img.single(a, "Expecting one image file name");
+        Img.checkCacheModes(a, false, true);
         CheckResult.Repair repair = CheckResult.Repair.NONE;
         if (a.has("r")) {
             repair = switch (a.get("r")) {
@@ -182,6 +183,9 @@ final class ImgMaintenance {
         Image image = img.open(pos.get(0), a.get("f"), a.has("image-opts"), false, a.has("U")
                 || a.has("force-share"));
         try {
+            if (a.has("l")) {
+                Img.loadSnapshot(image, a.get("l"));
+            }
             var m = core.measure(outFmt, o, image.size(), image);
             // qemu-img counts bitmaps only for a source format that stores them (qcow2)
             return new Results.Measure(image.driverName().equals("qcow2") && outFmt.equals("qcow2")
@@ -259,6 +263,7 @@ final class ImgMaintenance {
         if (optText.isEmpty()) {
             throw new UsageException("Must specify options (-o)");
         }
+        Img.checkCacheModes(a, true, false);
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), true, false);
         try {
             if (!(image.driverNode() instanceof AmendableNode amendable)) {
@@ -299,6 +304,8 @@ final class ImgMaintenance {
     Object commit(String[] argv) throws UsageException, BlockException {
         Args a = Args.parse(argv, "ftbr", "hqdp", Set.of("object"), Set.of("image-opts", "help"));
         String filename = Img.single(a, "Expecting one image file name");
+        Img.checkCacheModes(a, true, false);
+        Img.checkRateLimit(a);
         // The chain is read with force-share: we hold the base open for writing ourselves.
         Image top = img.open(filename, a.get("f"), a.has("image-opts"), false, true);
         Image base = null;
@@ -376,6 +383,7 @@ final class ImgMaintenance {
     Object rebase(String[] argv) throws UsageException, BlockException {
         Args a = Args.parse(argv, "fFbtT", "hqpuUc", Set.of("object"), Set.of("image-opts", "force-share", "help"));
         String filename = Img.single(a, "Expecting one image file name");
+        Img.checkCacheModes(a, true, true);
         if (!a.has("b")) {
             throw new UsageException("Must specify backing file (-b) or use unsafe mode (-u)");
         }

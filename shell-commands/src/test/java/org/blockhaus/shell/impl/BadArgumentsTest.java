@@ -139,6 +139,17 @@ class BadArgumentsTest extends QemuComparison {
             {"convert", "-l", "x", "-O", "qcow2", "c.qcow2", "o.qcow2"},
             {"convert", "-O", "qcow2", "c.qcow2", "c.qcow2"},
             {"bogus"},
+            {"commit", "-t", "bogus", "c.qcow2"},
+            {"commit", "-r", "x", "c.qcow2"},
+            {"rebase", "-t", "bogus", "-u", "-b", "", "c.qcow2"},
+            {"rebase", "-T", "bogus", "-u", "-b", "", "c.qcow2"},
+            {"amend", "-t", "bogus", "-o", "compat=1.1", "c.qcow2"},
+            {"check", "-T", "bogus", "c.qcow2"},
+            {"compare", "-T", "bogus", "c.qcow2", "c.qcow2"},
+            {"measure", "-l", "x", "-O", "qcow2", "c.qcow2"},
+            {"convert", "-r", "x", "-O", "raw", "c.qcow2", "o.raw"},
+            {"convert", "-l", "snapshot.name=x", "-O", "raw", "c.qcow2", "o.raw"},
+            {"bench", "-t", "bogus", "c.qcow2"},
     };
 
     @Test
