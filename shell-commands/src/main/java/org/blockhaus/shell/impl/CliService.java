@@ -46,6 +46,9 @@ public class CliService implements CommandLine {
             Object result = img.run(command, rest);
             out.print(Render.render(result));
             out.flush();
+            if (result instanceof Results.Result r && r.error() != null) {
+                printError(err, r.error());
+            }
             return result instanceof Results.Result r ? r.exitCode() : 0;
         } catch (UsageException e) {
             err.print("qemu-img: " + e.getMessage() + "\nTry 'qemu-img --help' for more information\n");

@@ -524,7 +524,17 @@ final class Img {
                 }
                 off += e.length();
             }
-            return new MapResult(entries, output);
+            if (output == Output.HUMAN) {
+                // the table can only show data with a host offset; qemu-img stops at the first without
+                for (int i = 0; i < entries.size(); i++) {
+                    MapEntry e = entries.get(i);
+                    if (e.data() && e.offset() < 0) {
+                        return new MapResult(List.copyOf(entries.subList(0, i)), output,
+                                "File contains external, encrypted or compressed clusters.");
+                    }
+                }
+            }
+            return new MapResult(entries, output, null);
         } finally {
             img.close();
         }
@@ -543,7 +553,7 @@ final class Img {
         Image img = top;
         while (true) {
             BlockStatus st = img.blockStatus(off, len);
-            if (st.isAllocated() || st.isZero() && img.backing() == null && depth == 0) {
+            if (st.isAllocated()) {
                 return fromStatus(st, depth, true);
             }
             Image backing = img.backing();

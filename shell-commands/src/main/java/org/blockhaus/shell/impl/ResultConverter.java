@@ -14,7 +14,7 @@ public class ResultConverter implements Converter {
     @Override
     public CharSequence format(Object target, int level, Converter escape) {
         if (target instanceof Results.Result r) {
-            String s = Render.render(r);
+            String s = Render.render(r) + (r.error() == null ? "" : r.error() + "\n");
             return s.endsWith("\n") ? s.substring(0, s.length() - 1) : s;
         }
         return null;

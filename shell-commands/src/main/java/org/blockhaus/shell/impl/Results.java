@@ -20,6 +20,11 @@ final class Results {
         default int exitCode() {
             return 0;
         }
+
+        /** An error qemu-img reports after the output it printed (then the exit code is 1), or null. */
+        default String error() {
+            return null;
+        }
     }
 
     /** qemu-img info; {@code images} has one map per image (several with --backing-chain). */
@@ -31,7 +36,12 @@ final class Results {
             String file) {
     }
 
-    record MapResult(List<MapEntry> entries, Output output) implements Result {
+    /** @param error why the human table stops early (data without a host offset), or null */
+    record MapResult(List<MapEntry> entries, Output output, String error) implements Result {
+        @Override
+        public int exitCode() {
+            return error == null ? 0 : 1;
+        }
     }
 
     /** qemu-img compare: the lines it prints and its exit code. */

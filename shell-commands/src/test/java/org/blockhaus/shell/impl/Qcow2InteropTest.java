@@ -467,4 +467,23 @@ class Qcow2InteropTest extends QemuComparison {
         assertEquals(0, t.ours().exitCode());
         assertEquals(0, Qemu.run(t.b(), "qemu-img", "check", "bad.qcow2").exitCode());
     }
+
+    @Test
+    void compressedImagesMadeByQemuImgAreReportedAlike() throws Exception {
+        rawImage();
+        sh("qemu-img", "convert", "-c", "-O", "qcow2", "r.raw", "comp.qcow2");
+        String[][] cases = {
+            {"check", "comp.qcow2"},
+            {"check", "--output=json", "comp.qcow2"},
+            {"map", "--output=json", "comp.qcow2"},
+            {"map", "comp.qcow2"},
+            {"info", "--output=json", "comp.qcow2"},
+            {"compare", "comp.qcow2", "r.raw"},
+            {"measure", "-O", "qcow2", "comp.qcow2"},
+        };
+        for (String[] c : cases) {
+            assertSame(qemu(c), blk(c));
+        }
+        assertSameEffect(List.of("comp.qcow2"), "convert", "-O", "raw", "comp.qcow2", "new.raw");
+    }
 }
