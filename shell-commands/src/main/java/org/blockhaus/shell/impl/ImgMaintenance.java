@@ -306,6 +306,8 @@ final class ImgMaintenance {
         String filename = Img.single(a, "Expecting one image file name");
         Img.checkCacheModes(a, true, false);
         Img.checkRateLimit(a);
+        // qemu-img opens the top for writing: someone else's lock on it fails the commit first
+        img.open(filename, a.get("f"), a.has("image-opts"), true, false).close();
         // The chain is read with force-share: we hold the base open for writing ourselves.
         Image top = img.open(filename, a.get("f"), a.has("image-opts"), false, true);
         Image base = null;

@@ -486,4 +486,35 @@ class Qcow2InteropTest extends QemuComparison {
         }
         assertSameEffect(List.of("comp.qcow2"), "convert", "-O", "raw", "comp.qcow2", "new.raw");
     }
+
+    /** While qemu-io holds an image open for writing, every command meets its lock as qemu-img does. */
+    @Test
+    void imagesInUseByQemuAreRefusedUnlessForceShared() throws Exception {
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "busy.qcow2", "64M");
+        Process holder = new ProcessBuilder(Qemu.tool("qemu-io").toString(), "-c", "sleep 60000", "busy.qcow2")
+                .directory(dir.toFile()).redirectErrorStream(true).start();
+        try {
+            long deadline = System.nanoTime() + 10_000_000_000L;
+            while (qemu("info", "busy.qcow2").exitCode() == 0) {
+                assertTrue(System.nanoTime() < deadline, "qemu-io did not lock busy.qcow2");
+                Thread.sleep(50);
+            }
+            String[][] cases = {
+                {"info", "busy.qcow2"}, {"info", "-U", "busy.qcow2"}, {"check", "busy.qcow2"},
+                {"check", "-U", "busy.qcow2"}, {"map", "busy.qcow2"}, {"compare", "busy.qcow2", "busy.qcow2"},
+                {"compare", "-U", "busy.qcow2", "busy.qcow2"}, {"convert", "-O", "raw", "busy.qcow2", "new.raw"},
+                {"snapshot", "-l", "busy.qcow2"}, {"snapshot", "-l", "-U", "busy.qcow2"},
+                {"measure", "-O", "qcow2", "busy.qcow2"}, {"resize", "busy.qcow2", "+1M"}, {"commit", "busy.qcow2"},
+                {"amend", "-o", "compat=1.1", "busy.qcow2"}, {"rebase", "-u", "-b", "", "busy.qcow2"},
+                {"snapshot", "-c", "s", "busy.qcow2"}, {"dd", "if=busy.qcow2", "of=new.raw"},
+            };
+            for (String[] c : cases) {
+                assertSame(qemu(c), blk(c));
+                Files.deleteIfExists(dir.resolve("new.raw"));
+            }
+        } finally {
+            holder.destroy();
+            holder.waitFor();
+        }
+    }
 }
