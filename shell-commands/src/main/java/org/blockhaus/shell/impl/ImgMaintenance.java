@@ -133,6 +133,9 @@ final class ImgMaintenance {
             if (size < 0) {
                 throw BlockException.invalid("New image size must be positive");
             }
+            if (size <= current && prealloc != Preallocation.OFF) {
+                throw BlockException.invalid("Preallocation can only be used for growing images");
+            }
             if (size < current && !a.has("shrink")) {
                 img.warnLater("Shrinking an image will delete all data beyond the shrunken image's end. Before"
                         + " performing such an operation, make sure there is no important data there.");

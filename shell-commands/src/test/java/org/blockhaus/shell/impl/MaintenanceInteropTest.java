@@ -21,6 +21,19 @@ class MaintenanceInteropTest extends QemuComparison {
         assertSame(qemu("resize", "-f", "raw", "a.raw", "10X"), blk("resize", "-f", "raw", "b.raw", "10X"));
     }
 
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"off", "falloc", "full", "metadata", "bogus"})
+    void resizeWithPreallocationAllocatesWhatQemuImgAllocates(String mode) throws Exception {
+        qemu("create", "-f", "raw", "a.raw", "1M");
+        qemu("create", "-f", "raw", "b.raw", "1M");
+        assertSame(qemu("resize", "-f", "raw", "--preallocation=" + mode, "a.raw", "+3M"),
+                blk("resize", "-f", "raw", "--preallocation=" + mode, "b.raw", "+3M"));
+        assertEquals(Files.size(dir.resolve("a.raw")), Files.size(dir.resolve("b.raw")));
+        assertEquals(Qemu.blocks(dir.resolve("a.raw")), Qemu.blocks(dir.resolve("b.raw")));
+        assertSame(qemu("resize", "-f", "raw", "--preallocation=" + mode, "--shrink", "a.raw", "1M"),
+                blk("resize", "-f", "raw", "--preallocation=" + mode, "--shrink", "b.raw", "1M"));
+    }
+
     @Test
     void measureOfRawMatchesQemuImg() throws Exception {
         qemu("create", "-f", "raw", "a.raw", "3M");
