@@ -53,7 +53,10 @@ final class ChainResolver {
     }
 
     /** Everything one open call needs to know while it walks down the chain. */
-    record Request(boolean readOnly, boolean forceShare, Consumer<String> warnings) {
+    record Request(boolean readOnly, boolean forceShare, Consumer<String> warnings, boolean noFlush) {
+        Request(boolean readOnly, boolean forceShare, Consumer<String> warnings) {
+            this(readOnly, forceShare, warnings, false);
+        }
     }
 
     Image openTop(String filename, Options options, boolean writable, boolean forceShare, Consumer<String> warnings)
@@ -77,7 +80,10 @@ final class ChainResolver {
         // QEMU's users share everything at the top; metadata formats then refuse to share writes
         // and resizes of their own file (childShared), which is what keeps a qcow2 safe.
         Set<Permission> shared = Permission.all();
-        Request req = new Request(ro, forceShare, warnings == null ? w -> { } : warnings);
+        // cache.no-flush=on (qemu-img convert's default "unsafe" cache for its target): flushes
+        // are dropped for the whole chain, as QEMU does
+        Request req = new Request(ro, forceShare, warnings == null ? w -> { } : warnings,
+                opts.getBool("cache.no-flush", false));
         return openNode(filename, opts, req, perm, shared, true, 0, new HashSet<>());
     }
 
@@ -260,7 +266,10 @@ final class ChainResolver {
             node = new SectorZeroGuard(node, registry);
         }
         ManagedNode[] self = new ManagedNode[1];
-        ManagedNode m = new ManagedNode(entry.descriptor().name(), shown, node, req.readOnly(), children,
+        // Only the storage skips its flush: formats still write their cached metadata down to
+        // it, as QEMU's "unsafe" mode still flushes to the OS and only skips the disk.
+        boolean noFlush = req.noFlush() && entry.descriptor().kind() == Kind.PROTOCOL;
+        ManagedNode m = new ManagedNode(entry.descriptor().name(), shown, node, req.readOnly(), noFlush, children,
                 () -> registry.untrack(entry.driver(), self[0]));
         self[0] = m;
         try {

@@ -34,6 +34,8 @@ final class ManagedNode implements Image {
     private final String filename;
     private final BlockNode node;
     private final boolean readOnly;
+    /** cache.no-flush: flushes are not passed on (qemu's "unsafe" cache mode). */
+    private final boolean noFlush;
     private final Limits limits;
     private final Capabilities caps;
     private final List<Child> children = new CopyOnWriteArrayList<>();
@@ -45,8 +47,9 @@ final class ManagedNode implements Image {
     private final Runnable onClosed;
     private volatile boolean closed;
 
-    ManagedNode(String driverName, String filename, BlockNode node, boolean readOnly, List<Child> children,
-            Runnable onClosed) {
+    ManagedNode(String driverName, String filename, BlockNode node, boolean readOnly, boolean noFlush,
+            List<Child> children, Runnable onClosed) {
+        this.noFlush = noFlush;
         this.driverName = driverName;
         this.filename = filename;
         this.node = node;
@@ -243,7 +246,7 @@ final class ManagedNode implements Image {
         } finally {
             src.limit(limit);
         }
-        if (emulateFua) {
+        if (emulateFua && !noFlush) {
             node.flush();
         }
     }
@@ -334,7 +337,7 @@ final class ManagedNode implements Image {
     public void flush() throws BlockException {
         enter();
         try {
-            if (!readOnly) {
+            if (!readOnly && !noFlush) {
                 node.flush();
             }
         } finally {
@@ -421,7 +424,7 @@ final class ManagedNode implements Image {
             }
             closed = true;
             try {
-                if (!readOnly) {
+                if (!readOnly && !noFlush) {
                     node.flush();
                 }
             } catch (BlockException | RuntimeException e) {

@@ -309,4 +309,15 @@ class CoreTest {
         assertEquals(List.of("open [CONSISTENT_READ]",
                 "update [CONSISTENT_READ, WRITE, RESIZE] sharing [CONSISTENT_READ, WRITE_UNCHANGED]"), events);
     }
+
+    @Test
+    void noFlushDropsTheStoragesFlushButNotTheFormats() throws Exception {
+        mem.disks.put("nf", new byte[4096]);
+        Image img = core.open("mem:nf", Options.of("driver", "pass", "cache.no-flush", "on"), OpenMode.READ_WRITE);
+        mem.requests.clear();
+        img.write(0, ByteBuffer.allocate(512), BlockNode.FUA);
+        img.flush();
+        img.close();
+        assertEquals(List.of("write 0 512", "close"), mem.requests);
+    }
 }
