@@ -838,11 +838,14 @@ final class Img {
             if (a.has("t") && !CACHE_MODES.contains(a.get("t"))) {
                 throw BlockException.invalid("Invalid cache option: " + a.get("t"));
             }
+            Options cacheOpts = targetCache(a.get("t", "unsafe"));
             if (a.has("target-image-opts")) {
-                dst = core.open(null, Options.parseKeyValue(target, null), new OpenMode(true, false, this::warn));
+                dst = core.open(null, Options.parseKeyValue(target, null).merge(cacheOpts),
+                        new OpenMode(true, false, this::warn));
             } else {
                 try {
-                    dst = core.open(target, Options.of("driver", outFmt), new OpenMode(true, false, this::warn));
+                    dst = core.open(target, Options.of("driver", outFmt).merge(cacheOpts),
+                            new OpenMode(true, false, this::warn));
                 } catch (BlockException e) {
                     throw e.prepend("Could not open '" + target + "': ");
                 }
@@ -906,6 +909,18 @@ final class Img {
             p.update(100.0 * off / size);
         }
         dst.flush();
+    }
+
+    /**
+     * qemu-img convert's -t: the target's cache mode, "unsafe" unless asked otherwise (its data
+     * reaches the OS but is never synced, as qemu-img does).
+     */
+    static Options targetCache(String mode) {
+        return switch (mode) {
+            case "unsafe" -> Options.of("cache.no-flush", "on");
+            case "none", "directsync" -> Options.of("cache.direct", "on");
+            default -> Options.empty(); // writeback, writethrough
+        };
     }
 
     // ---- helpers ------------------------------------------------------------------------
