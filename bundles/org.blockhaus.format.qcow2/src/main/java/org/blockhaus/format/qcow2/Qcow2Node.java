@@ -1036,174 +1036,30 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
-            for (String key : o.asMap().keySet()) {
-                switch (key) {
-                    case "compat", "lazy_refcounts", "backing_file", "backing_fmt", "size" -> { }
-                    case "cluster_size" -> unchanged(key, o.getSize(key, clusterSize) == clusterSize, "cluster size");
-                    case "refcount_bits" -> { }
-                    case "extended_l2" -> unchanged(key, o.getBool(key, false) == extL2, "extended L2 setting");
-                    case "compression_type" -> unchanged(key, o.get(key).equals(
-                            header.compressionType() == Qcow2Header.COMPRESSION_ZSTD ? "zstd" : "zlib"),
-                            "compression type");
-                    case "preallocation" -> throw BlockException.invalid("Cannot change preallocation mode");
-                    default -> throw new BlockException(Reason.UNSUPPORTED, "Changing the option '" + key
-                            + "' is not supported");
-                }
-            }
-            flushLocked();
-            int version = header.version();
-            if (o.has("compat")) {
-                version = switch (o.get("compat")) {
-                    case "0.10", "v2" -> 2;
-                    case "1.1", "v3" -> 3;
-                    default -> throw BlockException.invalid("Invalid compatibility level: '" + o.get("compat") + "'");
-                };
-            }
-            long compat = header.compatibleFeatures();
-            if (o.has("lazy_refcounts")) {
-                boolean lazy = o.getBool("lazy_refcounts", false);
-                if (lazy && version < 3) {
-                    throw BlockException.invalid("Lazy refcounts only supported with compatibility level 1.1 and"
-                            + " above (use compat=1.1 or greater)");
-                }
-                compat = lazy ? compat | Qcow2Header.COMPAT_LAZY_REFCOUNTS : compat & ~Qcow2Header.COMPAT_LAZY_REFCOUNTS;
-            }
-            if (version < 3) {
-                compat &= ~Qcow2Header.COMPAT_LAZY_REFCOUNTS;
-            }
-            if (version < header.version()) {
-                downgradeChecks();
-                expandZeroClusters();
-                flushLocked();
-            }
-            String backing = o.has("backing_file") ? o.get("backing_file") : header.backingFile();
-            String backingFmt = o.has("backing_fmt") ? o.get("backing_fmt")
-                    : o.has("backing_file") ? null : header.backingFormat();
-            rewriteHeader(version, backing, backing == null ? null : backingFmt, compat);
-            if (o.has("refcount_bits") && o.getLong("refcount_bits", 16) != header.refcountBits()) {
-                long bits = o.getLong("refcount_bits", 16);
-                if (bits < 1 || bits > 64 || Long.bitCount(bits) != 1) {
-                    throw BlockException.invalid("Refcount width must be a power of two and may not exceed 64 bits");
-                }
-                if (header.version() < 3) {
-                    throw BlockException.invalid("Different refcount widths than 16 bits require compatibility level"
-                            + " 1.1 or above (use compat=1.1 or greater)");
-                }
-                changeRefcountWidth((int) bits);
-            }
-            if (o.has("size")) {
-                long newSize = o.getSize("size", size);
-                if (newSize != size) {
-                    lock.unlock();
-                    try {
-                        truncate(newSize, false, Preallocation.OFF);
-                    } finally {
-                        lock.lock();
-                    }
-                }
-            }
+            new Amend(this).apply(o);
         } finally {
             lock.unlock();
         }
+        if (o.has("size")) {
+            long newSize = o.getSize("size", size);
+            if (newSize != size) {
+                truncate(newSize, false, Preallocation.OFF);
+            }
+        }
     }
 
-    /**
-     * amend refcount_bits: builds a complete refcount structure of the new width past the end of
-     * the used space (counting itself and the old one), switches the header to it in one write,
-     * then releases the old table and blocks. A crash before the switch leaves the old structure
-     * in force (the new one is unreferenced space); after it, leaks at most.
-     */
-    private void changeRefcountWidth(int bits) throws BlockException {
-        flushLocked();
-        long perBlock = (long) clusterSize * 8 / bits;
-        long maxValue = bits == 64 ? Long.MAX_VALUE : (1L << bits) - 1;
-        long used = refcounts.highestUsedCluster() + 1;
-        long start = Math.max(used, Qcow2Header.ceilShift(file.size(), clusterBits));
-        long tableClusters = 1;
-        long blocks = 1;
-        while (true) {
-            long end = start + tableClusters + blocks;
-            long needBlocks = (end + perBlock - 1) / perBlock;
-            long needTable = Qcow2Header.ceilShift(needBlocks * 8, clusterBits);
-            if (needBlocks <= blocks && needTable <= tableClusters) {
-                break;
-            }
-            blocks = Math.max(blocks, needBlocks);
-            tableClusters = Math.max(tableClusters, needTable);
-        }
-        if (tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
-            throw BlockException.invalid("qcow2: the new refcount table would be too large");
-        }
-        long end = start + tableClusters + blocks;
-        if (blocks * clusterSize > (1L << 30) || end > Integer.MAX_VALUE / 8) {
-            throw new BlockException(Reason.UNSUPPORTED, "qcow2: the image is too large to change its refcount width");
-        }
-        // Consecutive blocks form one flat array of entries: entry i sits at bit i * bits.
-        ByteBuffer blockData = ByteBuffer.allocate((int) (blocks * clusterSize));
-        byte[] bd = blockData.array();
-        for (long i = 0; i < end; i++) {
-            long v = i >= start ? 1 : refcounts.get(i);
-            if (v > maxValue) {
-                throw BlockException.invalid("Cannot change the refcount width to " + bits + " bits: cluster " + i
-                        + " has refcount " + v);
-            }
-            if (v != 0) {
-                Refcounts.putEntry(bd, bits, (int) i, v);
-            }
-        }
-        long tableOffset = start << clusterBits;
-        ByteBuffer table = ByteBuffer.allocate((int) (tableClusters * clusterSize));
-        for (long b = 0; b < blocks; b++) {
-            table.putLong((start + tableClusters + b) << clusterBits);
-        }
-        file.write((start + tableClusters) << clusterBits, blockData);
-        file.write(tableOffset, table.clear());
-        file.flush();
-        // the switch: reftable offset and clusters (48..59) and refcount_order (96) in one write
-        ByteBuffer h = ByteBuffer.allocate(52).putLong(tableOffset).putInt((int) tableClusters)
-                .putInt(header.nbSnapshots()).putLong(header.snapshotsOffset()).putLong(header.incompatibleFeatures())
-                .putLong(header.compatibleFeatures()).putLong(header.autoclearFeatures())
-                .putInt(Integer.numberOfTrailingZeros(bits)).flip();
-        file.write(48, h);
-        file.flush();
-        Refcounts old = refcounts;
+    // ---- for Amend (callers hold the lock) --------------------------------------------------------
+
+    /** Replaces the refcount structure (after a refcount width change) and re-reads the header. */
+    void replaceRefcounts() throws BlockException {
         header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
                 file.size());
         refcounts = new Refcounts(file, header, this::refcountTableMoved);
         refcounts.setGuard(this::isKnownMetadata);
-        refcounts.queueFree(old.tableOffset(), (long) old.tableClusters() << clusterBits);
-        for (long b : old.table()) {
-            if (b != 0) {
-                refcounts.queueFree(b, clusterSize);
-            }
-        }
-        refcounts.applyQueuedFrees();
-    }
-
-    private static void unchanged(String key, boolean same, String what) throws BlockException {
-        if (!same) {
-            throw new BlockException(Reason.UNSUPPORTED, "Changing the " + what + " (" + key + ") is not supported");
-        }
-    }
-
-    private void downgradeChecks() throws BlockException {
-        if (header.refcountBits() != 16) {
-            throw BlockException.invalid("Cannot downgrade an image with refcount_bits != 16 to compat=0.10");
-        }
-        if (extL2) {
-            throw BlockException.invalid("Cannot downgrade an image with extended L2 entries to compat=0.10");
-        }
-        if (header.compressionType() != Qcow2Header.COMPRESSION_ZLIB) {
-            throw BlockException.invalid("Cannot downgrade an image with a compression type other than zlib");
-        }
-        if (header.nbSnapshots() > 0) {
-            throw new BlockException(Reason.UNSUPPORTED, "Downgrading qcow2 images with internal snapshots is not"
-                    + " supported yet");
-        }
     }
 
     /** Version 2 has no zero flag: zero clusters become unallocated (no backing) or real zeroes. */
-    private void expandZeroClusters() throws BlockException {
+    void expandZeroClusters() throws BlockException {
         long perL2 = 1L << (clusterBits + l2Bits);
         for (int i = 0; i < l1.length; i++) {
             if ((l1[i] & L1_OFFSET_MASK) == 0) {
@@ -1229,7 +1085,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     /** Writes a new header for the current state (see {@link Qcow2Header#rewrite}) and reads it back. */
-    private void rewriteHeader(int version, String backingFile, String backingFormat, long compatible)
+    void rewriteHeader(int version, String backingFile, String backingFormat, long compatible)
             throws BlockException {
         byte[] old = header.version() >= 3 && version >= 3
                 ? file.read(0, header.headerLength(), "qcow2 header").array() : new byte[0];

@@ -43,16 +43,23 @@ final class Qemu {
         cmd.add(tool);
         cmd.addAll(List.of(args));
         try {
-            Process p = new ProcessBuilder(cmd).redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")))
-                    .start();
-            byte[] out = p.getInputStream().readAllBytes();
-            byte[] err = p.getErrorStream().readAllBytes();
-            if (!p.waitFor(120, TimeUnit.SECONDS)) {
-                p.destroyForcibly();
-                throw new AssertionError("timeout: " + cmd);
+            // stderr goes to a file: reading two pipes one after the other deadlocks once the
+            // tool fills the other one (qemu-img check lists every leaked cluster on stderr)
+            java.io.File errFile = java.io.File.createTempFile("qemu", ".err");
+            try {
+                Process p = new ProcessBuilder(cmd)
+                        .redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")))
+                        .redirectError(errFile).start();
+                byte[] out = p.getInputStream().readAllBytes();
+                if (!p.waitFor(120, TimeUnit.SECONDS)) {
+                    p.destroyForcibly();
+                    throw new AssertionError("timeout: " + cmd);
+                }
+                return new Result(p.exitValue(), new String(out, StandardCharsets.UTF_8),
+                        Files.readString(errFile.toPath(), StandardCharsets.UTF_8));
+            } finally {
+                errFile.delete();
             }
-            return new Result(p.exitValue(), new String(out, StandardCharsets.UTF_8),
-                    new String(err, StandardCharsets.UTF_8));
         } catch (IOException e) {
             throw new AssertionError("cannot run " + cmd + ": " + e, e);
         } catch (InterruptedException e) {
