@@ -70,8 +70,14 @@ public interface NbdServer {
      * @param node        what is served
      * @param readOnly    refuse writes (NBD_FLAG_READ_ONLY)
      * @param description shown by NBD_INFO_DESCRIPTION and NBD_OPT_LIST, or null
+     * @param allocationDepth offer QEMU's qemu:allocation-depth meta context (qemu-nbd's -A)
      */
-    record Export(String name, BlockNode node, boolean readOnly, String description) {
+    record Export(String name, BlockNode node, boolean readOnly, String description, boolean allocationDepth) {
+        /** An export that offers qemu:allocation-depth, as before -A existed. */
+        public Export(String name, BlockNode node, boolean readOnly, String description) {
+            this(name, node, readOnly, description, true);
+        }
+
         public Export {
             Objects.requireNonNull(name, "name");
             Objects.requireNonNull(node, "node");

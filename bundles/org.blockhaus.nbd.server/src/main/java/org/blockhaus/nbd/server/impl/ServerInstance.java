@@ -43,7 +43,7 @@ final class ServerInstance implements NbdServer.Running {
     private final Consumer<ServerInstance> onStopped;
     private final Thread acceptor;
     private volatile boolean closing;
-    private boolean hadClient;
+    private boolean hadClient; // guarded by this
 
     private ServerInstance(Map<String, NbdServer.Export> exports, NbdServer.Settings settings,
             ServerSocketChannel listener, SocketAddress bound, Path socketFile, Consumer<ServerInstance> onStopped) {
@@ -150,9 +150,6 @@ final class ServerInstance implements NbdServer.Running {
                     continue;
                 }
                 Session s = new Session(this, c);
-                synchronized (this) {
-                    hadClient = true;
-                }
                 sessions.add(s);
                 Thread.ofVirtual().name("nbd-server client " + sessions.size()).start(() -> {
                     try {
@@ -167,6 +164,14 @@ final class ServerInstance implements NbdServer.Running {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
+    }
+
+    /**
+     * A client reached the transmission phase. Only such clients end a non-persistent server when
+     * they leave, as in qemu-nbd: listing exports ({@code nbdinfo --list}) or probing the port does not.
+     */
+    synchronized void negotiated() {
+        hadClient = true;
     }
 
     private void sessionEnded() {

@@ -359,11 +359,13 @@ final class Session {
         }
         boolean list = opt == OPT_LIST_META_CONTEXT;
         boolean base = list && queries.isEmpty();
+        boolean offersDepth = server.export(name).allocationDepth();
         boolean depth = list && queries.isEmpty();
         for (String q : queries) {
             base |= q.equals(CONTEXT_BASE_ALLOCATION) || list && q.equals("base:");
             depth |= q.equals(CONTEXT_ALLOCATION_DEPTH) || list && q.equals("qemu:");
         }
+        depth &= offersDepth;
         if (base) {
             metaContextReply(opt, list ? 0 : BASE_ALLOCATION_ID, CONTEXT_BASE_ALLOCATION);
         }
@@ -465,6 +467,7 @@ final class Session {
         int maxInFlight = server.settings().maxInFlight();
         window = new Semaphore(maxInFlight);
         transmitting = true;
+        server.negotiated();
         ByteBuffer h = ByteBuffer.allocate(28);
         try {
             while (true) {
@@ -826,6 +829,10 @@ final class Session {
      */
     private Status chainStatus(long offset, long length) throws BlockException {
         BlockNode n = node;
+        if (n instanceof ServedNode served) { // qemu-nbd's options in front of the image: look through
+            offset += served.offset();
+            n = served.inner();
+        }
         long len = length;
         for (int depth = 1; ; depth++) {
             BlockStatus s = n.blockStatus(offset, len);
