@@ -10,7 +10,7 @@ import org.blockhaus.api.spi.CheckResult;
  * L2 tables of the active state and of each snapshot, data and compressed clusters, the refcount
  * table and blocks, the snapshot table), counts the references per host cluster and compares them
  * with the stored refcounts. Stored above counted is a leak; below is a corruption. It also counts
- * the OFLAG_COPIED flags that disagree with the refcounts, as qemu does.
+ * the COPIED flags that disagree with the refcounts, as qemu does.
  */
 final class Qcow2Check {
     private final Qcow2Node node;
