@@ -253,7 +253,7 @@ public final class NbdCommand {
 
     /** Framework stop (the launcher's SIGTERM hook) or bundle stop: every server shuts down cleanly. */
     @Deactivate
-    void deactivate() {
+    public void deactivate() {
         stopping = true;
         for (Serving s : List.copyOf(running)) {
             s.close();

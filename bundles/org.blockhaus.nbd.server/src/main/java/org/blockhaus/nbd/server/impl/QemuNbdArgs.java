@@ -158,8 +158,7 @@ final class QemuNbdArgs {
             return matches.getFirst();
         }
         if (matches.isEmpty()) {
-            throw new UsageError("unrecognized option '" + (arg.indexOf('=') < 0 ? arg : arg.substring(0,
-                    arg.indexOf('='))) + "'", true);
+            throw new UsageError("unrecognized option '" + arg + "'", true);
         }
         StringBuilder sb = new StringBuilder("option '" + arg + "' is ambiguous; possibilities:");
         for (Option o : matches) {

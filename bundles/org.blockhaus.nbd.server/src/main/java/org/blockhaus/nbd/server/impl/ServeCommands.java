@@ -149,7 +149,7 @@ public final class ServeCommands {
 
     /** Bundle stop: every server started here shuts down cleanly. */
     @Deactivate
-    void deactivate() {
+    public void deactivate() {
         for (Serving s : List.copyOf(running)) {
             s.close();
         }
