@@ -117,7 +117,7 @@ final class ChainResolver {
         // No format given: open the protocol layer claiming only a read, probe, then tell it the
         // permissions the chosen format needs (a remote export is connected to once, and a
         // file's lock bytes end up exactly as QEMU's would).
-        ManagedNode file = openProtocol(protocol, filename, opts.subtree("file"), req,
+        ManagedNode file = openProtocol(protocol, filename, inherit(opts, opts.subtree("file")), req,
                 EnumSet.of(Permission.CONSISTENT_READ), Permission.all());
         try {
             DriverRegistry.Entry fmt = probeFormat(file, filename);
@@ -299,6 +299,17 @@ final class ChainResolver {
         }
     }
 
+    /** Cache options a child takes from its parent unless it sets its own (as in QEMU). */
+    static Options inherit(Options parent, Options child) {
+        Options c = child;
+        for (String key : List.of("cache.direct", "cache.no-flush")) {
+            if (parent.has(key) && !child.has(key)) {
+                c = c.with(key, parent.get(key));
+            }
+        }
+        return c;
+    }
+
     /** QEMU's permission rules for a format's "file" child (bdrv_default_perms for storage). */
     static Set<Permission> childPerm(DriverDescriptor format, Set<Permission> perm) {
         if (format != null && passesThrough(format)) {
@@ -400,7 +411,7 @@ final class ChainResolver {
                     return c.image();
                 }
             }
-            Options sub = options.subtree("file");
+            Options sub = inherit(options, options.subtree("file"));
             String name = options.get("file");
             if (name == null && !sub.has("filename")) {
                 name = fileHint;
