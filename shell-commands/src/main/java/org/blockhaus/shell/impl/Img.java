@@ -632,12 +632,15 @@ final class Img {
         int chunk = 2 << 20;
         ByteBuffer ba = ByteBuffer.allocateDirect(chunk);
         ByteBuffer bb = ByteBuffer.allocateDirect(chunk);
-        Progress p = new Progress(progress ? out : null);
+        Progress p = new Progress(progress ? out : null, 2.0);
         for (long off = 0; off < common; ) {
-            long len = Math.min(chunk, common - off);
-            BlockStatus s1 = statusOfChain(a, off, len);
-            BlockStatus s2 = statusOfChain(b, off, Math.min(len, s1.length()));
+            // zero ranges are skipped whole, data is read at most a buffer at a time
+            BlockStatus s1 = statusOfChain(a, off, common - off);
+            BlockStatus s2 = statusOfChain(b, off, s1.length());
             long n = Math.min(s1.length(), s2.length());
+            if (!(s1.isZero() && s2.isZero())) {
+                n = Math.min(n, chunk);
+            }
             if (strict && s1.isAllocated() != s2.isAllocated()) {
                 lines.add("Strict mode: Offset " + off + " block status mismatch!");
                 return 1;
@@ -852,12 +855,12 @@ final class Img {
             }
             Progress p = new Progress(a.has("p") && !a.has("q") ? out : null);
             if (backing != null && sources.size() == 1) {
-                copyTopLayer(sources.get(0), dst, p);
+                copyTopLayer(sources.get(0), dst, p, minSparse);
             } else {
                 boolean zero = a.has("target-is-zero") || !noCreate && dst.hasZeroInit();
                 ConvertOptions copts = ConvertOptions.DEFAULT.withMinSparse(minSparse).withCompress(a.has("c"))
                         .withTargetIsZero(zero).withParallel(parallel).withOutOfOrder(a.has("W"));
-                core.convert(sources, dst, copts, p::update);
+                core.convert(sources, dst, copts, a.has("p") && !a.has("q") ? dataProgress(sources, p) : p::update);
             }
             p.finish();
             return new Converted(total);
@@ -867,6 +870,42 @@ final class Img {
                 closeQuietly(s);
             }
         }
+    }
+
+    /**
+     * qemu-img convert's bar counts data only: the share of the sources' data bytes copied, moved
+     * on at the end of each data extent (at most one 2 MiB buffer long). The copy reports bytes
+     * done in source order; this maps them onto the data extents they complete.
+     */
+    private static org.blockhaus.api.BlockService.Progress dataProgress(List<Image> sources, Progress bar)
+            throws BlockException {
+        List<long[]> ends = new ArrayList<>(); // {end offset in the concatenated sources, data bytes up to it}
+        long base = 0;
+        long data = 0;
+        for (Image src : sources) {
+            long size = src.size();
+            for (long off = 0; off < size; ) {
+                MapEntry e = mapEntry(src, off, Math.min(2 << 20, size - off));
+                if (!e.zero()) {
+                    data += e.length();
+                    ends.add(new long[] {base + off + e.length(), data});
+                }
+                off += e.length();
+            }
+            base += size;
+        }
+        long total = base;
+        long totalData = data;
+        int[] next = {0};
+        return percent -> {
+            long done = Math.round(percent * total / 100);
+            synchronized (next) {
+                while (next[0] < ends.size() && ends.get(next[0])[0] <= done) {
+                    bar.update(100.0 * ends.get(next[0])[1] / totalData);
+                    next[0]++;
+                }
+            }
+        };
     }
 
     /**
@@ -887,28 +926,85 @@ final class Img {
      * convert -B: the target's backing file stands for the source's, so only what the source's top
      * layer holds is copied (its zero ranges as zeroes); the rest stays unallocated.
      */
-    private static void copyTopLayer(Image src, Image dst, Progress p) throws BlockException {
+    private static void copyTopLayer(Image src, Image dst, Progress p, long minSparse) throws BlockException {
         long size = src.size();
-        ByteBuffer buf = ByteBuffer.allocateDirect(2 << 20);
         // a source without a backing file decides every byte itself
         boolean all = src.backing() == null;
+        List<BlockStatus> pieces = new ArrayList<>();
+        long data = 0;
         for (long off = 0; off < size; ) {
-            BlockStatus st = src.blockStatus(off, Math.min(buf.capacity(), size - off));
-            long n = st.length();
+            BlockStatus st = src.blockStatus(off, size - off);
             if (all || st.isAllocated()) {
-                if (st.isZero()) {
-                    dst.writeZeroes(off, n, 0);
-                } else {
-                    buf.clear().limit((int) n);
-                    src.read(off, buf);
-                    buf.flip();
-                    dst.write(off, buf, 0);
-                }
+                pieces.add(st);
+                data += st.isZero() ? 0 : st.length();
             }
-            off += n;
-            p.update(100.0 * off / size);
+            off += st.length();
+        }
+        // as convert's bar: the share of data copied, a buffer at a time
+        ByteBuffer buf = ByteBuffer.allocateDirect(2 << 20);
+        long done = 0;
+        for (BlockStatus st : pieces) {
+            if (st.isZero()) {
+                dst.writeZeroes(st.offset(), st.length(), 0);
+                continue;
+            }
+            for (long off = st.offset(), end = st.offset() + st.length(); off < end; ) {
+                int n = (int) Math.min(buf.capacity(), end - off);
+                buf.clear().limit(n);
+                src.read(off, buf);
+                buf.flip();
+                writeDetectingZeroes(dst, off, buf, minSparse);
+                off += n;
+                done += n;
+                p.update(100.0 * done / data);
+            }
         }
         dst.flush();
+    }
+
+    /**
+     * -S for a target with a backing file: runs of zero bytes at least {@code minSparse} long (in
+     * whole granules of that size, at most 4 KiB) are written as zeroes, so they hide the backing
+     * file without taking space; the rest is written as data.
+     */
+    private static void writeDetectingZeroes(Image dst, long off, ByteBuffer buf, long minSparse)
+            throws BlockException {
+        int len = buf.remaining();
+        if (minSparse <= 0) {
+            dst.write(off, buf, 0);
+            return;
+        }
+        int granule = (int) Math.min(minSparse, 4096);
+        ByteBuffer zero = ByteBuffer.allocate(granule);
+        int dataStart = 0;
+        int pos = 0;
+        while (pos < len) {
+            // granules are aligned to the image, not to the buffer
+            int g = (int) Math.min(len - pos, granule - Math.floorMod(off + pos, granule));
+            if (buf.slice(pos, g).mismatch(zero.slice(0, g)) >= 0) {
+                pos += g;
+                continue;
+            }
+            int zeroEnd = pos + g;
+            while (zeroEnd < len) {
+                int h = Math.min(granule, len - zeroEnd);
+                if (buf.slice(zeroEnd, h).mismatch(zero.slice(0, h)) >= 0) {
+                    break;
+                }
+                zeroEnd += h;
+            }
+            if (zeroEnd - pos >= minSparse) {
+                if (pos > dataStart) {
+                    dst.write(off + dataStart, buf.slice(dataStart, pos - dataStart), 0);
+                }
+                dst.writeZeroes(off + pos, zeroEnd - pos, 0);
+                dataStart = zeroEnd;
+            }
+            pos = zeroEnd;
+        }
+        if (dataStart < len) {
+            dst.write(off + dataStart, buf.slice(dataStart, len - dataStart), 0);
+        }
     }
 
     /**
@@ -999,17 +1095,24 @@ final class Img {
     /** qemu-img's progress line: "    (12.00/100%)" redrawn with \r, at least 1% apart. */
     static final class Progress {
         private final PrintStream out;
+        private final double minStep;
         private double last = -100;
 
         Progress(PrintStream out) {
+            this(out, 1.0);
+        }
+
+        /** @param minStep the bar is redrawn once it moved by more than this (qemu-img: 1%, compare 2%) */
+        Progress(PrintStream out, double minStep) {
             this.out = out;
+            this.minStep = minStep;
             if (out != null) {
                 update(0);
             }
         }
 
         synchronized void update(double percent) {
-            if (out == null || percent - last < 1.0 && percent < 100 || last >= 100) {
+            if (out == null || percent - last <= minStep && percent < 100 || last >= 100) {
                 return;
             }
             last = percent;
@@ -1023,19 +1126,14 @@ final class Img {
                     .toPlainString() + "/100%)\r";
         }
 
-        /** compare -p: 100% drawn twice; the verdict follows on the same line, the newline after it. */
+        /** compare -p: the bar reaches 100%; the verdict follows on the same line, the newline after it. */
         void finishInLine() {
-            if (out != null) {
-                update(100);
-                out.print(bar(100));
-                out.flush();
-            }
+            update(100);
         }
 
-        /** qemu-img ends a bar with 100% drawn twice, then a newline. */
+        /** The end of a bar: 100% drawn once more (so twice once the work reached it), then a newline. */
         void finish() {
             if (out != null) {
-                update(100);
                 out.print(bar(100));
                 out.print("\n");
                 out.flush();

@@ -294,6 +294,7 @@ final class ImgMaintenance {
             }
             Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
             amendable.amend(Options.parseKeyValue(optText, null), a.has("force"));
+            p.update(100);
             p.finish();
             image.flush();
         } finally {
@@ -363,7 +364,8 @@ final class ImgMaintenance {
                 base.close();
             }
         }
-        if (!a.has("d")) {
+        // -b implies -d: the layers above the base keep their data
+        if (!a.has("d") && !a.has("b")) {
             emptyImage(filename, a.get("f"));
         }
         return new Text(a.has("q") ? "" : "Image committed.\n");

@@ -1,7 +1,6 @@
 package org.blockhaus.shell.impl;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.ByteArrayOutputStream;
@@ -13,10 +12,7 @@ import java.util.List;
 import org.blockhaus.core.BlockCore;
 import org.blockhaus.format.raw.RawDriver;
 import org.junit.jupiter.api.BeforeEach;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
-import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
 
 /** Runs ./blk's command line and the real qemu-img on the same arguments, for comparison. */
 abstract class QemuComparison {
