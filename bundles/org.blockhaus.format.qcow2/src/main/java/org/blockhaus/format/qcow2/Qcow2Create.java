@@ -25,10 +25,6 @@ final class Qcow2Create {
             throw new BlockException(Reason.UNSUPPORTED, "Encrypted qcow2 images cannot be created yet: no crypto"
                     + " backend is installed (encryption/encrypt.* need one)");
         }
-        if (o.get("data_file") != null || o.getBool("data_file_raw", false)) {
-            throw new BlockException(Reason.UNSUPPORTED, "qcow2 external data files (data_file, data_file_raw) are"
-                    + " not supported yet");
-        }
         int version = switch (o.get("compat", "1.1")) {
             case "0.10", "v2" -> 2;
             case "1.1", "v3" -> 3;
@@ -80,6 +76,18 @@ final class Qcow2Create {
         }
         String backingFile = o.get("backing_file");
         String backingFmt = o.get("backing_fmt");
+        String dataFile = o.get("data_file");
+        boolean dataFileRaw = o.getBool("data_file_raw", false);
+        if (dataFileRaw && dataFile == null) {
+            throw BlockException.invalid("data-file-raw requires data-file");
+        }
+        if (dataFile != null && version < 3) {
+            throw BlockException.invalid("External data files are only supported with compatibility level 1.1 and"
+                    + " above (use version=v3 or greater)");
+        }
+        if (dataFileRaw && backingFile != null) {
+            throw BlockException.invalid("Backing file and data-file-raw cannot be used at the same time");
+        }
         if (backingFmt != null && backingFile == null) {
             throw BlockException.invalid("Backing format cannot be used without backing file");
         }
@@ -129,14 +137,18 @@ final class Qcow2Create {
         if (extL2) {
             incompat |= Qcow2Header.INCOMPAT_EXTL2;
         }
+        if (dataFile != null) {
+            incompat |= Qcow2Header.INCOMPAT_DATA_FILE;
+        }
         List<Qcow2Header.Extension> exts = new ArrayList<>();
         if (version >= 3) {
             exts.add(Qcow2Header.standardFeatureTable());
         }
         Qcow2Header h = new Qcow2Header(version, 0, 0, clusterBits, size, 0, (int) l1Entries, l1Offset,
-                reftableOffset, (int) r, 0, 0, incompat, lazy ? Qcow2Header.COMPAT_LAZY_REFCOUNTS : 0, 0,
+                reftableOffset, (int) r, 0, 0, incompat, lazy ? Qcow2Header.COMPAT_LAZY_REFCOUNTS : 0,
+                dataFileRaw ? Qcow2Header.AUTOCLEAR_DATA_FILE_RAW : 0,
                 Long.numberOfTrailingZeros(refcountBits), version >= 3 ? Qcow2Header.V3_WRITTEN_HEADER_LENGTH : 72,
-                compressionType, backingFile, backingFile == null ? null : backingFmt, null, java.util.Map.of(),
+                compressionType, backingFile, backingFile == null ? null : backingFmt, dataFile, java.util.Map.of(),
                 exts);
         byte[] hdr = h.serialize();
 
@@ -156,9 +168,22 @@ final class Qcow2Create {
         f.flush();
         f.write(0, hdr); // last: until here the file is not a qcow2 image
         f.flush();
+        HostFile data = null;
+        if (dataFile != null) {
+            // as qemu-img: the data file gets the virtual size; a raw one is mapped 1:1 from the start
+            data = new HostFile(ctx.createFile(dataFile, Options.empty()));
+            if (prealloc.equals("falloc") || prealloc.equals("full")) {
+                data.growWith(size, org.blockhaus.api.Preallocation.parse(prealloc));
+            } else {
+                data.ensureSize(size);
+            }
+            if (dataFileRaw && prealloc.equals("off")) {
+                prealloc = "metadata";
+            }
+        }
         if (!prealloc.equals("off") && size > 0) {
             Qcow2Header written = Qcow2Header.parse(f.read(0, (int) Math.min(c, f.size()), "qcow2 header"), f.size());
-            Qcow2Node q = new Qcow2Node(f, written, null, false, 32L << 20);
+            Qcow2Node q = new Qcow2Node(f, data, written, null, false, 32L << 20);
             q.preallocate(org.blockhaus.api.Preallocation.parse(prealloc));
             q.close();
         }

@@ -994,19 +994,23 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 // the L2 table, then its data clusters in one contiguous run (qemu's layout)
                 L2Cache.Table t = l2ForWrite(region);
                 int count = (int) Qcow2Header.ceilShift(Math.min(perL2, size - region), clusterBits);
-                long host = refcounts.allocate(count);
+                long host = external ? region : refcounts.allocate(count); // a data file maps 1:1
                 for (int k = 0; k < count; k++) {
                     long guest = region + ((long) k << clusterBits);
                     int idx = l2Index(guest);
                     if (word(t, idx) != 0) {
-                        refcounts.queueFree(host + ((long) k << clusterBits), clusterSize);
+                        if (!external) {
+                            refcounts.queueFree(host + ((long) k << clusterBits), clusterSize);
+                        }
                         continue;
                     }
                     setEntry(t, idx, host + ((long) k << clusterBits) | OFLAG_COPIED, ALL_SUBCLUSTERS);
                 }
                 last = Math.max(last, host + ((long) count << clusterBits));
             }
-            if (mode == Preallocation.FALLOC || mode == Preallocation.FULL) {
+            if (external) {
+                // the data file was sized (and preallocated) when it was created
+            } else if (mode == Preallocation.FALLOC || mode == Preallocation.FULL) {
                 file.growWith(last, mode);
             } else {
                 file.ensureSize(last);
