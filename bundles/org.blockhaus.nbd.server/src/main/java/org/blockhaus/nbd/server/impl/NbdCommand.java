@@ -35,7 +35,7 @@ import org.osgi.service.component.annotations.Reference;
  * environment, after writing {@code --pid-file}), and returns 0; if the child exits first its exit
  * code is returned, as qemu-nbd's parent reports its child's failure.
  */
-@Component(service = NbdCommand.class, property = "blk.subcommand=nbd")
+@Component(service = NbdCommand.class, immediate = true, property = "blk.subcommand=nbd")
 public final class NbdCommand {
     /** The environment variable through which a --fork parent asks its child to say "ready". */
     static final String READY_ENV = "BLK_NBD_READY_TOKEN";

@@ -24,7 +24,9 @@ import org.osgi.service.component.annotations.Reference;
  * framework; {@code blk:exports} lists the running servers, {@code blk:unserve} stops one.
  * Stopping the bundle stops every server cleanly (flush, close, unlock).
  */
-@Component(service = ServeCommands.class, property = {"osgi.command.scope=blk", "osgi.command.function=serve",
+// immediate: a delayed component would be deactivated (stopping its servers) as soon as the shell
+// ungets it after a command
+@Component(service = ServeCommands.class, immediate = true, property = {"osgi.command.scope=blk", "osgi.command.function=serve",
         "osgi.command.function=exports", "osgi.command.function=unserve"})
 public final class ServeCommands {
     @Reference
