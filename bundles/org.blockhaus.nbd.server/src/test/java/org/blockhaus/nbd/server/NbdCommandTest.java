@@ -240,6 +240,44 @@ class NbdCommandTest {
         }
     }
 
+    @Test
+    void detectZeroesTurnsZeroWritesIntoZeroClusters() throws Exception {
+        for (String mode : List.of("off", "on")) {
+            Path img = dir.resolve("z" + mode + ".qcow2");
+            Peers.check(qemuImg(), "create", "-q", "-f", "qcow2", img.toString(), "16M");
+            Peers.check(qemuIo(), "-f", "qcow2", "-c", "write -P 0x44 0 2M", img.toString());
+            Path sock = dir.resolve("z" + mode + ".sock");
+            try (CommandRun r = CommandRun.start("-t", "--detect-zeroes=" + mode, "-k", sock.toString(),
+                    img.toString()).listeningOn(sock)) {
+                Peers.check(qemuIo(), "-f", "raw", "-c", "write -P 0 0 2M", unixUri("", sock));
+            }
+            Peers.check(qemuIo(), "-f", "qcow2", "-c", "read -P 0 0 2M", img.toString());
+            String map = Peers.check(qemuImg(), "map", "--output=json", "-f", "qcow2", img.toString()).out();
+            boolean zero = map.lines().anyMatch(l -> l.contains("\"start\": 0,") && l.contains("\"zero\": true"));
+            assertEquals(mode.equals("on"), zero, "--detect-zeroes=" + mode + ": " + map);
+        }
+    }
+
+    @Test
+    void offsetServesTheImageFromThereAsQemuNbdDoes() throws Exception {
+        Path img = dir.resolve("o.raw");
+        Peers.check(qemuImg(), "create", "-q", "-f", "raw", img.toString(), "4M");
+        Peers.check(qemuIo(), "-f", "raw", "-c", "write -P 9 1M 1M", img.toString());
+        Path sock = dir.resolve("o.sock");
+        String ours;
+        try (CommandRun r = CommandRun.start("-r", "-t", "-f", "raw", "-o", "1048576", "-k", sock.toString(),
+                img.toString()).listeningOn(sock)) {
+            ours = Peers.check(nbdinfo(), "--size", unixUri("", sock)).out();
+            Peers.check(qemuIo(), "-f", "raw", "-r", "-c", "read -P 9 0 1M", "-c", "read -P 0 1M 2M",
+                    unixUri("", sock));
+        }
+        try (Peers peers = new Peers()) {
+            Path q = dir.resolve("q.sock");
+            peers.qemuNbd(dir, "-r", "-f", "raw", "-o", "1048576", "-k", q.toString(), img.toString());
+            assertEquals(Peers.check(nbdinfo(), "--size", unixUri("", q)).out(), ours);
+        }
+    }
+
     /** The same command lines given to the real qemu-nbd: same stderr, same exit code. */
     @Test
     void badCommandLinesGetQemuNbdsMessagesAndExitCodes() throws Exception {
@@ -257,6 +295,7 @@ class NbdCommandTest {
                 new String[] {"--detect-zeroes=unmap", f}, new String[] {"--aio=bad", f},
                 new String[] {"--image-opts", "-f", "qcow2", f}, new String[] {"--port"}, new String[] {"-x"},
                 new String[] {"--fork=1", f}, new String[] {"--s", f}, new String[] {"-o", "abc", f},
+                new String[] {"-o", "1M", f}, new String[] {"-k", sock, "-o", "99999999999", f},
                 new String[] {"-k", sock, "-f", "bogus", f}, new String[] {"--tls-creds=foo", "-k", sock, f},
                 new String[] {"--object", "foo,id=x", f}, new String[] {"--object", "secret,id=s", f},
                 new String[] {"--tls-authz=x", f},
