@@ -895,14 +895,14 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
-            if (prealloc != Preallocation.OFF && prealloc != null) {
-                throw BlockException.unsupported("qcow2 resize with preallocation=" + prealloc.qemuName());
-            }
             if (header.nbSnapshots() > 0) {
                 throw BlockException.unsupported("Resizing qcow2 images with internal snapshots");
             }
             newSize = (newSize + 511) & ~511L;
             if (newSize < size) {
+                if (prealloc != null && prealloc != Preallocation.OFF) {
+                    throw BlockException.invalid("Preallocation can't be used for shrinking an image");
+                }
                 shrink(newSize);
                 return;
             }
@@ -916,7 +916,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             }
             file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
             file.flush();
+            long oldSize = size;
             size = newSize;
+            if (prealloc != null && prealloc != Preallocation.OFF) {
+                preallocateLocked(oldSize, newSize, prealloc);
+            }
         } finally {
             lock.unlock();
         }
@@ -988,37 +992,71 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     void preallocate(Preallocation mode) throws BlockException {
         lock.lock();
         try {
-            long last = 0;
-            long perL2 = 1L << (clusterBits + l2Bits);
-            for (long region = 0; region < size; region += perL2) {
-                // the L2 table, then its data clusters in one contiguous run (qemu's layout)
-                L2Cache.Table t = l2ForWrite(region);
-                int count = (int) Qcow2Header.ceilShift(Math.min(perL2, size - region), clusterBits);
-                long host = external ? region : refcounts.allocate(count); // a data file maps 1:1
-                for (int k = 0; k < count; k++) {
-                    long guest = region + ((long) k << clusterBits);
-                    int idx = l2Index(guest);
-                    if (word(t, idx) != 0) {
-                        if (!external) {
-                            refcounts.queueFree(host + ((long) k << clusterBits), clusterSize);
-                        }
-                        continue;
-                    }
-                    setEntry(t, idx, host + ((long) k << clusterBits) | OFLAG_COPIED, ALL_SUBCLUSTERS);
-                }
-                last = Math.max(last, host + ((long) count << clusterBits));
-            }
-            if (external) {
-                // the data file was sized (and preallocated) when it was created
-            } else if (mode == Preallocation.FALLOC || mode == Preallocation.FULL) {
-                file.growWith(last, mode);
-            } else {
-                file.ensureSize(last);
-            }
-            flushLocked();
+            preallocateLocked(0, size, mode);
         } finally {
             lock.unlock();
         }
+    }
+
+    /**
+     * Maps every unmapped cluster of {@code [from, to)} as qemu lays it out: with metadata, per L2
+     * table the table and then one run of data; with falloc or full (a resize), all L2 tables first
+     * and then one run of data for the whole range.
+     */
+    private void preallocateLocked(long from, long to, Preallocation mode) throws BlockException {
+        long perL2 = 1L << (clusterBits + l2Bits);
+        boolean oneRun = mode == Preallocation.FALLOC || mode == Preallocation.FULL;
+        long start = from & -clusterSize;
+        long host = -1;
+        if (oneRun && !external) {
+            int total = 0;
+            for (long region = start & -perL2; region < to; region += perL2) {
+                total += unmapped(l2ForWrite(Math.max(region, start)), Math.max(region, start),
+                        Math.min(region + perL2, to));
+            }
+            host = total == 0 ? -1 : refcounts.allocate(total);
+        }
+        long last = 0;
+        for (long region = start & -perL2; region < to; region += perL2) {
+            long first = Math.max(region, start);
+            long end = Math.min(region + perL2, to);
+            L2Cache.Table t = l2ForWrite(first);
+            int unmapped = unmapped(t, first, end);
+            if (unmapped == 0) {
+                continue;
+            }
+            if (!oneRun && !external) {
+                host = refcounts.allocate(unmapped);
+            }
+            for (long guest = first; guest < end; guest += clusterSize) {
+                int idx = l2Index(guest);
+                if (word(t, idx) != 0) {
+                    continue;
+                }
+                long h = external ? guest : host; // a data file maps 1:1
+                setEntry(t, idx, h | OFLAG_COPIED, ALL_SUBCLUSTERS);
+                host += clusterSize;
+                last = Math.max(last, h + clusterSize);
+            }
+        }
+        if (external) {
+            data.ensureSize(to);
+        } else if (oneRun) {
+            file.growWith(last, mode);
+        } else {
+            file.ensureSize(last);
+        }
+        flushLocked();
+    }
+
+    private int unmapped(L2Cache.Table t, long first, long end) {
+        int n = 0;
+        for (long guest = first; guest < end; guest += clusterSize) {
+            if (word(t, l2Index(guest)) == 0) {
+                n++;
+            }
+        }
+        return n;
     }
 
     // ---- amend and rebase -------------------------------------------------------------------

@@ -47,6 +47,29 @@ class ResizeAndConcurrencyTest {
                 "-c", "read -P 0 12288 1M", img.toString()).ok();
     }
 
+    @org.junit.jupiter.params.ParameterizedTest(name = "{0}")
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"metadata", "falloc", "full"})
+    void growsWithPreallocationLikeQemuImgResize(String mode) throws Exception {
+        Path ours = dir.resolve("o.qcow2");
+        Path theirs = dir.resolve("t.qcow2");
+        for (Path p : new Path[] {ours, theirs}) {
+            Qemu.img("create", "-f", "qcow2", "-o", "cluster_size=4k", p.toString(), "3M").ok();
+            Qemu.io("-f", "qcow2", "-c", "write -P 1 0 1M", p.toString()).ok();
+        }
+        Qemu.img("resize", "--preallocation=" + mode, theirs.toString(), "12M").ok();
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, ours)) {
+            i.truncate(12 << 20, false, Preallocation.parse(mode));
+        }
+        assertEquals(0, Qemu.img("check", ours.toString()).exit());
+        String strip = ", \"offset\": \\d+";
+        assertEquals(Qemu.img("map", "--output=json", theirs.toString()).ok().out().replaceAll(strip, "")
+                        .replaceAll("\"zero\": \\w+, ", ""),
+                Qemu.img("map", "--output=json", ours.toString()).ok().out().replaceAll(strip, "")
+                        .replaceAll("\"zero\": \\w+, ", ""));
+        Qemu.io("-r", "-f", "qcow2", "-c", "read -P 1 0 1M", "-c", "read -P 0 1M 11M", ours.toString()).ok();
+    }
+
     @Test
     void shrinkReleasesWhatLiesPastTheNewEnd() throws Exception {
         Path img = dir.resolve("s.qcow2");
