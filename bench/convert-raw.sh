@@ -29,7 +29,7 @@ fi
 "$here/blk" info "$src" >/dev/null   # builds if needed, warms the JVM's class data
 export BLK_NO_BUILD=1                 # timed runs must never include a build
 hyperfine --warmup 1 --runs 5 --export-markdown "$work/convert.md" \
-  --prepare "rm -f $work/q.raw" --prepare "rm -f $work/b.raw" \
+  --prepare "rm -f $work/q.raw; sync" --prepare "rm -f $work/b.raw; sync" \
   "qemu-img convert -f raw -O raw $src $work/q.raw" \
   "$here/blk convert -f raw -O raw $src $work/b.raw"
 cmp "$work/q.raw" "$work/b.raw"
