@@ -1112,7 +1112,8 @@ final class Img {
         }
 
         synchronized void update(double percent) {
-            if (out == null || percent - last <= minStep && percent < 100 || last >= 100) {
+            // redrawn once it moved by more than the step, and whenever it stands at 100%
+            if (out == null || percent - last <= minStep && percent < 100) {
                 return;
             }
             last = percent;
@@ -1128,7 +1129,9 @@ final class Img {
 
         /** compare -p: the bar reaches 100%; the verdict follows on the same line, the newline after it. */
         void finishInLine() {
-            update(100);
+            if (last < 100) {
+                update(100);
+            }
         }
 
         /** The end of a bar: 100% drawn once more (so twice once the work reached it), then a newline. */

@@ -438,33 +438,54 @@ final class ImgMaintenance {
             Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
             ByteBuffer oldData = ByteBuffer.allocateDirect(CHUNK);
             ByteBuffer newData = ByteBuffer.allocateDirect(CHUNK);
-            // progress moves per 2 MiB step, as qemu-img's does; block status splits each step
-            for (long step = 0; step < size; step += Math.min(CHUNK, size - step)) {
-                long stepEnd = step + Math.min(CHUNK, size - step);
-                for (long off = step; off < stepEnd; ) {
-                    var st = image.blockStatus(off, stepEnd - off);
-                    long n = st.length();
-                    if (!st.isAllocated()) {
-                        oldData.clear().limit((int) n);
-                        image.read(off, oldData);
-                        oldData.flip();
-                        newData.clear().limit((int) n);
-                        long nbSize = nb == null ? 0 : nb.size();
-                        if (nb != null && off < nbSize) {
-                            long inNew = Math.min(n, nbSize - off);
-                            newData.limit((int) inNew);
-                            nb.read(off, newData);
-                            newData.limit((int) n);
-                        }
-                        while (newData.hasRemaining()) {
-                            newData.put((byte) 0);
-                        }
-                        newData.flip();
-                        writeDifferences(image, off, oldData, newData);
+            // Where the new backing file is in the old chain, only the layers above it can differ.
+            Image oldBacking = image.backing();
+            int prefixDepth = -1;
+            if (nb != null) {
+                int d = 0;
+                for (Image b = oldBacking; b != null; b = b.backing(), d++) {
+                    if (samePath(b.filename(), nb.filename())) {
+                        prefixDepth = d;
+                        break;
                     }
-                    off += n;
                 }
-                p.update(100.0 * stepEnd / size);
+            }
+            // As qemu-img: steps of at most 2 MiB; each step that had to compare moves the bar on
+            // by one share (100 / whole steps in the image); allocated or unchanged ranges do not.
+            double share = 100.0 / Math.max(1, size / CHUNK);
+            double progress = 0;
+            for (long off = 0, n; off < size; off += n) {
+                n = Math.min(CHUNK, size - off);
+                var st = image.blockStatus(off, n);
+                n = st.length();
+                if (st.isAllocated()) {
+                    continue;
+                }
+                if (prefixDepth >= 0 && oldBacking != null) {
+                    Results.MapEntry e = Img.mapEntry(oldBacking, off, n);
+                    n = e.length();
+                    if (!(e.present() && e.depth() < prefixDepth)) {
+                        continue;
+                    }
+                }
+                oldData.clear().limit((int) n);
+                image.read(off, oldData);
+                oldData.flip();
+                newData.clear().limit((int) n);
+                long nbSize = nb == null ? 0 : nb.size();
+                if (nb != null && off < nbSize) {
+                    long inNew = Math.min(n, nbSize - off);
+                    newData.limit((int) inNew);
+                    nb.read(off, newData);
+                    newData.limit((int) n);
+                }
+                while (newData.hasRemaining()) {
+                    newData.put((byte) 0);
+                }
+                newData.flip();
+                writeDifferences(image, off, oldData, newData);
+                progress = Math.min(100, progress + share);
+                p.update(progress);
             }
             image.flush();
             p.finish();
@@ -476,6 +497,15 @@ final class ImgMaintenance {
             image.close();
         }
         return new Text("");
+    }
+
+    private static boolean samePath(String a, String b) {
+        try {
+            return java.nio.file.Path.of(a).toAbsolutePath().normalize()
+                    .equals(java.nio.file.Path.of(b).toAbsolutePath().normalize());
+        } catch (java.nio.file.InvalidPathException e) {
+            return a.equals(b);
+        }
     }
 
     /** Writes the runs of sectors where the old backing's content differs from the new one's. */

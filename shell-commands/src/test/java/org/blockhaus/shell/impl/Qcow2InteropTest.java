@@ -400,6 +400,10 @@ class Qcow2InteropTest extends QemuComparison {
         assertSameEffect(all, "rebase", "-u", "-b", "base.qcow2", "top.qcow2");
         assertSameEffect(all, "rebase", "-b", "nofile.qcow2", "-F", "qcow2", "top.qcow2");
         assertSameEffect(all, "rebase", "top.qcow2");
+        // progress bars, redraw for redraw
+        assertSameEffect(all, "rebase", "-p", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2");
+        assertSameEffect(all, "rebase", "-p", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2");
+        assertSameEffect(all, "rebase", "-p", "-b", "r.raw", "-F", "raw", "mid.qcow2");
         // the safe mode keeps the guest's view: the rebased image still reads as before
         Twin t = assertSameEffect(all, "rebase", "-p", "-b", "", "top.qcow2");
         sh("qemu-img", "convert", "-O", "raw", "top.qcow2", "before.raw");
