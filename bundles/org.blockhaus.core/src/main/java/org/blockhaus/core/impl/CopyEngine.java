@@ -76,7 +76,9 @@ final class CopyEngine {
         long base = 0;
         long done = 0;
         BufferPool pool = new BufferPool(opts.parallel() + 1, opts.bufferSize());
-        boolean writeInWorker = opts.compress() || opts.outOfOrder();
+        // raw stores every byte at its guest offset, so write order cannot change its layout: its
+        // writes go out in parallel. Formats that allocate keep qemu-img's order unless -W.
+        boolean writeInWorker = opts.compress() || opts.outOfOrder() || target.driverName().equals("raw");
         try (ExecutorService readers = Executors.newVirtualThreadPerTaskExecutor()) {
             ArrayDeque<Future<Chunk>> window = new ArrayDeque<>();
             for (Image src : sources) {
