@@ -135,7 +135,7 @@ public interface NbdServer {
      * server-cert.pem, server-key.pem, and ca-cert.pem to verify client certificates.
      */
     static SSLContext tlsFromDirectory(Path dir) throws BlockException {
-        return org.blockhaus.nbd.server.impl.TlsCredentials.serverContext(dir);
+        return org.blockhaus.nbd.common.TlsCredentials.serverContext(dir);
     }
 
     /** A running server. */

@@ -1,5 +1,7 @@
 package org.blockhaus.protocol.nbd;
 
+import org.blockhaus.nbd.common.Wire;
+import org.blockhaus.nbd.common.TlsWire;
 import static org.blockhaus.protocol.nbd.Nbd.*;
 
 import java.io.EOFException;

@@ -1,5 +1,6 @@
 package org.blockhaus.nbd.server.impl;
 
+import org.blockhaus.nbd.common.TlsCredentials;
 import java.io.IOException;
 import java.net.SocketAddress;
 import java.nio.charset.StandardCharsets;

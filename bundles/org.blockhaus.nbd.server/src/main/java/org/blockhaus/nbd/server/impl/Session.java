@@ -1,5 +1,7 @@
 package org.blockhaus.nbd.server.impl;
 
+import org.blockhaus.nbd.common.Wire;
+import org.blockhaus.nbd.common.TlsWire;
 import static org.blockhaus.nbd.server.impl.Proto.*;
 
 import java.io.EOFException;

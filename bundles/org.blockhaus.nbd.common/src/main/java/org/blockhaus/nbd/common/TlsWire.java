@@ -1,4 +1,4 @@
-package org.blockhaus.nbd.server.impl;
+package org.blockhaus.nbd.common;
 
 import java.io.EOFException;
 import java.io.IOException;
@@ -11,11 +11,10 @@ import javax.net.ssl.SSLEngineResult.HandshakeStatus;
 import javax.net.ssl.SSLException;
 
 /**
- * TLS over a blocking socket with an {@link SSLEngine} (the same as the nbd client bundle's; the
- * bundles share no private code): the session thread unwraps, request threads wrap,
+ * TLS over a blocking socket with an {@link SSLEngine}: the reader thread unwraps, senders wrap,
  * each under its own lock (SSLEngine allows one wrap and one unwrap at a time, concurrently).
  */
-final class TlsWire implements Wire {
+public final class TlsWire implements Wire {
     private final SocketChannel ch;
     private final SSLEngine engine;
     private final ReentrantLock readLock = new ReentrantLock();
@@ -34,7 +33,7 @@ final class TlsWire implements Wire {
     }
 
     /** Runs the TLS handshake on {@code ch} and returns the wire for everything after it. */
-    static TlsWire handshake(SocketChannel ch, SSLEngine engine) throws IOException {
+    public static TlsWire handshake(SocketChannel ch, SSLEngine engine) throws IOException {
         TlsWire w = new TlsWire(ch, engine);
         engine.beginHandshake();
         while (true) {

@@ -1,4 +1,4 @@
-package org.blockhaus.nbd.server.impl;
+package org.blockhaus.nbd.common;
 
 import java.io.ByteArrayInputStream;
 import java.io.ByteArrayOutputStream;
@@ -23,9 +23,10 @@ import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 
 /**
- * X.509 server credentials in the directory layout of QEMU's tls-creds-x509 object (endpoint=server):
- * server-cert.pem, server-key.pem and, to verify clients, ca-cert.pem. Keys may be PKCS#8 or
- * PKCS#1 RSA PEM, as certtool writes them.
+ * X.509 credentials in the directory layout of QEMU's tls-creds-x509 object. A client reads
+ * ca-cert.pem (the CA that signed the server) and optionally client-cert.pem and client-key.pem
+ * (for servers that verify their clients); a server reads server-cert.pem, server-key.pem and, to
+ * verify clients, ca-cert.pem. Keys may be PKCS#8 or PKCS#1 RSA PEM, as certtool writes them.
  */
 public final class TlsCredentials {
     private static final Pattern PEM = Pattern.compile("-----BEGIN ([A-Z ]+)-----([^-]+)-----END \\1-----");
@@ -34,6 +35,40 @@ public final class TlsCredentials {
         (byte) 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00};
 
     private TlsCredentials() {
+    }
+
+    /** ca-cert.pem checks the server; client-cert.pem and client-key.pem, if present, prove who we are. */
+    public static SSLContext clientContext(Path dir) throws BlockException {
+        Path ca = dir.resolve("ca-cert.pem");
+        Path cert = dir.resolve("client-cert.pem");
+        Path key = dir.resolve("client-key.pem");
+        try {
+            KeyStore trust = KeyStore.getInstance("PKCS12");
+            trust.load(null, null);
+            int i = 0;
+            for (Certificate c : certificates(ca)) {
+                trust.setCertificateEntry("ca" + i++, c);
+            }
+            TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+            tmf.init(trust);
+            KeyManagerFactory kmf = null;
+            if (Files.exists(cert) && Files.exists(key)) {
+                KeyStore ks = KeyStore.getInstance("PKCS12");
+                ks.load(null, null);
+                char[] pw = new char[0];
+                ks.setKeyEntry("client", privateKey(key), pw, certificates(cert).toArray(Certificate[]::new));
+                kmf = KeyManagerFactory.getInstance(KeyManagerFactory.getDefaultAlgorithm());
+                kmf.init(ks, pw);
+            }
+            SSLContext ctx = SSLContext.getInstance("TLS");
+            ctx.init(kmf == null ? null : kmf.getKeyManagers(), tmf.getTrustManagers(), null);
+            return ctx;
+        } catch (IOException e) {
+            throw BlockException.io("Cannot read TLS credentials in '" + dir + "'", e);
+        } catch (GeneralSecurityException e) {
+            throw new BlockException(Reason.INVALID_ARGUMENT, "Invalid TLS credentials in '" + dir + "': "
+                    + e.getMessage(), e);
+        }
     }
 
     /** server-cert.pem and server-key.pem prove who we are; ca-cert.pem checks client certificates. */

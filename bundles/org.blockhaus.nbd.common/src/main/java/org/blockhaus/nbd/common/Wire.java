@@ -1,4 +1,4 @@
-package org.blockhaus.protocol.nbd;
+package org.blockhaus.nbd.common;
 
 import java.io.EOFException;
 import java.io.IOException;
@@ -9,7 +9,7 @@ import java.nio.channels.SocketChannel;
  * The byte stream under the NBD protocol: the plain socket, or TLS over it after NBD_OPT_STARTTLS.
  * One thread may read while another writes.
  */
-interface Wire {
+public interface Wire {
     /** Reads some bytes; -1 at end of stream. */
     int read(ByteBuffer dst) throws IOException;
 
