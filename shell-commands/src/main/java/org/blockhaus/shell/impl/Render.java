@@ -167,7 +167,8 @@ final class Render {
         }
         sb.append(String.format("%-16s%-16s%-16s%s%n", "Offset", "Length", "Mapped to", "File"));
         for (MapEntry e : m.entries()) {
-            if (e.data() && e.offset() >= 0) {
+            // the table lists where data lives; ranges that read as zeroes are left out
+            if (e.data() && !e.zero() && e.offset() >= 0) {
                 sb.append(String.format("%-16s%-16s%-16s%s%n", hex(e.start()), hex(e.length()), hex(e.offset()),
                         e.file()));
             }

@@ -534,4 +534,15 @@ class Qcow2InteropTest extends QemuComparison {
             holder.waitFor();
         }
     }
+
+    /** Clusters turned into zero clusters keep their place in the file but leave the human table. */
+    @Test
+    void mapLeavesZeroedClustersOutOfTheTable() throws Exception {
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "z.qcow2", "10M");
+        sh("qemu-io", "-c", "write -P 1 0 256k", "-c", "write -z 64k 64k", "-c", "write -z 1M 64k", "z.qcow2");
+        for (String[] c : new String[][] {{"map", "z.qcow2"}, {"map", "--output=json", "z.qcow2"},
+            {"compare", "z.qcow2", "z.qcow2"}, {"check", "z.qcow2"}}) {
+            assertSame(qemu(c), blk(c));
+        }
+    }
 }
