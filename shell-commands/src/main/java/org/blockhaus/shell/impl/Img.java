@@ -185,6 +185,9 @@ final class Img {
                 throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E suffixes"
                         + " for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
             }
+            if (o.has("size")) {
+                throw BlockException.invalid(filename + ": The image size must be specified only once");
+            }
             o = o.with("size", Long.toString(size));
         }
         if (a.has("b")) {

@@ -99,6 +99,7 @@ class BadArgumentsTest extends QemuComparison {
             {"bench", "-S", "x", "c.qcow2"},
             {"bench", "-o", "x", "c.qcow2"},
             {"bench", "-t", "bogus", "c.qcow2"},
+            {"create", "-f", "qcow2", "-o", "size=1M", "x.qcow2", "2M"},
             {"bench", "-i", "bogus", "c.qcow2"},
             {"bench", "--pattern=x", "-w", "c.qcow2"},
             {"bench", "--pattern=300", "-w", "c.qcow2"},
@@ -150,6 +151,7 @@ class BadArgumentsTest extends QemuComparison {
             {"convert", "-r", "x", "-O", "raw", "c.qcow2", "o.raw"},
             {"convert", "-l", "snapshot.name=x", "-O", "raw", "c.qcow2", "o.raw"},
             {"bench", "-t", "bogus", "c.qcow2"},
+            {"create", "-f", "qcow2", "-o", "size=1M", "x.qcow2", "2M"},
     };
 
     @Test
