@@ -427,16 +427,53 @@ final class Img {
                 Set.of("backing-chain", "force-share", "image-opts", "help"));
         Output output = output(a);
         String filename = single(a, "Expecting one image file name");
-        Image img = open(filename, a.get("f"), a.has("image-opts"), false, a.has("U") || a.has("force-share"));
-        try {
-            List<Map<String, Object>> images = new ArrayList<>();
-            for (Image i = img; i != null; i = a.has("backing-chain") ? i.backing() : null) {
-                images.add(describe(i));
+        boolean share = a.has("U") || a.has("force-share");
+        // As qemu-img: each image is opened without its backing file (a missing one does not stop
+        // info), and --backing-chain then opens the next by the name the image records.
+        List<Map<String, Object>> images = new ArrayList<>();
+        Set<String> seen = new java.util.HashSet<>();
+        String name = filename;
+        String fmt = a.get("f");
+        boolean imageOpts = a.has("image-opts");
+        while (true) {
+            Image img = open(name, fmt, imageOpts, false, share, false);
+            Map<String, Object> d;
+            try {
+                d = describe(img);
+                seen.add(canonical(img.filename()));
+            } finally {
+                img.close();
             }
-            return new Info(images, a.has("backing-chain"), output);
-        } finally {
-            img.close();
+            images.add(d);
+            Object next = d.get("full-backing-filename");
+            if (!a.has("backing-chain") || next == null) {
+                break;
+            }
+            if (seen.contains(canonical(next.toString()))) {
+                throw BlockException.invalid("Backing file '" + next + "' creates an infinite loop.");
+            }
+            name = next.toString();
+            fmt = (String) d.get("backing-filename-format");
+            imageOpts = false;
         }
+        return new Info(images, a.has("backing-chain"), output);
+    }
+
+    private static String canonical(String name) {
+        try {
+            return java.nio.file.Path.of(name).toAbsolutePath().normalize().toString();
+        } catch (java.nio.file.InvalidPathException e) {
+            return name;
+        }
+    }
+
+    /** A backing file name as the image records it, made a path relative to the image's folder. */
+    static String fullBackingName(String imageFilename, String backing) {
+        if (backing.startsWith("/") || backing.contains(":") || imageFilename.startsWith("json:")) {
+            return backing;
+        }
+        int slash = imageFilename.lastIndexOf('/');
+        return slash < 0 ? backing : imageFilename.substring(0, slash + 1) + backing;
     }
 
     /** qemu-img info's facts about one image, with its JSON member names. */
@@ -453,10 +490,10 @@ final class Img {
         m.put("dirty-flag", false);
         m.putAll(extra);
         Image backing = img.backing();
-        if (backing != null || extra.containsKey("backing-filename")) {
-            if (backing != null) {
-                m.put("full-backing-filename", backing.filename());
-            }
+        if (backing != null) {
+            m.put("full-backing-filename", backing.filename());
+        } else if (extra.get("backing-filename") instanceof String b && !displayName(img).startsWith("json:")) {
+            m.put("full-backing-filename", fullBackingName(displayName(img), b));
         }
         return m;
     }
@@ -473,7 +510,8 @@ final class Img {
         }
         try {
             Map<String, String> o = Options.parseJson(f.substring(5)).asMap();
-            Set<String> plain = Set.of("driver", "file.driver", "file.filename", "file.locking");
+            // backing=null is how info opens an image alone; it does not change its name
+            Set<String> plain = Set.of("driver", "file.driver", "file.filename", "file.locking", "backing");
             boolean onlyPlain = plain.containsAll(o.keySet()) && o.containsKey("file.filename")
                     && img.driverName().equals(o.getOrDefault("driver", img.driverName()))
                     && "file".equals(o.getOrDefault("file.driver", "file"));
@@ -1055,6 +1093,12 @@ final class Img {
 
     Image open(String filename, String fmt, boolean imageOpts, boolean writable, boolean forceShare)
             throws BlockException {
+        return open(filename, fmt, imageOpts, writable, forceShare, true);
+    }
+
+    /** @param withBacking false opens the image alone, as qemu-img info does */
+    Image open(String filename, String fmt, boolean imageOpts, boolean writable, boolean forceShare,
+            boolean withBacking) throws BlockException {
         try {
             Options o = Options.empty();
             String name = filename;
@@ -1066,6 +1110,9 @@ final class Img {
                 }
             } else if (fmt != null) {
                 o = Options.of("driver", fmt);
+            }
+            if (!withBacking) {
+                o = o.with("backing", null);
             }
             return core.open(name, o, new OpenMode(writable, forceShare, this::warn));
         } catch (BlockException e) {

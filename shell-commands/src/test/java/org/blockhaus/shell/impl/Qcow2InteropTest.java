@@ -545,4 +545,25 @@ class Qcow2InteropTest extends QemuComparison {
             assertSame(qemu(c), blk(c));
         }
     }
+
+    /** info opens each image alone: a missing backing file stops only --backing-chain; loops are named. */
+    @Test
+    void infoOfBrokenChainsFailsAsQemuImgDoes() throws Exception {
+        chain();
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "gone.qcow2", "1M");
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", "orphan.qcow2");
+        Files.delete(dir.resolve("gone.qcow2"));
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "loop.qcow2", "1M");
+        sh("qemu-img", "rebase", "-u", "-b", "loop.qcow2", "-F", "qcow2", "loop.qcow2");
+        String[][] cases = {
+            {"info", "orphan.qcow2"}, {"info", "--output=json", "orphan.qcow2"},
+            {"info", "--backing-chain", "orphan.qcow2"}, {"info", "--backing-chain", "loop.qcow2"},
+            {"info", "--image-opts", "driver=qcow2,file.filename=top.qcow2"},
+            {"info", "--backing-chain", "--output=json", "--image-opts", "driver=qcow2,file.filename=top.qcow2"},
+            {"map", "orphan.qcow2"}, {"check", "orphan.qcow2"},
+        };
+        for (String[] c : cases) {
+            assertSame(qemu(c), blk(c));
+        }
+    }
 }
