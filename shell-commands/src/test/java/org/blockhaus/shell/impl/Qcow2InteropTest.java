@@ -384,6 +384,13 @@ class Qcow2InteropTest extends QemuComparison {
         assertSameEffect(CHAIN, "dd", "-f", "qcow2", "-O", "qcow2", "bs=1M", "count=5", "skip=1", "if=top.qcow2",
                 "of=new.qcow2");
         assertSameEffect(CHAIN, "dd", "-O", "raw", "bs=64k", "count=3", "if=top.qcow2", "of=new.raw");
+        assertSameEffect(CHAIN, "dd", "-O", "qcow2", "bs=64k", "skip=10", "if=top.qcow2", "of=new.qcow2");
+        rawImage();
+        sh("cp", "r.raw", "old.raw");
+        List<String> raw = List.of("r.raw", "old.raw");
+        assertSameEffect(raw, "dd", "if=r.raw", "of=old.raw");
+        assertSameEffect(raw, "dd", "bs=3", "count=1000", "if=r.raw", "of=new.raw");
+        assertSameEffect(raw, "dd", "bs=1000", "skip=3", "count=7", "if=r.raw", "of=new.raw");
     }
 
     @Test
