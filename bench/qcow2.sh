@@ -20,7 +20,7 @@ qemu-img convert -f raw -O qcow2 -c "$src" srcz.qcow2
 run() { # name, qemu command, blk command, files to remove before each run
   local name="$1" q="$2" b="$3" rmq="$4" rmb="$5"
   hyperfine --warmup 1 --runs 3 --export-markdown "$work/$name.md" \
-    --prepare "rm -f $rmq" --prepare "rm -f $rmb" -n "qemu-img $name" "$q" -n "blk $name" "$b" >/dev/null
+    --prepare "rm -f $rmq; sync" --prepare "rm -f $rmb; sync" -n "qemu-img $name" "$q" -n "blk $name" "$b" >/dev/null
 }
 run raw-to-qcow2 "qemu-img convert -f raw -O qcow2 $src q.qcow2" "$blk convert -f raw -O qcow2 $src b.qcow2" q.qcow2 b.qcow2
 run qcow2-to-raw "qemu-img convert -f qcow2 -O raw src.qcow2 q.raw" "$blk convert -f qcow2 -O raw src.qcow2 b.raw" q.raw b.raw
