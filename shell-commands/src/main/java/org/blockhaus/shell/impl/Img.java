@@ -182,6 +182,10 @@ final class Img {
             try {
                 size = Sizes.parse(pos.get(1));
             } catch (BlockException e) {
+                if (e.reason() == BlockException.Reason.OUT_OF_RANGE) {
+                    throw BlockException.invalid("Invalid image size specified. Must be between 0 and "
+                            + Long.MAX_VALUE + ".");
+                }
                 throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E suffixes"
                         + " for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
             }
@@ -832,6 +836,13 @@ final class Img {
             throw BlockException.invalid("-o has no effect when skipping image creation");
         }
         String backing = a.get("B");
+        String backingFmt = a.get("F");
+        Options given = Options.parseKeyValue(optText, null);
+        if (backing == null && given.get("backing_file") != null) {
+            // -o backing_file=... is -B by another name (and backing_fmt -F)
+            backing = given.get("backing_file");
+            backingFmt = backingFmt != null ? backingFmt : given.get("backing_fmt");
+        }
         boolean share = a.has("U") || a.has("force-share");
         List<Image> sources = new ArrayList<>();
         Image dst = null;
@@ -856,7 +867,7 @@ final class Img {
                 if (backing != null && specs.stream().noneMatch(sp -> sp.name().equals("backing_file"))) {
                     throw BlockException.invalid("Backing file not supported for file format '" + outFmt + "'");
                 }
-                if (backing != null && a.get("F") == null) {
+                if (backing != null && backingFmt == null) {
                     throw BlockException.invalid("Use of backing file requires explicit backing format");
                 }
                 if (a.has("c") && core.drivers().stream().noneMatch(d -> d.name().equals(outFmt)
@@ -865,7 +876,7 @@ final class Img {
                 }
                 o = o.with("size", Long.toString(total));
                 if (backing != null) {
-                    o = o.with("backing_file", backing).with("backing_fmt", a.get("F"));
+                    o = o.with("backing_file", backing).with("backing_fmt", backingFmt);
                 }
                 try {
                     core.create(target, outFmt, o, s -> { }, this::warn);

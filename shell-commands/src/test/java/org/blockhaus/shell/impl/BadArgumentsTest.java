@@ -100,6 +100,7 @@ class BadArgumentsTest extends QemuComparison {
             {"bench", "-o", "x", "c.qcow2"},
             {"bench", "-t", "bogus", "c.qcow2"},
             {"create", "-f", "qcow2", "-o", "size=1M", "x.qcow2", "2M"},
+            {"create", "-f", "qcow2", "x.qcow2", "16E"},
             {"bench", "-i", "bogus", "c.qcow2"},
             {"bench", "--pattern=x", "-w", "c.qcow2"},
             {"bench", "--pattern=300", "-w", "c.qcow2"},
@@ -152,6 +153,7 @@ class BadArgumentsTest extends QemuComparison {
             {"convert", "-l", "snapshot.name=x", "-O", "raw", "c.qcow2", "o.raw"},
             {"bench", "-t", "bogus", "c.qcow2"},
             {"create", "-f", "qcow2", "-o", "size=1M", "x.qcow2", "2M"},
+            {"create", "-f", "qcow2", "x.qcow2", "16E"},
     };
 
     @Test

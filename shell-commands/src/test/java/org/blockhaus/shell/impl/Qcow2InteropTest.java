@@ -228,6 +228,9 @@ class Qcow2InteropTest extends QemuComparison {
         assertSameEffect(CHAIN, "convert", "-O", "qcow2", "-B", "mid.qcow2", "-F", "qcow2", "top.qcow2", "new.qcow2");
         assertSameEffect(CHAIN, "convert", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", "top.qcow2",
                 "new.qcow2");
+        assertSameEffect(CHAIN, "convert", "-O", "qcow2", "-o", "backing_file=base.qcow2,backing_fmt=qcow2",
+                "top.qcow2", "new.qcow2");
+        assertSameEffect(CHAIN, "convert", "-O", "qcow2", "-o", "backing_file=base.qcow2", "top.qcow2", "new.qcow2");
     }
 
     @Test
