@@ -179,16 +179,7 @@ final class Img {
         Options o = Options.parseKeyValue(optText, null);
         if (pos.size() == 2) {
             long size;
-            try {
-                size = Sizes.parse(pos.get(1));
-            } catch (BlockException e) {
-                if (e.reason() == BlockException.Reason.OUT_OF_RANGE) {
-                    throw BlockException.invalid("Invalid image size specified. Must be between 0 and "
-                            + Long.MAX_VALUE + ".");
-                }
-                throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E suffixes"
-                        + " for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-            }
+            size = parseSize(pos.get(1), "image size");
             if (o.has("size")) {
                 throw BlockException.invalid(filename + ": The image size must be specified only once");
             }
@@ -772,12 +763,7 @@ final class Img {
     /** -r: a rate limit in bytes per second, with qemu-img's size suffixes. */
     static void checkRateLimit(Args a) throws BlockException {
         if (a.has("r")) {
-            try {
-                Sizes.parse(a.get("r"));
-            } catch (BlockException e) {
-                throw BlockException.invalid("Invalid rate limit specified. You may use k, M, G, T, P or E suffixes"
-                        + " for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-            }
+            parseSize(a.get("r"), "rate limit");
         }
     }
 
@@ -792,13 +778,7 @@ final class Img {
         long minSparse = 4096;
         if (a.has("S")) {
             long s;
-            try {
-                s = Sizes.parse(a.get("S"));
-            } catch (BlockException e) {
-                throw BlockException.invalid("Invalid buffer size for sparse output specified. You may use k, M, G,"
-                        + " T, P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes"
-                        + " and exabytes.");
-            }
+            s = parseSize(a.get("S"), "buffer size for sparse output");
             if (s % 512 != 0 || s > 16L << 20) {
                 throw BlockException.invalid("Invalid buffer size for sparse output specified. Valid sizes are"
                         + " multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates"
@@ -1094,9 +1074,29 @@ final class Img {
     }
 
     private static long parseOffset(String text, String what) throws BlockException {
+        return parseSize(text, what);
+    }
+
+    /**
+     * A size argument in qemu-img's words when it is wrong: past 2^63 - 1 it names the range,
+     * otherwise the suffixes.
+     */
+    static long parseSize(String text, String what) throws BlockException {
+        return parseSize(text, what, Long.MAX_VALUE);
+    }
+
+    /** As {@link #parseSize(String, String)} for an argument qemu-img keeps in a smaller range. */
+    static long parseSize(String text, String what, long max) throws BlockException {
         try {
-            return Sizes.parse(text);
+            long v = Sizes.parse(text);
+            if (v > max) {
+                throw new BlockException(BlockException.Reason.OUT_OF_RANGE, "too large");
+            }
+            return v;
         } catch (BlockException e) {
+            if (e.reason() == BlockException.Reason.OUT_OF_RANGE) {
+                throw BlockException.invalid("Invalid " + what + " specified. Must be between 0 and " + max + ".");
+            }
             throw BlockException.invalid("Invalid " + what + " specified. You may use k, M, G, T, P or E suffixes for"
                     + "\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
         }

@@ -126,11 +126,20 @@ final class ImgMaintenance {
                     size = Sizes.parse(sizeText);
                 }
             } catch (BlockException | ArithmeticException e) {
+                java.math.BigInteger exact = exactSize(sizeText.replaceFirst("^[+-]", ""));
+                if (exact != null && exact.bitLength() > 64) {
+                    throw BlockException.invalid("Value '" + sizeText.replaceFirst("^[+-]", "")
+                            + "' is out of range for parameter 'size'");
+                }
+                if (exact != null) {
+                    // below 2^64 but past 2^63 - 1: qemu-img's signed size turns negative
+                    throw BlockException.invalid("New image size must be positive");
+                }
                 throw BlockException.invalid("Parameter 'size' expects a non-negative number below 2^64\n"
                         + "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
                         + "and exabytes, respectively.");
             }
-            if (size < 0) {
+            if (size <= 0 && !(sizeText.startsWith("+") || sizeText.startsWith("-")) || size < 0) {
                 throw BlockException.invalid("New image size must be positive");
             }
             if (size <= current && prealloc != Preallocation.OFF) {
@@ -175,12 +184,7 @@ final class ImgMaintenance {
         }
         if (a.has("size")) {
             long size;
-            try {
-                size = Sizes.parse(a.get("size"));
-            } catch (BlockException e) {
-                throw BlockException.invalid("Invalid image size specified. You may use k, M, G, T, P or E suffixes"
-                        + " for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-            }
+            size = Img.parseSize(a.get("size"), "image size");
             return new Results.Measure(withoutBitmaps(core.measure(outFmt, o, size, null)), output);
         }
         Image image = img.open(pos.get(0), a.get("f"), a.has("image-opts"), false, a.has("U")
@@ -499,6 +503,17 @@ final class ImgMaintenance {
         return new Text("");
     }
 
+    /** The value of a size written as qemu-img reads it, or null if it is not a size at all. */
+    private static java.math.BigInteger exactSize(String text) {
+        var m = java.util.regex.Pattern.compile("([0-9]+(?:\\.[0-9]*)?)([bBkKmMgGtTpPeE]?)").matcher(text.trim());
+        if (!m.matches()) {
+            return null;
+        }
+        int shift = m.group(2).isEmpty() ? 0 : "BKMGTPE".indexOf(Character.toUpperCase(m.group(2).charAt(0))) * 10;
+        return new java.math.BigDecimal(m.group(1)).multiply(new java.math.BigDecimal(
+                java.math.BigInteger.ONE.shiftLeft(shift))).toBigInteger();
+    }
+
     private static boolean samePath(String a, String b) {
         try {
             return java.nio.file.Path.of(a).toAbsolutePath().normalize()
@@ -550,8 +565,8 @@ final class ImgMaintenance {
         String filename = Img.single(a, "Expecting one image file name");
         long count = parseNum(a.get("c", "75000"), "request count");
         int depth = (int) parseNum(a.get("d", "64"), "queue depth");
-        long sizeArg = benchSize(a.get("s", "4096"), "buffer size");
-        long step = a.has("S") ? benchSize(a.get("S"), "step_size") : sizeArg;
+        long sizeArg = Img.parseSize(a.get("s", "4096"), "buffer size", Integer.MAX_VALUE);
+        long step = a.has("S") ? Img.parseSize(a.get("S"), "step_size", Integer.MAX_VALUE) : sizeArg;
         long start = a.has("o") ? benchSize(a.get("o"), "offset") : 0;
         boolean write = a.has("w");
         if (a.has("t") && !Img.isCacheMode(a.get("t"))) {
@@ -582,7 +597,7 @@ final class ImgMaintenance {
         } else if (a.has("no-drain") && !write) {
             throw BlockException.invalid("--no-drain is only available in write tests");
         }
-        if (depth < 1 || depth > 4096 || sizeArg > (64 << 20)) {
+        if (depth < 1 || sizeArg > (64 << 20)) {
             throw BlockException.invalid("Invalid queue depth or buffer size specified");
         }
         if (a.has("n") && !"none".equals(a.get("t")) && !"directsync".equals(a.get("t"))) {
@@ -647,12 +662,7 @@ final class ImgMaintenance {
     }
 
     private static long benchSize(String s, String what) throws BlockException {
-        try {
-            return Sizes.parse(s);
-        } catch (BlockException e) {
-            throw BlockException.invalid("Invalid " + what + " specified. You may use k, M, G, T, P or E suffixes for"
-                    + "\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-        }
+        return Img.parseSize(s, what);
     }
 
     private static long parseNum(String s, String what) throws BlockException {
@@ -684,7 +694,14 @@ final class ImgMaintenance {
                 case "if" -> in = v;
                 case "of" -> outName = v;
                 case "bs" -> {
-                    bs = ddNumber(v, "bs");
+                    try {
+                        bs = ddNumber(v, "bs");
+                    } catch (BlockException e) {
+                        if (!e.getMessage().contains("Must be between")) {
+                            throw e;
+                        }
+                        bs = 0; // past the range: qemu-img names the range bs must be in
+                    }
                     if (bs <= 0 || bs > Integer.MAX_VALUE) {
                         throw BlockException.invalid("Invalid bs specified. Must be between 1 and 2147483647.");
                     }
@@ -740,11 +757,6 @@ final class ImgMaintenance {
     }
 
     private static long ddNumber(String v, String what) throws BlockException {
-        try {
-            return Sizes.parse(v);
-        } catch (BlockException e) {
-            throw BlockException.invalid("Invalid " + what + " specified. You may use k, M, G, T, P or E suffixes for"
-                    + "\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-        }
+        return Img.parseSize(v, what);
     }
 }
