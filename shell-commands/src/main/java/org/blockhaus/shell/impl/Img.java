@@ -746,6 +746,29 @@ final class Img {
     private static final Set<String> CACHE_MODES = Set.of("none", "writeback", "unsafe", "directsync",
             "writethrough");
 
+    /**
+     * A number as C's strtol reads it with base 0, which qemu-img uses for counts: an optional
+     * sign, then 0x... hexadecimal, 0... octal or decimal.
+     */
+    static long cNumber(String text) {
+        String t = text.trim();
+        boolean negative = t.startsWith("-");
+        if (t.startsWith("+") || negative) {
+            t = t.substring(1);
+        }
+        long v;
+        if (t.matches("0[xX][0-9a-fA-F]+")) {
+            v = Long.parseUnsignedLong(t.substring(2), 16);
+        } else if (t.matches("0[0-7]*")) {
+            v = t.length() == 1 ? 0 : Long.parseLong(t.substring(1), 8);
+        } else if (t.matches("[1-9][0-9]*")) {
+            v = Long.parseLong(t);
+        } else {
+            throw new NumberFormatException(text);
+        }
+        return negative ? -v : v;
+    }
+
     static boolean isCacheMode(String mode) {
         return CACHE_MODES.contains(mode);
     }
@@ -789,7 +812,7 @@ final class Img {
         int parallel = 8;
         if (a.has("m")) {
             try {
-                parallel = Integer.parseInt(a.get("m"));
+                parallel = (int) Math.max(-1, Math.min(Integer.MAX_VALUE, cNumber(a.get("m"))));
             } catch (NumberFormatException e) {
                 parallel = -1;
             }

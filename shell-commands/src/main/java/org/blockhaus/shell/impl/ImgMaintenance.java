@@ -578,7 +578,7 @@ final class ImgMaintenance {
         int pattern = 0;
         if (a.has("pattern")) {
             try {
-                pattern = Integer.parseInt(a.get("pattern"));
+                pattern = (int) Math.max(-1, Math.min(Integer.MAX_VALUE, Img.cNumber(a.get("pattern"))));
             } catch (NumberFormatException e) {
                 pattern = -1;
             }
@@ -586,8 +586,10 @@ final class ImgMaintenance {
                 throw BlockException.invalid("Invalid pattern byte specified");
             }
         }
+        long flushInterval = 0;
         if (a.has("flush-interval")) {
             long interval = parseNum(a.get("flush-interval"), "flush interval");
+            flushInterval = interval;
             if (!write) {
                 throw BlockException.invalid("--flush-interval is only available in write tests");
             }
@@ -609,7 +611,9 @@ final class ImgMaintenance {
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), write, !write && (a.has("U")
                 || a.has("force-share")));
         String header = String.format("Sending %d %s requests, %d bytes each, %d in parallel (starting at offset %d,"
-                + " step size %d)", count, write ? "write" : "read", size, depth, start, step);
+                + " step size %d)", count, write ? "write" : "read", size, depth, start, step)
+                + (flushInterval > 0 ? "\nSending flush every " + flushInterval + " requests" : "");
+        final long every = flushInterval;
         try {
             long imageSize = image.size();
             if (imageSize < size) {
@@ -631,6 +635,9 @@ final class ImgMaintenance {
                                 }
                                 buf.flip();
                                 image.write(off, buf, 0);
+                                if (every > 0 && (i + 1) % every == 0) {
+                                    image.flush();
+                                }
                             } else {
                                 image.read(off, buf);
                             }
@@ -667,7 +674,7 @@ final class ImgMaintenance {
 
     private static long parseNum(String s, String what) throws BlockException {
         try {
-            long v = Long.parseLong(s);
+            long v = Img.cNumber(s);
             if (v < 0) {
                 throw new NumberFormatException();
             }
