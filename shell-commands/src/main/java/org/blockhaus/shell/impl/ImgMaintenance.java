@@ -239,6 +239,10 @@ final class ImgMaintenance {
                     default -> "snapshot not found";
                 });
             }
+            if (verb.equals("delete") && sn.snapshots().stream().noneMatch(x -> x.name().equals(name))) {
+                // qemu-img snapshot -d finds snapshots by name only (-a takes an id too)
+                throw new BlockException(Reason.NOT_FOUND, prefix + "snapshot not found");
+            }
             try {
                 switch (verb) {
                     case "create" -> sn.createSnapshot(name);

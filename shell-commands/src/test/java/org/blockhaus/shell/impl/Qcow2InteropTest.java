@@ -312,6 +312,8 @@ class Qcow2InteropTest extends QemuComparison {
         assertSameEffect(s, "snapshot", "-d", "first", "s.qcow2");
         assertSameEffect(s, "snapshot", "-a", "nosuch", "s.qcow2");
         assertSameEffect(s, "snapshot", "-d", "nosuch", "s.qcow2");
+        assertSameEffect(s, "snapshot", "-d", "1", "s.qcow2");
+        assertSameEffect(s, "snapshot", "-a", "a-rather-long-snapshot-name", "s.qcow2");
     }
 
     /** Creation time differs, so the tables are compared with the date column blanked. */
