@@ -330,12 +330,54 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     @Override
     public void read(long offset, ByteBuffer dst) throws BlockException {
+        if (readOnly) {
+            readShared(offset, dst);
+            return;
+        }
         lock.lock();
         try {
             checkOpen();
             readLocked(offset, dst);
         } finally {
             lock.unlock();
+        }
+    }
+
+    /**
+     * Read-only nodes: the mapping is looked up under the lock, the data is read outside it, so
+     * parallel readers (convert's workers, NBD clients) overlap their I/O. Nothing can move or
+     * free a cluster while the node is read-only; compressed clusters keep the lock for the
+     * shared decompression buffer.
+     */
+    private void readShared(long offset, ByteBuffer dst) throws BlockException {
+        long guest = offset;
+        while (dst.hasRemaining()) {
+            Run r;
+            lock.lock();
+            try {
+                checkOpen();
+                r = map(guest, dst.remaining());
+            } finally {
+                lock.unlock();
+            }
+            int n = (int) r.length();
+            ByteBuffer part = dst.slice(dst.position(), n);
+            switch (r.kind()) {
+                case DATA -> data.read(r.host(), part, "Data cluster for guest offset " + guest);
+                case ZERO -> fillZero(part);
+                case COMPRESSED_DATA -> {
+                    lock.lock();
+                    try {
+                        byte[] c = decompressCluster(guest);
+                        part.put(c, (int) (guest & (clusterSize - 1)), n);
+                    } finally {
+                        lock.unlock();
+                    }
+                }
+                default -> readBacking(guest, part);
+            }
+            dst.position(dst.position() + n);
+            guest += n;
         }
     }
 
