@@ -825,6 +825,12 @@ final class Img {
         if (a.has("target-is-zero") && !noCreate) {
             throw BlockException.invalid("--target-is-zero requires use of -n flag");
         }
+        if (a.has("target-image-opts") && !noCreate) {
+            throw BlockException.invalid("--target-image-opts requires use of -n flag");
+        }
+        if (a.has("target-image-opts") && a.has("O")) {
+            throw BlockException.invalid("--image-opts and --format are mutually exclusive");
+        }
         if (a.has("T") && !CACHE_MODES.contains(a.get("T"))) {
             throw BlockException.invalid("Invalid source cache option: " + a.get("T"));
         }
@@ -907,6 +913,9 @@ final class Img {
                 } catch (BlockException e) {
                     throw e.prepend("Could not open '" + target + "': ");
                 }
+            }
+            if (noCreate && dst.size() < total) {
+                throw BlockException.invalid("output file is smaller than input file");
             }
             Progress p = new Progress(a.has("p") && !a.has("q") ? out : null);
             if (backing != null && sources.size() == 1) {

@@ -118,6 +118,10 @@ class BadArgumentsTest extends QemuComparison {
             {"dd", "if=r.raw", "of=o.raw", "count=16E"},
             {"dd", "if=r.raw", "of=o.raw", "skip=16E"},
             {"commit", "-r", "16E", "c.qcow2"},
+            {"convert", "-n", "-O", "qcow2", "r.raw", "r.raw", "c.qcow2"},
+            {"convert", "-O", "qcow2", "--target-image-opts", "r.raw", "driver=qcow2,file.filename=c.qcow2"},
+            {"convert", "-n", "-O", "qcow2", "--target-image-opts", "r.raw", "driver=qcow2,file.filename=c.qcow2"},
+            {"convert", "-n", "--target-image-opts", "r.raw", "r.raw", "driver=qcow2,file.filename=c.qcow2"},
             {"bench", "-i", "bogus", "c.qcow2"},
             {"bench", "--pattern=x", "-w", "c.qcow2"},
             {"bench", "--pattern=300", "-w", "c.qcow2"},
@@ -188,6 +192,10 @@ class BadArgumentsTest extends QemuComparison {
             {"dd", "if=r.raw", "of=o.raw", "count=16E"},
             {"dd", "if=r.raw", "of=o.raw", "skip=16E"},
             {"commit", "-r", "16E", "c.qcow2"},
+            {"convert", "-n", "-O", "qcow2", "r.raw", "r.raw", "c.qcow2"},
+            {"convert", "-O", "qcow2", "--target-image-opts", "r.raw", "driver=qcow2,file.filename=c.qcow2"},
+            {"convert", "-n", "-O", "qcow2", "--target-image-opts", "r.raw", "driver=qcow2,file.filename=c.qcow2"},
+            {"convert", "-n", "--target-image-opts", "r.raw", "r.raw", "driver=qcow2,file.filename=c.qcow2"},
     };
 
     @Test
