@@ -71,7 +71,9 @@ final class CopyEngine {
         if (targetSize < total) {
             throw BlockException.invalid("Output image is too small (" + targetSize + " < " + total + " bytes)");
         }
-        boolean zeroInit = opts.targetIsZero();
+        // -S 0 asks for a fully allocated target: zero ranges are written too, and not unmapped
+        boolean zeroInit = opts.targetIsZero() && opts.minSparse() > 0;
+        int zeroFlags = opts.minSparse() > 0 ? BlockNode.MAY_UNMAP : 0;
         progress.update(0);
         long base = 0;
         long done = 0;
@@ -93,7 +95,8 @@ final class CopyEngine {
                             Chunk c = opts.compress() ? readWhole(src, at, len, tbase, pool)
                                     : readChunk(src, at, len, tbase, opts, pool);
                             try {
-                                writeAll(target, c.pieces(), zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0);
+                                writeAll(target, c.pieces(), zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0,
+                                        zeroFlags);
                             } finally {
                                 pool.release(c.buffer());
                             }
@@ -104,14 +107,14 @@ final class CopyEngine {
                     }
                     off += len;
                     if (window.size() >= opts.parallel()) {
-                        done += finish(target, take(window), zeroInit, writeInWorker, pool);
+                        done += finish(target, take(window), zeroInit, writeInWorker, pool, zeroFlags);
                         progress.update(100.0 * done / Math.max(1, total));
                     }
                 }
                 base += size;
             }
             while (!window.isEmpty()) {
-                done += finish(target, take(window), zeroInit, writeInWorker, pool);
+                done += finish(target, take(window), zeroInit, writeInWorker, pool, zeroFlags);
                 progress.update(100.0 * done / Math.max(1, total));
             }
         }
@@ -135,8 +138,8 @@ final class CopyEngine {
     }
 
     /** Writes what a worker read, unless the worker already wrote it (then only counts it). */
-    private static long finish(Image target, Chunk chunk, boolean zeroInit, boolean writtenByWorker, BufferPool pool)
-            throws BlockException {
+    private static long finish(Image target, Chunk chunk, boolean zeroInit, boolean writtenByWorker, BufferPool pool,
+            int zeroFlags) throws BlockException {
         if (writtenByWorker) {
             long n = 0;
             for (Piece p : chunk.pieces()) {
@@ -145,7 +148,7 @@ final class CopyEngine {
             return n;
         }
         try {
-            return writeAll(target, chunk.pieces(), zeroInit, 0);
+            return writeAll(target, chunk.pieces(), zeroInit, 0, zeroFlags);
         } finally {
             pool.release(chunk.buffer());
         }
@@ -164,18 +167,33 @@ final class CopyEngine {
         return new Chunk(List.of(new Piece(targetBase + off, len, buf)), buf);
     }
 
-    private static long writeAll(Image target, List<Piece> pieces, boolean zeroInit, int flags)
+    private static long writeAll(Image target, List<Piece> pieces, boolean zeroInit, int flags, int zeroFlags)
             throws BlockException {
         long n = 0;
         for (Piece p : pieces) {
             if (p.data() != null) {
                 target.write(p.targetOffset(), p.data(), flags);
             } else if (!zeroInit) {
-                target.writeZeroes(p.targetOffset(), p.length(), BlockNode.MAY_UNMAP);
+                if (zeroFlags == 0) {
+                    writeZeroBuffers(target, p.targetOffset(), p.length());
+                } else {
+                    target.writeZeroes(p.targetOffset(), p.length(), zeroFlags);
+                }
             }
             n += p.length();
         }
         return n;
+    }
+
+    private static final ByteBuffer ZERO_MIB = ByteBuffer.allocateDirect(1 << 20);
+
+    /** -S 0: zeroes written as data, so the target is allocated as qemu-img's is. */
+    private static void writeZeroBuffers(Image target, long offset, long length) throws BlockException {
+        for (long at = offset; at < offset + length; ) {
+            int n = (int) Math.min(ZERO_MIB.capacity(), offset + length - at);
+            target.write(at, ZERO_MIB.duplicate().clear().limit(n), 0);
+            at += n;
+        }
     }
 
     /** Reads one chunk of the source and splits it into data and zero pieces. */
