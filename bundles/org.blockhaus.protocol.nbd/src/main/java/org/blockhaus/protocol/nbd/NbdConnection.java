@@ -2,7 +2,7 @@ package org.blockhaus.protocol.nbd;
 
 import org.blockhaus.nbd.common.Wire;
 import org.blockhaus.nbd.common.TlsWire;
-import static org.blockhaus.protocol.nbd.Nbd.*;
+import static org.blockhaus.nbd.common.Nbd.*;
 
 import java.io.EOFException;
 import java.io.IOException;

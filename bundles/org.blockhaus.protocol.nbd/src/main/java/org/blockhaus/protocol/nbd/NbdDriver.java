@@ -11,6 +11,7 @@
  */
 package org.blockhaus.protocol.nbd;
 
+import org.blockhaus.nbd.common.Nbd;
 import org.blockhaus.nbd.common.TlsCredentials;
 import java.net.URI;
 import java.net.URISyntaxException;

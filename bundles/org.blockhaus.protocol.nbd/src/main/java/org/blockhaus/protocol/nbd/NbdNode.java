@@ -1,6 +1,6 @@
 package org.blockhaus.protocol.nbd;
 
-import static org.blockhaus.protocol.nbd.Nbd.*;
+import static org.blockhaus.nbd.common.Nbd.*;
 
 import java.nio.ByteBuffer;
 import java.util.LinkedHashMap;

@@ -1,6 +1,6 @@
 package org.blockhaus.protocol.nbd;
 
-import static org.blockhaus.protocol.nbd.Nbd.*;
+import static org.blockhaus.nbd.common.Nbd.*;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;

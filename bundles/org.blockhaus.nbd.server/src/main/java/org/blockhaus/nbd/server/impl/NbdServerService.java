@@ -5,7 +5,7 @@
  * (--shared, --persistent, handshake limit, stale socket replacement).
  *
  * Layout: ServerInstance listens and accepts, Session speaks the protocol with one client,
- * Proto names the protocol's numbers, Wire/TlsWire carry the bytes (plain or TLS).
+ * org.blockhaus.nbd.common's Nbd names the protocol's numbers, Wire/TlsWire carry the bytes (plain or TLS).
  */
 package org.blockhaus.nbd.server.impl;
 

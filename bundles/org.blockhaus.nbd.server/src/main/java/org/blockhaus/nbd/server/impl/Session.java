@@ -2,7 +2,7 @@ package org.blockhaus.nbd.server.impl;
 
 import org.blockhaus.nbd.common.Wire;
 import org.blockhaus.nbd.common.TlsWire;
-import static org.blockhaus.nbd.server.impl.Proto.*;
+import static org.blockhaus.nbd.common.Nbd.*;
 
 import java.io.EOFException;
 import java.io.IOException;
