@@ -121,28 +121,7 @@ final class Creator {
                         p = p.with(s.name(), effective.get(s.name()));
                     }
                 }
-                Options fp = p;
-                proto.driver().create(new CreateContext() {
-                    @Override public String filename() { return filename; }
-                    @Override public Options options() { return fp; }
-                    @Override public long size() { return fp.has("size") ? Long.parseLong(fp.get("size")) : 0; }
-                    @Override public BlockNode createFile(Options o) throws BlockException {
-                        throw BlockException.unsupported("a protocol below a protocol");
-                    }
-                    @Override public BlockNode createFile(String f, Options o) throws BlockException {
-                        throw BlockException.unsupported("a protocol below a protocol");
-                    }
-                    @Override public BlockNode openBacking(String f, String fm) throws BlockException {
-                        throw BlockException.unsupported("backing files for protocols");
-                    }
-                    @Override public byte[] secret(String id) throws BlockException { return secrets.get(id); }
-                    @Override public void warn(String m) { warnings.accept(m); }
-                });
-                ManagedNode n = resolver.openNode(filename, Options.of("driver", proto.descriptor().name()),
-                        new ChainResolver.Request(false, false, warnings),
-                        EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE, Permission.RESIZE),
-                        EnumSet.of(Permission.CONSISTENT_READ, Permission.WRITE_UNCHANGED), false, 0,
-                        java.util.Set.of());
+                BlockNode n = createProtocolFile(filename, p, warnings);
                 opened.add(n);
                 return n;
             }
