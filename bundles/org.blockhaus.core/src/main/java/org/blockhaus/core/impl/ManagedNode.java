@@ -6,7 +6,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.locks.ReentrantLock;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 import java.util.function.Consumer;
 import org.blockhaus.api.BlockException;
@@ -42,8 +41,12 @@ final class ManagedNode implements Image {
     private final List<ManagedNode> parents = new CopyOnWriteArrayList<>();
     private final List<Consumer<String>> closeListeners = new CopyOnWriteArrayList<>();
     private final ReentrantReadWriteLock lifecycle = new ReentrantReadWriteLock();
-    /** Serialises read-modify-write cycles so two unaligned writes cannot interleave. */
-    private final ReentrantLock rmw = new ReentrantLock();
+    /**
+     * Read-modify-write cycles run alone (write lock); aligned writes share the read lock, so
+     * none of them can land between a cycle's read and its write and be lost. Nodes without an
+     * alignment never read-modify-write and take neither.
+     */
+    private final ReentrantReadWriteLock rmw = new ReentrantReadWriteLock();
     private final Runnable onClosed;
     private volatile boolean closed;
 
@@ -210,7 +213,7 @@ final class ManagedNode implements Image {
             long start = offset & -align;
             long end = roundUp(offset + len, align);
             ByteBuffer bounce = ByteBuffer.allocate(Math.toIntExact(end - start));
-            rmw.lock();
+            rmw.writeLock().lock();
             try {
                 // Only the partial first and last blocks need their old content.
                 readSplit(start, bounce.duplicate().limit(align));
@@ -222,7 +225,16 @@ final class ManagedNode implements Image {
                 bounce.clear();
                 writeSplit(start, bounce, flags);
             } finally {
-                rmw.unlock();
+                rmw.writeLock().unlock();
+            }
+            return;
+        }
+        if (align > 1) {
+            rmw.readLock().lock();
+            try {
+                writeSplit(offset, src, flags);
+            } finally {
+                rmw.readLock().unlock();
             }
             return;
         }
@@ -278,32 +290,46 @@ final class ManagedNode implements Image {
             if (start >= end) {
                 return;
             }
-            if (caps.can(Feature.WRITE_ZEROES)) {
-                try {
-                    boolean emulateFua = (flags & FUA) != 0 && !caps.isNative(Feature.FUA);
-                    node.writeZeroes(start, end - start, emulateFua ? flags & ~FUA : flags);
-                    if (emulateFua) {
-                        node.flush();
-                    }
-                    return;
-                } catch (BlockException e) {
-                    if (e.reason() != Reason.UNSUPPORTED) {
-                        throw e;
-                    }
+            if (align > 1) {
+                rmw.readLock().lock(); // no read-modify-write may straddle the zeroing
+            }
+            try {
+                zeroAligned(start, end, flags);
+            } finally {
+                if (align > 1) {
+                    rmw.readLock().unlock();
                 }
-            }
-            if ((flags & NO_FALLBACK) != 0) {
-                throw BlockException.unsupported("write zeroes without fallback");
-            }
-            ByteBuffer zeroes = ByteBuffer.allocateDirect((int) Math.min(ZERO_CHUNK, end - start));
-            for (long at = start; at < end; ) {
-                int n = (int) Math.min(zeroes.capacity(), end - at);
-                zeroes.clear().limit(n);
-                writeSplit(at, zeroes, flags & FUA);
-                at += n;
             }
         } finally {
             exit();
+        }
+    }
+
+    /** The aligned middle of a write-zeroes: the driver's own, else zero buffers. */
+    private void zeroAligned(long start, long end, int flags) throws BlockException {
+        if (caps.can(Feature.WRITE_ZEROES)) {
+            try {
+                boolean emulateFua = (flags & FUA) != 0 && !caps.isNative(Feature.FUA);
+                node.writeZeroes(start, end - start, emulateFua ? flags & ~FUA : flags);
+                if (emulateFua && !noFlush) {
+                    node.flush();
+                }
+                return;
+            } catch (BlockException e) {
+                if (e.reason() != Reason.UNSUPPORTED) {
+                    throw e;
+                }
+            }
+        }
+        if ((flags & NO_FALLBACK) != 0) {
+            throw BlockException.unsupported("write zeroes without fallback");
+        }
+        ByteBuffer zeroes = ByteBuffer.allocateDirect((int) Math.min(ZERO_CHUNK, end - start));
+        for (long at = start; at < end; ) {
+            int n = (int) Math.min(zeroes.capacity(), end - at);
+            zeroes.clear().limit(n);
+            writeSplit(at, zeroes, flags & FUA);
+            at += n;
         }
     }
 

@@ -320,4 +320,29 @@ class CoreTest {
         img.close();
         assertEquals(List.of("write 0 512", "close"), mem.requests);
     }
+
+    @Test
+    void anAlignedWriteIsNeverLostToAConcurrentReadModifyWrite() throws Exception {
+        mem.alignment = 512;
+        mem.readDelayMillis = 2;
+        Image img = openMem("rmw", 4096, true);
+        Thread rmwWriter = Thread.ofPlatform().start(() -> {
+            try {
+                for (int i = 0; i < 20; i++) {
+                    img.write(0, ByteBuffer.wrap(new byte[] {(byte) i, 1, 2}), 0); // bytes 0..2: RMW of block 0
+                }
+            } catch (BlockException e) {
+                throw new IllegalStateException(e);
+            }
+        });
+        Thread.sleep(5);
+        byte[] block = new byte[512];
+        java.util.Arrays.fill(block, (byte) 9);
+        img.write(0, ByteBuffer.wrap(block), 0); // aligned, lands while the RMW loop runs
+        rmwWriter.join();
+        byte[] disk = mem.disks.get("rmw");
+        for (int i = 3; i < 512; i++) {
+            assertEquals(9, disk[i], "byte " + i + " of the aligned write was lost");
+        }
+    }
 }

@@ -23,6 +23,8 @@ final class MemoryDriver implements BlockDriver {
     final List<String> requests = java.util.Collections.synchronizedList(new ArrayList<>());
     int alignment = 1;
     int maxTransfer = 0;
+    /** Makes reads slow, to widen race windows in tests. */
+    volatile int readDelayMillis = 0;
 
     @Override
     public DriverDescriptor descriptor() {
@@ -46,6 +48,13 @@ final class MemoryDriver implements BlockDriver {
             public void read(long offset, ByteBuffer dst) {
                 requests.add("read " + offset + " " + dst.remaining());
                 dst.put(disk, (int) offset, dst.remaining());
+                if (readDelayMillis > 0) {
+                    try {
+                        Thread.sleep(readDelayMillis); // after the copy: what was read may go stale
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                    }
+                }
             }
 
             @Override
