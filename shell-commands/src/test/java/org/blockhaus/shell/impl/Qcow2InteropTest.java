@@ -528,6 +528,20 @@ class Qcow2InteropTest extends QemuComparison {
         assertSameEffect(List.of("comp.qcow2"), "convert", "-O", "raw", "comp.qcow2", "new.raw");
     }
 
+    /** Whether some process holds lock byte 101 (QEMU's "write" permission) on the file. */
+    private static boolean heldForWriting(java.nio.file.Path file) throws java.io.IOException {
+        long ino = ((Number) java.nio.file.Files.getAttribute(file, "unix:ino")).longValue();
+        for (String line : java.nio.file.Files.readAllLines(java.nio.file.Path.of("/proc/locks"))) {
+            String[] f = line.trim().split("\\s+");
+            // "1: OFDLCK ADVISORY READ -1 08:01:1234 101 101"
+            if (f.length >= 8 && f[5].endsWith(":" + ino) && !f[6].equals("EOF") && !f[7].equals("EOF")
+                    && Long.parseLong(f[6]) <= 101 && 101 <= Long.parseLong(f[7])) {
+                return true;
+            }
+        }
+        return false;
+    }
+
     /** While qemu-io holds an image open for writing, every command meets its lock as qemu-img does. */
     @Test
     void imagesInUseByQemuAreRefusedUnlessForceShared() throws Exception {
@@ -536,7 +550,9 @@ class Qcow2InteropTest extends QemuComparison {
                 .directory(dir.toFile()).redirectErrorStream(true).start();
         try {
             long deadline = System.nanoTime() + 60_000_000_000L;
-            while (qemu("info", "busy.qcow2").exitCode() == 0) {
+            // Wait for qemu-io's locks by reading /proc/locks: probing with qemu-img info would
+            // itself take lock bytes and could make qemu-io's own open fail.
+            while (!heldForWriting(dir.resolve("busy.qcow2"))) {
                 assertTrue(holder.isAlive(), () -> "qemu-io ended: " + new String(readAll(holder)));
                 assertTrue(System.nanoTime() < deadline, "qemu-io did not lock busy.qcow2");
                 Thread.sleep(100);
