@@ -38,4 +38,15 @@ public interface BlockCore extends BlockService {
     void addSecret(String id, byte[] value);
 
     void removeSecret(String id);
+
+    /**
+     * Defines a user-creatable object ({@code --object tls-creds-x509,id=...}); drivers ask for it
+     * by id. An id already in use (by any object or secret) is refused with QEMU's message.
+     */
+    void addObject(org.blockhaus.api.spi.UserObject object) throws BlockException;
+
+    /** The object with {@code id}, or null. */
+    org.blockhaus.api.spi.UserObject object(String id);
+
+    void removeObject(String id);
 }

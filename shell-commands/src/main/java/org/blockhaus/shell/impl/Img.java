@@ -123,10 +123,14 @@ final class Img {
             if (def != null) {
                 Options o = Options.parseKeyValue(def, "qom-type");
                 String type = o.get("qom-type");
+                String id = o.get("id");
+                if (TLS_CREDS_PROPERTIES.containsKey(type)) {
+                    core.addObject(tlsCredsObject(type, id, o));
+                    continue;
+                }
                 if (!"secret".equals(type)) {
                     throw BlockException.invalid("invalid object type: " + type);
                 }
-                String id = o.get("id");
                 if (id == null) {
                     throw BlockException.invalid("Parameter 'id' is missing");
                 }
@@ -157,6 +161,31 @@ final class Img {
                 core.addSecret(id, value);
             }
         }
+    }
+
+    /** The properties QEMU 7.2's TLS credentials objects take; their files are read by the user (nbd). */
+    private static final java.util.Map<String, Set<String>> TLS_CREDS_PROPERTIES = java.util.Map.of(
+            "tls-creds-x509", Set.of("dir", "endpoint", "verify-peer", "priority", "sanity-check", "passwordid"),
+            "tls-creds-psk", Set.of("dir", "endpoint", "verify-peer", "priority", "username"));
+
+    /** {@code --object tls-creds-x509|tls-creds-psk,id=ID,...}, checked as QEMU checks the properties. */
+    private static org.blockhaus.api.spi.UserObject tlsCredsObject(String type, String id, Options o)
+            throws BlockException {
+        if (id == null) {
+            throw BlockException.invalid("Parameter 'id' is missing");
+        }
+        Options props = o.without("qom-type").without("id");
+        for (String key : props.topLevelKeys()) {
+            if (!TLS_CREDS_PROPERTIES.get(type).contains(key) || !props.has(key)) {
+                throw BlockException.invalid("Parameter '" + key + "' is unexpected");
+            }
+        }
+        String endpoint = props.get("endpoint", "client");
+        if (!endpoint.equals("client") && !endpoint.equals("server")) {
+            throw BlockException.invalid("Parameter 'endpoint' does not accept value '" + endpoint + "'");
+        }
+        props.getBool("verify-peer", true); // refuses anything but on/off as QEMU does
+        return new org.blockhaus.api.spi.UserObject(type, id, props);
     }
 
     // ---- create -------------------------------------------------------------------------

@@ -42,6 +42,14 @@ public interface OpenContext {
     /** A secret given with {@code --object secret,id=...}. */
     byte[] secret(String id) throws BlockException;
 
+    /**
+     * The object {@code --object qom-type,id=ID,...} defined (TLS credentials, say). Errors name
+     * the id; a driver checks the type itself, with its own message.
+     */
+    default UserObject object(String id) throws BlockException {
+        throw new BlockException(BlockException.Reason.NOT_FOUND, "No object with id '" + id + "'");
+    }
+
     /** Shows a warning to the user the way qemu-img does ("qemu-img: warning: ..."). */
     void warn(String message);
 }

@@ -291,6 +291,9 @@ final class ChainResolver {
             if (format && CHILD_ROLES.contains(root)) {
                 continue;
             }
+            if (key.equals("backing") && opts.isNull(key)) {
+                continue; // qemu-img's "no backing chain" (BDRV_O_NO_BACKING) means nothing to a protocol
+            }
             if (d.openOption(key) != null) {
                 continue;
             }
@@ -393,6 +396,9 @@ final class ChainResolver {
         @Override public Set<Permission> sharedPermissions() { return Set.copyOf(shared); }
         @Override public void warn(String message) { req.warnings().accept(message); }
         @Override public byte[] secret(String id) throws BlockException { return secrets.get(id); }
+        @Override public org.blockhaus.api.spi.UserObject object(String id) throws BlockException {
+            return secrets.requireObject(id);
+        }
 
         /** This node's options without its children's subtrees. */
         @Override

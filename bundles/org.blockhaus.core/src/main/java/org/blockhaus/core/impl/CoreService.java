@@ -109,6 +109,21 @@ public class CoreService implements BlockCore {
         secrets.remove(id);
     }
 
+    @Override
+    public void addObject(org.blockhaus.api.spi.UserObject object) throws BlockException {
+        secrets.putObject(object);
+    }
+
+    @Override
+    public org.blockhaus.api.spi.UserObject object(String id) {
+        return secrets.object(id);
+    }
+
+    @Override
+    public void removeObject(String id) {
+        secrets.removeObject(id);
+    }
+
     private static String stateName(int state) {
         return switch (state) {
             case Bundle.ACTIVE -> "active";

@@ -4,10 +4,16 @@ import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
+import org.blockhaus.api.spi.UserObject;
 
-/** Secrets given by id ({@code --object secret,id=...}); drivers ask for them by id only. */
+/**
+ * QEMU's user-creatable objects by id ({@code --object}): secrets, whose bytes drivers ask for by
+ * id only, and the other objects (TLS credentials...), kept as their type and properties. Secrets
+ * and objects share one id space, as in QEMU.
+ */
 final class Secrets {
     private final Map<String, byte[]> byId = new ConcurrentHashMap<>();
+    private final Map<String, UserObject> objects = new ConcurrentHashMap<>();
 
     void put(String id, byte[] value) {
         byId.put(id, value.clone());
@@ -23,5 +29,29 @@ final class Secrets {
             throw new BlockException(Reason.NOT_FOUND, "No secret with id '" + id + "' found");
         }
         return v.clone();
+    }
+
+    synchronized void putObject(UserObject o) throws BlockException {
+        if (byId.containsKey(o.id()) || objects.containsKey(o.id())) {
+            throw BlockException.invalid("attempt to add duplicate property '" + o.id()
+                    + "' to object (type 'container')");
+        }
+        objects.put(o.id(), o);
+    }
+
+    UserObject object(String id) {
+        return objects.get(id);
+    }
+
+    UserObject requireObject(String id) throws BlockException {
+        UserObject o = objects.get(id);
+        if (o == null) {
+            throw new BlockException(Reason.NOT_FOUND, "No object with id '" + id + "'");
+        }
+        return o;
+    }
+
+    void removeObject(String id) {
+        objects.remove(id);
     }
 }

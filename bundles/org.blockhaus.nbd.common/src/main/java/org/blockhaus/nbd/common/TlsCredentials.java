@@ -18,7 +18,10 @@ import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import javax.net.ssl.KeyManagerFactory;
 import javax.net.ssl.SSLContext;
+import javax.net.ssl.TrustManager;
 import javax.net.ssl.TrustManagerFactory;
+import javax.net.ssl.X509TrustManager;
+import java.security.cert.X509Certificate;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 
@@ -39,7 +42,15 @@ public final class TlsCredentials {
 
     /** ca-cert.pem checks the server; client-cert.pem and client-key.pem, if present, prove who we are. */
     public static SSLContext clientContext(Path dir) throws BlockException {
-        Path ca = dir.resolve("ca-cert.pem");
+        return clientContext(dir, true);
+    }
+
+    /**
+     * As {@link #clientContext(Path)}; without {@code verifyPeer} the server's certificate is
+     * accepted unchecked (QEMU's verify-peer=off), though ca-cert.pem must exist as QEMU wants it.
+     */
+    public static SSLContext clientContext(Path dir, boolean verifyPeer) throws BlockException {
+        Path ca = requireFile(dir.resolve("ca-cert.pem"));
         Path cert = dir.resolve("client-cert.pem");
         Path key = dir.resolve("client-key.pem");
         try {
@@ -61,7 +72,8 @@ public final class TlsCredentials {
                 kmf.init(ks, pw);
             }
             SSLContext ctx = SSLContext.getInstance("TLS");
-            ctx.init(kmf == null ? null : kmf.getKeyManagers(), tmf.getTrustManagers(), null);
+            ctx.init(kmf == null ? null : kmf.getKeyManagers(),
+                    verifyPeer ? tmf.getTrustManagers() : new TrustManager[] {new UncheckedServer()}, null);
             return ctx;
         } catch (IOException e) {
             throw BlockException.io("Cannot read TLS credentials in '" + dir + "'", e);
@@ -71,11 +83,38 @@ public final class TlsCredentials {
         }
     }
 
+    /** QEMU's message for a credentials file that is not there. */
+    static Path requireFile(Path p) throws BlockException {
+        if (!Files.isReadable(p)) {
+            throw new BlockException(Reason.NOT_FOUND, "Unable to access credentials " + p + ": "
+                    + (Files.exists(p) ? "Permission denied" : "No such file or directory"));
+        }
+        return p;
+    }
+
+    /** verify-peer=off on a client: any server certificate is taken. */
+    private static final class UncheckedServer implements X509TrustManager {
+        @Override
+        public void checkClientTrusted(X509Certificate[] chain, String authType) {
+            throw new UnsupportedOperationException("client-side trust manager");
+        }
+
+        @Override
+        public void checkServerTrusted(X509Certificate[] chain, String authType) {
+            // QEMU's verify-peer=off: the user chose not to check
+        }
+
+        @Override
+        public X509Certificate[] getAcceptedIssuers() {
+            return new X509Certificate[0];
+        }
+    }
+
     /** server-cert.pem and server-key.pem prove who we are; ca-cert.pem checks client certificates. */
     public static SSLContext serverContext(Path dir) throws BlockException {
-        Path ca = dir.resolve("ca-cert.pem");
-        Path cert = dir.resolve("server-cert.pem");
-        Path key = dir.resolve("server-key.pem");
+        Path ca = requireFile(dir.resolve("ca-cert.pem"));
+        Path cert = requireFile(dir.resolve("server-cert.pem"));
+        Path key = requireFile(dir.resolve("server-key.pem"));
         try {
             KeyStore ks = KeyStore.getInstance("PKCS12");
             ks.load(null, null);

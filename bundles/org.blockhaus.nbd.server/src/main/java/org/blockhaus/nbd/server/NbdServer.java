@@ -9,13 +9,16 @@ import java.util.List;
 import java.util.Objects;
 import org.blockhaus.api.BlockException;
 import javax.net.ssl.SSLContext;
+import org.blockhaus.nbd.common.PskCreds;
+import org.blockhaus.nbd.common.TlsCreds;
+import org.blockhaus.nbd.common.X509Creds;
 import org.blockhaus.api.BlockNode;
 import org.osgi.annotation.versioning.ProviderType;
 
 /**
  * An NBD server (qemu-nbd's counterpart): exports block nodes by name on one listening address.
  * The server speaks the fixed newstyle handshake with NBD_OPT_GO/INFO, structured replies, the
- * base:allocation and qemu:allocation-depth meta contexts, and optionally TLS (X.509). It never closes the nodes it serves; their owner does, after
+ * base:allocation and qemu:allocation-depth meta contexts, and optionally TLS (X.509 or PSK). It never closes the nodes it serves; their owner does, after
  * {@link Running#close()}.
  */
 @ProviderType
@@ -97,37 +100,54 @@ public interface NbdServer {
      * @param maxInFlight       requests one client may have in flight before the server stops
      *                          reading from it
      * @param handshakeTimeout  clients that do not finish the handshake in time are dropped
-     * @param tls               null for plain NBD; else every client must upgrade with
-     *                          NBD_OPT_STARTTLS first (the spec's FORCEDTLS mode)
-     * @param tlsVerifyPeer     with TLS: require a client certificate signed by a trusted CA
-     *                          (QEMU's verify-peer)
+     * @param tls               null for plain NBD; else server credentials (X.509 or PSK) and every
+     *                          client must upgrade with NBD_OPT_STARTTLS first (the spec's FORCEDTLS mode)
      */
     record Settings(int maxClients, boolean persistent, int maxInFlight, Duration handshakeTimeout,
-            SSLContext tls, boolean tlsVerifyPeer) {
-        public static final Settings DEFAULT = new Settings(0, true, 16, Duration.ofSeconds(10), null, false);
+            TlsCreds tls) {
+        public static final Settings DEFAULT = new Settings(0, true, 16, Duration.ofSeconds(10), null);
 
         public Settings {
             if (maxClients < 0 || maxInFlight < 1) {
                 throw new IllegalArgumentException("maxClients >= 0 and maxInFlight >= 1 required");
             }
             Objects.requireNonNull(handshakeTimeout, "handshakeTimeout");
+            if (tls != null && tls.endpoint() != TlsCreds.Endpoint.SERVER) {
+                throw new IllegalArgumentException("Expected TLS credentials for a server endpoint");
+            }
         }
 
         public Settings withMaxClients(int n) {
-            return new Settings(n, persistent, maxInFlight, handshakeTimeout, tls, tlsVerifyPeer);
+            return new Settings(n, persistent, maxInFlight, handshakeTimeout, tls);
         }
 
         public Settings withPersistent(boolean p) {
-            return new Settings(maxClients, p, maxInFlight, handshakeTimeout, tls, tlsVerifyPeer);
+            return new Settings(maxClients, p, maxInFlight, handshakeTimeout, tls);
         }
 
         public Settings withHandshakeTimeout(Duration d) {
-            return new Settings(maxClients, persistent, maxInFlight, d, tls, tlsVerifyPeer);
+            return new Settings(maxClients, persistent, maxInFlight, d, tls);
         }
 
-        public Settings withTls(SSLContext context, boolean verifyPeer) {
-            return new Settings(maxClients, persistent, maxInFlight, handshakeTimeout, context, verifyPeer);
+        public Settings withTls(TlsCreds creds) {
+            return new Settings(maxClients, persistent, maxInFlight, handshakeTimeout, creds);
         }
+
+        /**
+         * X.509 from a JDK context; {@code verifyPeer} requires a client certificate signed by a
+         * trusted CA (QEMU's verify-peer).
+         */
+        public Settings withTls(SSLContext context, boolean verifyPeer) {
+            return withTls(new X509Creds(context, TlsCreds.Endpoint.SERVER, verifyPeer));
+        }
+    }
+
+    /**
+     * QEMU's tls-creds-psk with endpoint=server: every user in {@code dir/keys.psk}
+     * ({@code username:hexkey} lines) may connect with its key.
+     */
+    static TlsCreds pskFromDirectory(Path dir) throws BlockException {
+        return PskCreds.load(dir, TlsCreds.Endpoint.SERVER, null);
     }
 
     /**

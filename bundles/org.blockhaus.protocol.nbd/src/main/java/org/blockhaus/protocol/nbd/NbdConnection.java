@@ -1,7 +1,6 @@
 package org.blockhaus.protocol.nbd;
 
 import org.blockhaus.nbd.common.Wire;
-import org.blockhaus.nbd.common.TlsWire;
 import static org.blockhaus.nbd.common.Nbd.*;
 
 import java.io.EOFException;
@@ -57,9 +56,9 @@ final class NbdConnection implements AutoCloseable {
         }
     }
 
-    /** TLS for NBD_OPT_STARTTLS: where the engine comes from (host name checks included). */
+    /** TLS for NBD_OPT_STARTTLS: runs the TLS handshake (host name checks included). */
     interface Tls {
-        javax.net.ssl.SSLEngine engine();
+        Wire handshake(SocketChannel ch) throws IOException;
     }
 
     /** What the handshake agreed on. */
@@ -274,8 +273,7 @@ final class NbdConnection implements AutoCloseable {
                 }
                 throw protocol("Unexpected reply type %d to NBD_OPT_STARTTLS", r.type);
             }
-            javax.net.ssl.SSLEngine engine = tls.engine();
-            wire = TlsWire.handshake(ch, engine);
+            wire = tls.handshake(ch);
         }
 
         private boolean structuredReply() throws IOException, BlockException {

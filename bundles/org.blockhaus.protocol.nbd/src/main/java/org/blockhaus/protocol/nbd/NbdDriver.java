@@ -12,7 +12,9 @@
 package org.blockhaus.protocol.nbd;
 
 import org.blockhaus.nbd.common.Nbd;
-import org.blockhaus.nbd.common.TlsCredentials;
+import org.blockhaus.nbd.common.PskCreds;
+import org.blockhaus.nbd.common.TlsCreds;
+import org.blockhaus.nbd.common.X509Creds;
 import java.net.URI;
 import java.net.URISyntaxException;
 import java.time.Duration;
@@ -26,6 +28,7 @@ import org.blockhaus.api.spi.DriverDescriptor;
 import org.blockhaus.api.spi.OpenContext;
 import org.blockhaus.api.spi.OptionSpec;
 import org.blockhaus.api.spi.OptionSpec.OptionType;
+import org.blockhaus.api.spi.UserObject;
 import org.osgi.service.component.annotations.Component;
 
 @Component(service = BlockDriver.class, property = {"blk.driver=nbd", "blk.kind=protocol"})
@@ -48,12 +51,16 @@ public final class NbdDriver implements BlockDriver {
                     OptionSpec.of("port", OptionType.STRING, "Legacy spelling of server.port"),
                     OptionSpec.of("path", OptionType.STRING, "Legacy spelling of server.path"),
                     OptionSpec.of("export", OptionType.STRING, "", "Name of the NBD export to open"),
-                    OptionSpec.of("tls-creds", OptionType.STRING, "ID of a tls-creds object (not supported: use"
-                            + " x-tls-creds-dir)"),
+                    OptionSpec.of("tls-creds", OptionType.STRING, "ID of the TLS credentials to use (an --object"
+                            + " tls-creds-x509 or tls-creds-psk with endpoint=client)"),
                     OptionSpec.of("tls-hostname", OptionType.STRING, "Host name to check the server certificate"
                             + " against (default: server.host)"),
                     OptionSpec.of("x-tls-creds-dir", OptionType.STRING, "Blockhaus: directory with ca-cert.pem and"
                             + " optionally client-cert.pem and client-key.pem; enables TLS (NBD_OPT_STARTTLS)"),
+                    OptionSpec.of("x-tls-psk-file", OptionType.STRING, "Blockhaus: PSK key file (username:hexkey"
+                            + " lines, as libnbd's tls-psk-file); enables TLS-PSK"),
+                    OptionSpec.of("tls-username", OptionType.STRING, "Blockhaus: user name for x-tls-psk-file"
+                            + " (libnbd's tls-username; default: the login name)"),
                     OptionSpec.of("x-tls", OptionType.BOOL, "off", "Blockhaus: require TLS (set by nbds:// URIs)"),
                     OptionSpec.of("reconnect-delay", OptionType.NUMBER, "0", "Seconds to wait for a reconnect"
                             + " before failing requests (only 0 is supported)"),
@@ -153,6 +160,8 @@ public final class NbdDriver implements BlockDriver {
         boolean tls = scheme.startsWith("nbds");
         String socket = null;
         String certificates = null;
+        String pskFile = null;
+        String username = tls ? uri.getUserInfo() : null; // libnbd: nbds://alice@host/...
         String query = uri.getRawQuery();
         if (query != null) {
             for (String param : query.split("&")) {
@@ -164,6 +173,10 @@ public final class NbdDriver implements BlockDriver {
                     socket = value;
                 } else if (key.equals("tls-certificates") && tls && value != null) {
                     certificates = value; // libnbd's spelling, so nbdinfo's URIs work here too
+                } else if (key.equals("tls-psk-file") && tls && value != null) {
+                    pskFile = value;
+                } else if (key.equals("tls-username") && tls && value != null) {
+                    username = value;
                 } else {
                     throw BlockException.invalid("NBD URI '" + filename + "': unexpected parameter '" + key + "'");
                 }
@@ -193,6 +206,12 @@ public final class NbdDriver implements BlockDriver {
             o = o.with("x-tls", "on");
             if (certificates != null) {
                 o = o.with("x-tls-creds-dir", certificates);
+            }
+            if (pskFile != null) {
+                o = o.with("x-tls-psk-file", pskFile);
+            }
+            if (username != null) {
+                o = o.with("tls-username", username);
             }
         }
         return export.isEmpty() ? o : o.with("export", export);
@@ -237,11 +256,6 @@ public final class NbdDriver implements BlockDriver {
     @Override
     public BlockNode open(OpenContext ctx) throws BlockException {
         Options o = ctx.options();
-        if (o.get("tls-creds") != null) {
-            throw new BlockException(Reason.UNSUPPORTED, "tls-creds objects are not supported yet; give the"
-                    + " credentials directory as x-tls-creds-dir=<dir with ca-cert.pem[, client-cert.pem,"
-                    + " client-key.pem]>");
-        }
         if (o.get("x-dirty-bitmap") != null) {
             throw BlockException.unsupported("x-dirty-bitmap");
         }
@@ -265,7 +279,7 @@ public final class NbdDriver implements BlockDriver {
         }
         NbdConnection.Address address = address(o);
         String export = o.get("export", "");
-        NbdConnection.Tls tls = tls(o, address);
+        NbdConnection.Tls tls = tls(ctx, o, address);
         NbdConnection c;
         try {
             c = NbdConnection.open(address, export, Duration.ofSeconds(timeout), Duration.ofSeconds(requestTimeout),
@@ -299,29 +313,60 @@ public final class NbdDriver implements BlockDriver {
         return new NbdNode(all, ctx.readOnly());
     }
 
-    /** TLS when asked for (x-tls-creds-dir, or an nbds:// URI), checking the server's name. */
-    private static NbdConnection.Tls tls(Options o, NbdConnection.Address address) throws BlockException {
-        String dir = o.get("x-tls-creds-dir");
-        if (dir == null) {
+    /**
+     * TLS when asked for: {@code tls-creds=ID} (an {@code --object tls-creds-x509|tls-creds-psk}),
+     * or the credentials an nbds:// URI names ({@code x-tls-creds-dir}, {@code x-tls-psk-file}).
+     * A TCP server's certificate is checked against tls-hostname, by default the host connected to.
+     */
+    static NbdConnection.Tls tls(OpenContext ctx, Options o, NbdConnection.Address address) throws BlockException {
+        TlsCreds creds = credentials(ctx, o);
+        if (creds == null) {
             if (o.getBool("x-tls", false)) {
-                throw BlockException.invalid("NBD over TLS needs credentials: x-tls-creds-dir=<dir> (or"
-                        + " ?tls-certificates=<dir> in the nbds:// URI)");
+                throw BlockException.invalid("NBD over TLS needs credentials: tls-creds=<id of a tls-creds-x509 or"
+                        + " tls-creds-psk object>, or ?tls-certificates=<dir> or ?tls-psk-file=<file> in the"
+                        + " nbds:// URI");
             }
             return null;
         }
-        javax.net.ssl.SSLContext ctx = TlsCredentials.clientContext(java.nio.file.Path.of(dir));
         String hostname = o.get("tls-hostname", address.unix() ? null : address.host());
-        return () -> {
-            javax.net.ssl.SSLEngine e = hostname == null ? ctx.createSSLEngine()
-                    : ctx.createSSLEngine(hostname, address.port());
-            e.setUseClientMode(true);
-            if (hostname != null) {
-                javax.net.ssl.SSLParameters p = e.getSSLParameters();
-                p.setEndpointIdentificationAlgorithm("HTTPS");
-                e.setSSLParameters(p);
+        return ch -> creds.handshake(ch, hostname, address.port());
+    }
+
+    private static TlsCreds credentials(OpenContext ctx, Options o) throws BlockException {
+        String id = o.get("tls-creds");
+        if (id != null) {
+            if (o.has("x-tls-creds-dir") || o.has("x-tls-psk-file")) {
+                throw BlockException.invalid("tls-creds cannot be combined with x-tls-creds-dir or x-tls-psk-file");
             }
-            return e;
-        };
+            UserObject obj;
+            try {
+                obj = ctx.object(id);
+            } catch (BlockException e) {
+                throw new BlockException(Reason.NOT_FOUND, "No TLS credentials with id '" + id + "'");
+            }
+            if (!TlsCreds.QOM_TYPES.contains(obj.qomType())) {
+                throw BlockException.invalid("Object with id '" + id + "' is not TLS credentials");
+            }
+            TlsCreds creds = TlsCreds.fromObject(obj.qomType(), obj.properties());
+            if (creds.endpoint() != TlsCreds.Endpoint.CLIENT) {
+                throw BlockException.invalid("Expected TLS credentials for a client endpoint");
+            }
+            return creds;
+        }
+        String dir = o.get("x-tls-creds-dir");
+        String pskFile = o.get("x-tls-psk-file");
+        if (dir != null && pskFile != null) {
+            throw BlockException.invalid("Give either x-tls-creds-dir (X.509) or x-tls-psk-file (PSK), not both");
+        }
+        if (dir != null) {
+            return X509Creds.load(java.nio.file.Path.of(dir), TlsCreds.Endpoint.CLIENT, true);
+        }
+        if (pskFile != null) {
+            // libnbd's default user name is the local login name
+            return PskCreds.loadFile(java.nio.file.Path.of(pskFile), TlsCreds.Endpoint.CLIENT,
+                    o.get("tls-username", System.getProperty("user.name")));
+        }
+        return null;
     }
 
     /** Connections of one node must agree on everything but their context ids. */

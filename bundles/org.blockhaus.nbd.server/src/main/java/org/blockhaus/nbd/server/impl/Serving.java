@@ -1,6 +1,7 @@
 package org.blockhaus.nbd.server.impl;
 
-import org.blockhaus.nbd.common.TlsCredentials;
+import org.blockhaus.nbd.common.TlsCreds;
+import org.blockhaus.api.spi.UserObject;
 import java.io.IOException;
 import java.net.SocketAddress;
 import java.nio.charset.StandardCharsets;
@@ -10,7 +11,6 @@ import java.util.ArrayList;
 import java.util.Base64;
 import java.util.List;
 import java.util.function.Consumer;
-import javax.net.ssl.SSLContext;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
@@ -32,8 +32,12 @@ final class Serving implements AutoCloseable {
     private final Thread watcher;
     private boolean closed; // guarded by this
     private final java.util.concurrent.CountDownLatch released = new java.util.concurrent.CountDownLatch(1);
+    /** Forgets the --object definitions this server made, so the next blk:serve may reuse their ids. */
+    private final Runnable forgetObjects;
 
-    private Serving(ServeConfig config, List<Image> images, NbdServer.Running server, Consumer<Serving> onStopped) {
+    private Serving(ServeConfig config, List<Image> images, NbdServer.Running server, Runnable forgetObjects,
+            Consumer<Serving> onStopped) {
+        this.forgetObjects = forgetObjects;
         this.config = config;
         this.images = images;
         this.server = server;
@@ -56,9 +60,20 @@ final class Serving implements AutoCloseable {
      */
     static Serving start(BlockCore core, ServeConfig config, Consumer<String> warnings, Consumer<Serving> onStopped)
             throws BlockException {
-        SSLContext tls = null;
-        boolean verifyPeer = false;
-        List<String[]> tlsObjects = new ArrayList<>();
+        List<String> objectIds = new ArrayList<>();
+        Runnable forgetObjects = () -> objectIds.forEach(core::removeObject);
+        try {
+            return start(core, config, warnings, onStopped, objectIds, forgetObjects);
+        } catch (BlockException | RuntimeException e) {
+            forgetObjects.run();
+            throw e;
+        }
+    }
+
+    private static Serving start(BlockCore core, ServeConfig config, Consumer<String> warnings,
+            Consumer<Serving> onStopped, List<String> objectIds, Runnable forgetObjects) throws BlockException {
+        TlsCreds tls = null;
+        java.util.Set<String> secretIds = new java.util.HashSet<>();
         for (String def : config.objects()) {
             Options o = Options.parseKeyValue(def, "qom-type");
             String type = o.get("qom-type");
@@ -66,7 +81,7 @@ final class Serving implements AutoCloseable {
             if (type == null) {
                 throw BlockException.invalid("Parameter 'qom-type' is missing");
             }
-            if (!List.of("secret", "tls-creds-x509", "tls-creds-psk").contains(type)) {
+            if (!type.equals("secret") && !TlsCreds.QOM_TYPES.contains(type)) {
                 throw BlockException.invalid("Parameter 'qom-type' does not accept value '" + type + "'");
             }
             if (id == null) {
@@ -74,34 +89,26 @@ final class Serving implements AutoCloseable {
             }
             if (type.equals("secret")) {
                 core.addSecret(id, secret(o, id));
+                secretIds.add(id);
             } else {
-                tlsObjects.add(new String[] {type, id, def});
+                Options props = o.without("qom-type").without("id");
+                TlsCreds.fromObject(type, props); // loads the files now, as qemu-nbd does at --object
+                core.addObject(new UserObject(type, id, props));
+                objectIds.add(id);
             }
         }
         if (config.tlsCreds() != null) {
-            String[] found = null;
-            for (String[] t : tlsObjects) {
-                if (t[1].equals(config.tlsCreds())) {
-                    found = t;
-                }
+            UserObject found = core.object(config.tlsCreds());
+            if (found == null || !TlsCreds.QOM_TYPES.contains(found.qomType())) {
+                throw BlockException.invalid("Failed to get TLS creds: " + (found == null
+                        && !secretIds.contains(config.tlsCreds()) ? "No TLS credentials with id '"
+                        + config.tlsCreds() + "'" : "Object with id '" + config.tlsCreds()
+                        + "' is not TLS credentials"));
             }
-            if (found == null) {
-                throw BlockException.invalid("Failed to get TLS creds: No TLS credentials with id '"
-                        + config.tlsCreds() + "'");
+            tls = TlsCreds.fromObject(found.qomType(), found.properties());
+            if (tls.endpoint() != TlsCreds.Endpoint.SERVER) {
+                throw BlockException.invalid("Failed to get TLS creds: Expected TLS credentials for a server endpoint");
             }
-            Options o = Options.parseKeyValue(found[2], "qom-type");
-            if (found[0].equals("tls-creds-psk")) {
-                throw BlockException.unsupported("TLS-PSK credentials ('" + found[1] + "'): the JDK has no TLS-PSK");
-            }
-            if (!"server".equals(o.get("endpoint", "client"))) {
-                throw BlockException.invalid("Expecting TLS credentials with a server endpoint");
-            }
-            String dir = o.get("dir");
-            if (dir == null) {
-                throw BlockException.invalid("Unable to access credentials: no 'dir' given");
-            }
-            verifyPeer = o.getBool("verify-peer", true);
-            tls = TlsCredentials.serverContext(java.nio.file.Path.of(dir));
         }
         SocketAddress address = config.address();
         List<Image> images = new ArrayList<>();
@@ -127,14 +134,14 @@ final class Serving implements AutoCloseable {
                         config.allocationDepth()));
             }
             NbdServer.Settings settings = new NbdServer.Settings(config.shared(), config.persistent(), 16,
-                    Duration.ofSeconds(10), tls, verifyPeer);
+                    Duration.ofSeconds(10), tls);
             NbdServer.Running running;
             try {
                 running = ServerInstance.start(exports, address, settings, s -> { });
             } catch (BlockException e) {
                 throw new BlockException(e.reason(), bindMessage(e.getMessage()), e);
             }
-            return new Serving(config, List.copyOf(images), running, onStopped);
+            return new Serving(config, List.copyOf(images), running, forgetObjects, onStopped);
         } catch (BlockException | RuntimeException e) {
             for (Image img : images) {
                 closeQuietly(img);
@@ -228,6 +235,7 @@ final class Serving implements AutoCloseable {
                 closeQuietly(img);
             }
         } finally {
+            forgetObjects.run();
             released.countDown();
         }
     }

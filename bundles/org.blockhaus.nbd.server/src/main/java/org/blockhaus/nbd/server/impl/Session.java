@@ -1,7 +1,6 @@
 package org.blockhaus.nbd.server.impl;
 
 import org.blockhaus.nbd.common.Wire;
-import org.blockhaus.nbd.common.TlsWire;
 import static org.blockhaus.nbd.common.Nbd.*;
 
 import java.io.EOFException;
@@ -219,22 +218,14 @@ final class Session {
 
     /** NBD_OPT_STARTTLS: acknowledge, then the TLS handshake; everything after it runs over TLS. */
     private void startTls(ByteBuffer data) throws IOException {
-        javax.net.ssl.SSLContext ctx = server.settings().tls();
-        if (ctx == null) {
+        org.blockhaus.nbd.common.TlsCreds creds = server.settings().tls();
+        if (creds == null) {
             reply(OPT_STARTTLS, REP_ERR_UNSUP, "TLS is not configured on this server");
         } else if (tlsActive || data.hasRemaining()) {
             reply(OPT_STARTTLS, REP_ERR_INVALID, tlsActive ? "TLS is already active" : "STARTTLS takes no data");
         } else {
             reply(OPT_STARTTLS, REP_ACK);
-            javax.net.ssl.SSLEngine engine = ctx.createSSLEngine();
-            engine.setUseClientMode(false);
-            if (server.settings().tlsVerifyPeer()) {
-                engine.setNeedClientAuth(true);
-                // GnuTLS clients (qemu, libnbd) answer the JDK's TLS 1.3 CertificateRequest with an
-                // empty chain; with TLS 1.2 they present their certificate.
-                engine.setEnabledProtocols(new String[] {"TLSv1.2"});
-            }
-            wire = TlsWire.handshake(ch, engine); // a failed handshake ends the session
+            wire = creds.handshake(ch, null, 0); // a failed handshake ends the session
             tlsActive = true;
         }
     }

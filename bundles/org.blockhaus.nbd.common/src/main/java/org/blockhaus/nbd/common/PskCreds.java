@@ -1,0 +1,131 @@
+package org.blockhaus.nbd.common;
+
+import java.io.IOException;
+import java.nio.channels.SocketChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.SecureRandom;
+import java.util.HexFormat;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockException.Reason;
+import org.bouncycastle.tls.PSKTlsClient;
+import org.bouncycastle.tls.PSKTlsServer;
+import org.bouncycastle.tls.TlsClientProtocol;
+import org.bouncycastle.tls.TlsPSKIdentityManager;
+import org.bouncycastle.tls.TlsServerProtocol;
+import org.bouncycastle.tls.crypto.impl.bc.BcTlsCrypto;
+
+/**
+ * QEMU's tls-creds-psk: a pre-shared key per user name in {@code dir/keys.psk}, one
+ * {@code username:hexkey} per line (psktool's format). A client proves it knows the key of one
+ * user (default "qemu"); a server accepts every user in the file, reading it again for each
+ * handshake as GnuTLS does, so keys can change while it runs.
+ *
+ * <p>The JDK's TLS has no PSK cipher suites, so this runs on Bouncy Castle's TLS stack (TLS 1.2,
+ * ECDHE_PSK and DHE_PSK suites, which GnuTLS's PSK priority in QEMU and libnbd accepts).
+ */
+public record PskCreds(Endpoint endpoint, Path keyFile, String username, byte[] key) implements TlsCreds {
+    public static final String DEFAULT_USERNAME = "qemu";
+    /** keys.psk is small; a larger file is a mistake, not something to load. */
+    private static final long MAX_KEY_FILE = 1 << 20;
+
+    /** Loads {@code dir/keys.psk}; a client also looks up its user's key now (QEMU's messages). */
+    public static PskCreds load(Path dir, Endpoint endpoint, String username) throws BlockException {
+        return loadFile(dir.resolve("keys.psk"), endpoint, username);
+    }
+
+    /** As {@link #load} with the key file named directly (libnbd's tls-psk-file). */
+    public static PskCreds loadFile(Path keyFile, Endpoint endpoint, String username) throws BlockException {
+        Path file = TlsCredentials.requireFile(keyFile);
+        if (endpoint == Endpoint.SERVER) {
+            if (username != null) {
+                throw BlockException.invalid("username should not be set when endpoint=server");
+            }
+            readKeyFile(file); // fail now on a file that cannot be used
+            return new PskCreds(endpoint, file, null, null);
+        }
+        String user = username == null ? DEFAULT_USERNAME : username;
+        byte[] key = lookup(file, user);
+        if (key == null) {
+            throw new BlockException(Reason.NOT_FOUND, "Username " + user + " not found in PSK file " + file);
+        }
+        return new PskCreds(endpoint, file, user, key);
+    }
+
+    /** Client credentials from a key given directly (tests, libnbd's tls-psk-file form). */
+    public static PskCreds client(String username, byte[] key) {
+        return new PskCreds(Endpoint.CLIENT, null, username, key.clone());
+    }
+
+    private static String readKeyFile(Path file) throws BlockException {
+        try {
+            if (Files.size(file) > MAX_KEY_FILE) {
+                throw BlockException.invalid("PSK file " + file + " is larger than " + MAX_KEY_FILE + " bytes");
+            }
+            return Files.readString(file, StandardCharsets.UTF_8);
+        } catch (IOException e) {
+            throw BlockException.io("Cannot read PSK file " + file + ": " + e.getMessage(), e);
+        }
+    }
+
+    /** The key of {@code user}, or null when the file has no line for it. */
+    static byte[] lookup(Path file, String user) throws BlockException {
+        for (String line : readKeyFile(file).split("\n")) {
+            if (line.startsWith(user + ":")) {
+                String hex = line.substring(user.length() + 1).strip();
+                try {
+                    byte[] key = HexFormat.of().parseHex(hex);
+                    if (key.length == 0) {
+                        throw new IllegalArgumentException();
+                    }
+                    return key;
+                } catch (IllegalArgumentException e) {
+                    throw BlockException.invalid("PSK file " + file + ": the key of user " + user
+                            + " is not an even number of hex digits");
+                }
+            }
+        }
+        return null;
+    }
+
+    @Override
+    public Wire handshake(SocketChannel ch, String hostname, int port) throws IOException {
+        BcTlsCrypto crypto = new BcTlsCrypto(new SecureRandom());
+        if (endpoint == Endpoint.CLIENT) {
+            TlsClientProtocol protocol = new TlsClientProtocol(BcTlsWire.input(ch), BcTlsWire.output(ch));
+            protocol.connect(new PSKTlsClient(crypto, username.getBytes(StandardCharsets.UTF_8), key));
+            return new BcTlsWire(protocol);
+        }
+        TlsServerProtocol protocol = new TlsServerProtocol(BcTlsWire.input(ch), BcTlsWire.output(ch));
+        protocol.accept(new PSKTlsServer(crypto, new KeyFile(keyFile)));
+        return new BcTlsWire(protocol);
+    }
+
+    /** The server's view of keys.psk: unknown users get no key (alert unknown_psk_identity). */
+    private record KeyFile(Path file) implements TlsPSKIdentityManager {
+        @Override
+        public byte[] getHint() {
+            return null;
+        }
+
+        @Override
+        public byte[] getPSK(byte[] identity) {
+            String user = new String(identity, StandardCharsets.UTF_8);
+            if (user.isEmpty() || user.indexOf(':') >= 0 || user.indexOf('\n') >= 0) {
+                return null;
+            }
+            try {
+                return lookup(file, user);
+            } catch (BlockException e) {
+                return null;
+            }
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "PskCreds[" + endpoint.qemuName() + (username == null ? "" : ", username=" + username)
+                + (keyFile == null ? "" : ", " + keyFile) + "]"; // never the key
+    }
+}
