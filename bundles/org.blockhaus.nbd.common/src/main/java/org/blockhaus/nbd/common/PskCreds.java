@@ -9,7 +9,11 @@ import java.security.SecureRandom;
 import java.util.HexFormat;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
+import javax.net.ssl.SSLException;
+import org.bouncycastle.tls.AlertDescription;
 import org.bouncycastle.tls.PSKTlsClient;
+import org.bouncycastle.tls.TlsFatalAlert;
+import org.bouncycastle.tls.TlsFatalAlertReceived;
 import org.bouncycastle.tls.PSKTlsServer;
 import org.bouncycastle.tls.TlsClientProtocol;
 import org.bouncycastle.tls.TlsPSKIdentityManager;
@@ -92,14 +96,32 @@ public record PskCreds(Endpoint endpoint, Path keyFile, String username, byte[] 
     @Override
     public Wire handshake(SocketChannel ch, String hostname, int port) throws IOException {
         BcTlsCrypto crypto = new BcTlsCrypto(new SecureRandom());
-        if (endpoint == Endpoint.CLIENT) {
-            TlsClientProtocol protocol = new TlsClientProtocol(BcTlsWire.input(ch), BcTlsWire.output(ch));
-            protocol.connect(new PSKTlsClient(crypto, username.getBytes(StandardCharsets.UTF_8), key));
+        try {
+            if (endpoint == Endpoint.CLIENT) {
+                TlsClientProtocol protocol = new TlsClientProtocol(BcTlsWire.input(ch), BcTlsWire.output(ch));
+                protocol.connect(new PSKTlsClient(crypto, username.getBytes(StandardCharsets.UTF_8), key));
+                return new BcTlsWire(protocol);
+            }
+            TlsServerProtocol protocol = new TlsServerProtocol(BcTlsWire.input(ch), BcTlsWire.output(ch));
+            protocol.accept(new PSKTlsServer(crypto, new KeyFile(keyFile)));
             return new BcTlsWire(protocol);
+        } catch (TlsFatalAlertReceived e) {
+            throw new SSLException("TLS-PSK handshake refused by the peer (alert " + e.getMessage() + ")"
+                    + (endpoint == Endpoint.CLIENT ? hint(e.getAlertDescription()) : ""), e);
+        } catch (TlsFatalAlert e) {
+            throw new SSLException("TLS-PSK handshake failed: " + e.getMessage()
+                    + (endpoint == Endpoint.CLIENT ? hint(e.getAlertDescription()) : ""), e);
         }
-        TlsServerProtocol protocol = new TlsServerProtocol(BcTlsWire.input(ch), BcTlsWire.output(ch));
-        protocol.accept(new PSKTlsServer(crypto, new KeyFile(keyFile)));
-        return new BcTlsWire(protocol);
+    }
+
+    /** What a user can check when the server refuses: its key file must know our user and key. */
+    private String hint(short alert) {
+        return switch (alert) {
+            case AlertDescription.unknown_psk_identity -> ": the server does not know user '" + username + "'";
+            case AlertDescription.bad_record_mac, AlertDescription.decrypt_error, AlertDescription.handshake_failure
+                    -> ": is the key of user '" + username + "' the one the server has?";
+            default -> "";
+        };
     }
 
     /** The server's view of keys.psk: unknown users get no key (alert unknown_psk_identity). */

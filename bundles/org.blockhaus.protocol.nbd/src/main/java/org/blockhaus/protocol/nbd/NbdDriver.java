@@ -161,7 +161,10 @@ public final class NbdDriver implements BlockDriver {
         String socket = null;
         String certificates = null;
         String pskFile = null;
-        String username = tls ? uri.getUserInfo() : null; // libnbd: nbds://alice@host/...
+        // libnbd: nbds://alice@host/... and nbds+unix://alice@/... (a bare "alice@" authority has no host)
+        String authority = uri.getRawAuthority();
+        String username = tls && authority != null && authority.contains("@") ? java.net.URLDecoder.decode(
+                authority.substring(0, authority.lastIndexOf('@')), java.nio.charset.StandardCharsets.UTF_8) : null;
         String query = uri.getRawQuery();
         if (query != null) {
             for (String param : query.split("&")) {

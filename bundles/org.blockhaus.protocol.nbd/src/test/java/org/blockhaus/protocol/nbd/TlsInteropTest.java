@@ -165,6 +165,7 @@ class TlsInteropTest {
     void nbdsWithoutCredentialsSaysWhatToGive() throws Exception {
         BlockException e = assertThrows(BlockException.class,
                 () -> openNbd("nbds://127.0.0.1:1/disk", Options.empty(), false));
-        assertTrue(e.getMessage().contains("x-tls-creds-dir"), e.getMessage());
+        assertTrue(e.getMessage().contains("tls-creds=<id"), e.getMessage());
+        assertTrue(e.getMessage().contains("?tls-certificates=<dir>"), e.getMessage());
     }
 }
