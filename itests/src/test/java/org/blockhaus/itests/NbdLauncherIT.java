@@ -92,6 +92,10 @@ public class NbdLauncherIT {
     }
 
     private List<String> blk(String... args) {
+        return blkCommand("nbd", args);
+    }
+
+    private List<String> blkCommand(String command, String... args) {
         Path full = Path.of(System.getProperty("blk.itest.feature.full", "../features/target/full"));
         Path jar = full.resolve("org.blockhaus.launcher.jar");
         if (!Files.isRegularFile(jar)) {
@@ -100,7 +104,7 @@ public class NbdLauncherIT {
         String java = ProcessHandle.current().info().command().orElseThrow();
         List<String> cmd = new ArrayList<>(List.of(java, "--sun-misc-unsafe-memory-access=allow",
                 "--enable-native-access=ALL-UNNAMED", "-Dblk.deploy=" + dir().resolve("deploy"), "-jar",
-                jar.toString(), "nbd"));
+                jar.toString(), command));
         cmd.addAll(List.of(args));
         return cmd;
     }
@@ -148,6 +152,38 @@ public class NbdLauncherIT {
         ok("qemu-io", "-f", "qcow2", "-c", "read -P 0x3c 5M 1M", img.toString());
         String log = Files.readString(dir().resolve("err.log"));
         assertFalse(log, log.contains("Exception"));
+    }
+
+    /**
+     * TLS-PSK end to end in the real framework: Bouncy Castle's TLS bundles resolve, the server
+     * takes {@code --object tls-creds-psk} and the client {@code tls-creds=ID}; qemu-io is the peer.
+     */
+    @Test
+    public void tlsPskServerAndClientThroughTheLauncher() throws Exception {
+        Path img = image();
+        Path keys = Files.createDirectories(dir().resolve("psk"));
+        ok("psktool", "-u", "alice", "-p", keys.resolve("keys.psk").toString());
+        Path sock = dir().resolve("psk.sock");
+        Process p = new ProcessBuilder(blk("--persistent", "-k", sock.toString(), "-x", "disk", "--object",
+                "tls-creds-psk,id=tls0,endpoint=server,dir=" + keys, "--tls-creds=tls0", img.toString()))
+                .redirectOutput(dir().resolve("psk-out.log").toFile())
+                .redirectError(dir().resolve("psk-err.log").toFile()).start();
+        started.add(p.toHandle());
+        await(sock, p);
+        String object = "tls-creds-psk,id=tls0,endpoint=client,dir=" + keys + ",username=alice";
+        String opts = "driver=nbd,server.type=unix,server.path=" + sock + ",export=disk,tls-creds=tls0";
+        ok("qemu-io", "--object", object, "--image-opts", "-c", "write -P 0x5e 1M 64k", opts);
+        Result info = run(blkCommand("info", "--object", object, "--image-opts", opts));
+        assertEquals(info.out(), 0, info.exit());
+        assertTrue(info.out(), info.out().contains("virtual size: 16 MiB"));
+        Result wrongUser = run(blkCommand("info", "--object", "tls-creds-psk,id=tls0,endpoint=client,dir=" + keys,
+                "--image-opts", opts));
+        assertEquals(wrongUser.out(), 1, wrongUser.exit());
+        assertTrue(wrongUser.out(), wrongUser.out().contains("Username qemu not found in PSK file "
+                + keys.resolve("keys.psk")));
+        p.destroy();
+        assertTrue("blk nbd did not exit on SIGTERM", p.waitFor(30, TimeUnit.SECONDS));
+        ok("qemu-io", "-f", "qcow2", "-c", "read -P 0x5e 1M 64k", img.toString());
     }
 
     @Test

@@ -301,6 +301,28 @@ class HostileClientTest {
     }
 
     @Test
+    void cacheReadsAheadAndChecksItsRangeLikeARead() throws Exception {
+        try (Raw c = raw()) {
+            c.go("r", true, false);
+            long before;
+            synchronized (roNode) {
+                before = roNode.bytesRead;
+            }
+            c.request(0, 5 /* CACHE */, 1, 4096, SIZE - 4096, null);
+            assertEquals(0, c.error(1));
+            synchronized (roNode) {
+                assertEquals(SIZE - 4096, roNode.bytesRead - before, "the range was read ahead");
+            }
+            c.request(0, 5, 2, SIZE - 512, 1024, null);
+            assertEquals(EINVAL, c.error(2), "past the end");
+            c.request(0, 5, 3, -512, 1024, null);
+            assertEquals(EINVAL, c.error(3), "offset overflowing 64 bits");
+            c.request(4 /* DF */, 5, 4, 0, 512, null);
+            assertEquals(EINVAL, c.error(4), "CACHE takes no DF");
+        }
+    }
+
+    @Test
     void unknownCommandsAndFlagsAreEinval() throws Exception {
         try (Raw c = raw()) {
             c.go("w", true, false);

@@ -19,6 +19,9 @@ final class MemoryNode implements BlockNode {
     private final ConcurrentHashMap<Long, byte[]> chunks = new ConcurrentHashMap<>();
     volatile int flushes;
 
+    /** Bytes read so far (tests of NBD_CMD_CACHE see the prefetch). */
+    long bytesRead;
+
     MemoryNode(long size) {
         this.size = size;
     }
@@ -44,6 +47,7 @@ final class MemoryNode implements BlockNode {
     @Override
     public synchronized void read(long offset, ByteBuffer dst) throws BlockException {
         check(offset, dst.remaining());
+        bytesRead += dst.remaining();
         while (dst.hasRemaining()) {
             long idx = offset / CHUNK;
             int in = (int) (offset % CHUNK);

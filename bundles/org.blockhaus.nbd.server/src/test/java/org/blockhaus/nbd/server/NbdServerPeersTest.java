@@ -171,6 +171,7 @@ class NbdServerPeersTest {
         assertTrue(json.contains("\"base:allocation\""), json);
         assertTrue(json.contains("\"export-size\": " + MIB), json);
         assertTrue(json.contains("\"can_fua\": true"), json);
+        assertTrue(json.contains("\"can_cache\": true"), json);
         assertTrue(json.contains("\"description\": \"the first\""), json);
         String list = Peers.check(nbdinfo(), "--list", r.uri("")).out();
         assertTrue(list.contains("export=\"first\"") && list.contains("export=\"second\""), list);

@@ -393,7 +393,8 @@ final class Session {
     }
 
     private int transmissionFlags(NbdServer.Export e) {
-        int f = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH;
+        // CACHE on every export, read-only ones too, as qemu-nbd advertises it
+        int f = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_CACHE;
         if (readOnly(e)) {
             f |= FLAG_READ_ONLY | FLAG_CAN_MULTI_CONN;
         } else {
@@ -544,6 +545,7 @@ final class Session {
                     case CMD_TRIM -> trim(r);
                     case CMD_WRITE_ZEROES -> writeZeroes(r);
                     case CMD_BLOCK_STATUS -> blockStatus(r);
+                    case CMD_CACHE -> cache(r);
                     default -> throw new NbdError(EINVAL, "unknown command " + r.type());
                 }
             } catch (BlockException e) {
@@ -692,6 +694,24 @@ final class Session {
             ByteBuffer part = src.duplicate().limit(src.position() + n);
             node.write(at, part, r.has(CMD_FLAG_FUA) ? BlockNode.FUA : 0);
             src.position(src.position() + n);
+            at += n;
+        }
+        sendOk(r);
+    }
+
+    /**
+     * NBD_CMD_CACHE: the client will read this range soon. As qemu-nbd (a prefetching read), the
+     * range is read through the chain and dropped, which loads the formats' metadata caches and
+     * the host's page cache; the length is not limited by the payload maximum since nothing is
+     * sent back, and one buffer of at most 1 MiB is used however long the range.
+     */
+    private void cache(Request r) throws NbdError, BlockException, IOException {
+        checkFlags(r, CMD_FLAG_FUA);
+        checkRange(r, EINVAL);
+        ByteBuffer buf = ByteBuffer.allocate((int) Math.min(r.length(), Math.min(maxTransfer(), 1 << 20)));
+        for (long at = r.offset(), end = r.offset() + r.length(); at < end; ) {
+            int n = (int) Math.min(buf.capacity(), end - at);
+            node.read(at, buf.clear().limit(n));
             at += n;
         }
         sendOk(r);
