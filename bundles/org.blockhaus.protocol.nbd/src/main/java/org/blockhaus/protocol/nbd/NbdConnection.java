@@ -629,6 +629,16 @@ final class NbdConnection implements AutoCloseable {
         }
     }
 
+    /** True once the connection failed (server gone, protocol error, timeout) or was closed. */
+    boolean isBroken() {
+        return failure != null;
+    }
+
+    /** Why the connection is broken, or null. */
+    BlockException failure() {
+        return failure;
+    }
+
     private void checkAlive() throws BlockException {
         BlockException f = failure;
         if (f != null) {

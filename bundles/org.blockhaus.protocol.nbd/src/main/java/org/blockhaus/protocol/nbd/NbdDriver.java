@@ -62,10 +62,11 @@ public final class NbdDriver implements BlockDriver {
                     OptionSpec.of("tls-username", OptionType.STRING, "Blockhaus: user name for x-tls-psk-file"
                             + " (libnbd's tls-username; default: the login name)"),
                     OptionSpec.of("x-tls", OptionType.BOOL, "off", "Blockhaus: require TLS (set by nbds:// URIs)"),
-                    OptionSpec.of("reconnect-delay", OptionType.NUMBER, "0", "Seconds to wait for a reconnect"
-                            + " before failing requests (only 0 is supported)"),
-                    OptionSpec.of("open-timeout", OptionType.NUMBER, "0", "Seconds to keep retrying the first"
-                            + " connection (only 0 is supported)"),
+                    OptionSpec.of("reconnect-delay", OptionType.NUMBER, "0", "Seconds requests wait for a"
+                            + " lost connection to come back (the client reconnects in the background and"
+                            + " resends them); later requests fail until it is back. 0: no reconnecting"),
+                    OptionSpec.of("open-timeout", OptionType.NUMBER, "0", "Seconds to keep trying to connect"
+                            + " when opening (0: one attempt)"),
                     OptionSpec.of("x-dirty-bitmap", OptionType.STRING, "Dirty bitmap context to expose as block"
                             + " status (not supported)"),
                     OptionSpec.of("x-multi-conn", OptionType.NUMBER, "1", "Blockhaus: connections to open when"
@@ -262,11 +263,11 @@ public final class NbdDriver implements BlockDriver {
         if (o.get("x-dirty-bitmap") != null) {
             throw BlockException.unsupported("x-dirty-bitmap");
         }
-        if (o.getLong("reconnect-delay", 0) != 0) {
-            throw BlockException.unsupported("reconnect-delay other than 0");
-        }
-        if (o.getLong("open-timeout", 0) != 0) {
-            throw BlockException.unsupported("open-timeout other than 0");
+        long reconnectDelay = o.getLong("reconnect-delay", 0);
+        long openTimeout = o.getLong("open-timeout", 0);
+        if (reconnectDelay < 0 || openTimeout < 0) {
+            throw BlockException.invalid(reconnectDelay < 0 ? "reconnect-delay must not be negative"
+                    : "open-timeout must not be negative");
         }
         long timeout = o.getLong("x-timeout", Long.parseLong(DEFAULT_TIMEOUT_SECONDS));
         if (timeout <= 0) {
@@ -283,10 +284,12 @@ public final class NbdDriver implements BlockDriver {
         NbdConnection.Address address = address(o);
         String export = o.get("export", "");
         NbdConnection.Tls tls = tls(ctx, o, address);
+        Duration handshake = Duration.ofSeconds(timeout);
+        Duration perRequest = Duration.ofSeconds(requestTimeout);
+        ConnectionSlot.Connector connector = () -> NbdConnection.open(address, export, handshake, perRequest, tls);
         NbdConnection c;
         try {
-            c = NbdConnection.open(address, export, Duration.ofSeconds(timeout), Duration.ofSeconds(requestTimeout),
-                    tls);
+            c = connectWithin(connector, Duration.ofSeconds(openTimeout));
         } catch (BlockException e) {
             throw e.prepend("Could not open '" + describe(address, export) + "': ");
         }
@@ -299,10 +302,9 @@ public final class NbdDriver implements BlockDriver {
         if (multiConn > 1 && c.export().has(Nbd.FLAG_CAN_MULTI_CONN)) {
             try {
                 for (int i = 1; i < multiConn; i++) {
-                    NbdConnection more = NbdConnection.open(address, export, Duration.ofSeconds(timeout),
-                            Duration.ofSeconds(requestTimeout), tls);
+                    NbdConnection more = connector.connect();
                     all.add(more);
-                    if (!sameExport(more.export(), c.export())) {
+                    if (!ConnectionSlot.sameExport(more.export(), c.export())) {
                         throw new BlockException(Reason.IO, "Could not open '" + describe(address, export)
                                 + "': the server described the export differently on another connection");
                     }
@@ -313,7 +315,35 @@ public final class NbdDriver implements BlockDriver {
                         + describe(address, export) + "': ");
             }
         }
-        return new NbdNode(all, ctx.readOnly());
+        return new NbdNode(all, ctx.readOnly(), connector, Duration.ofSeconds(reconnectDelay));
+    }
+
+    /**
+     * QEMU's open-timeout: 0 tries once; otherwise connection attempts repeat (every 100 ms to
+     * 1 s) until one succeeds or the time is up. Only connection failures (Reason.IO) are retried:
+     * a missing export or bad credentials will not get better by waiting.
+     */
+    static NbdConnection connectWithin(ConnectionSlot.Connector connector, Duration openTimeout)
+            throws BlockException {
+        long deadline = System.nanoTime() + openTimeout.toNanos();
+        long backoff = 100;
+        while (true) {
+            try {
+                return connector.connect();
+            } catch (BlockException e) {
+                long left = deadline - System.nanoTime();
+                if (e.reason() != Reason.IO || left <= 0) {
+                    throw e;
+                }
+                try {
+                    Thread.sleep(Math.min(backoff, java.util.concurrent.TimeUnit.NANOSECONDS.toMillis(left) + 1));
+                } catch (InterruptedException ie) {
+                    Thread.currentThread().interrupt();
+                    throw e;
+                }
+                backoff = Math.min(backoff * 2, 1000);
+            }
+        }
     }
 
     /**
@@ -370,13 +400,6 @@ public final class NbdDriver implements BlockDriver {
                     o.get("tls-username", System.getProperty("user.name")));
         }
         return null;
-    }
-
-    /** Connections of one node must agree on everything but their context ids. */
-    private static boolean sameExport(NbdConnection.Export a, NbdConnection.Export b) {
-        return a.size() == b.size() && a.flags() == b.flags() && a.structured() == b.structured()
-                && (a.baseAllocationId() >= 0) == (b.baseAllocationId() >= 0) && a.minBlock() == b.minBlock()
-                && a.maxBlock() == b.maxBlock();
     }
 
     static String describe(NbdConnection.Address a, String export) {

@@ -24,18 +24,34 @@ final class NbdNode implements BlockNode {
     /** Write-zeroes and trim are split into requests of at most this many bytes (lengths are 32-bit). */
     private static final int MAX_RANGE = 1 << 30;
 
-    private final NbdConnection connection;
     /** With multi-conn: every connection to the export, requests spread over them. */
-    private final List<NbdConnection> connections;
+    private final List<ConnectionSlot> slots;
     private final AtomicInteger next = new AtomicInteger();
+    private final NbdConnection.Address address;
     private final NbdConnection.Export export;
     private final boolean readOnly;
     private final Capabilities caps;
     private final Limits limits;
 
+    /** One request on one connection; run again after a reconnect, so it must be repeatable. */
+    private interface Request<T> {
+        T on(NbdConnection c) throws BlockException;
+    }
+
     NbdNode(List<NbdConnection> connections, boolean readOnly) {
-        this.connections = List.copyOf(connections);
-        this.connection = connections.getFirst();
+        this(connections, readOnly, null, java.time.Duration.ZERO);
+    }
+
+    /**
+     * @param connector      opens another connection to the export (for reconnects); may be null
+     *                       when {@code reconnectDelay} is zero
+     * @param reconnectDelay QEMU's reconnect-delay
+     */
+    NbdNode(List<NbdConnection> connections, boolean readOnly, ConnectionSlot.Connector connector,
+            java.time.Duration reconnectDelay) {
+        this.slots = connections.stream().map(c -> new ConnectionSlot(c, connector, reconnectDelay)).toList();
+        NbdConnection connection = connections.getFirst();
+        this.address = connection.address();
         this.export = connection.export();
         this.readOnly = readOnly || export.has(FLAG_READ_ONLY);
         Capabilities.Builder b = Capabilities.builder();
@@ -90,9 +106,14 @@ final class NbdNode implements BlockNode {
             }
             int n = (int) Math.min(Math.min(dst.remaining(), export.maxBlock()), size - offset);
             int limit = dst.limit();
-            dst.limit(dst.position() + n);
+            int start = dst.position();
+            dst.limit(start + n);
+            long at = offset;
             try {
-                pick().read(offset, dst);
+                run(pick(), c -> {
+                    c.read(at, dst.position(start));
+                    return null;
+                });
             } finally {
                 dst.limit(limit);
             }
@@ -109,9 +130,14 @@ final class NbdNode implements BlockNode {
         while (src.hasRemaining()) {
             int n = Math.min(src.remaining(), export.maxBlock());
             int limit = src.limit();
-            src.limit(src.position() + n);
+            int start = src.position();
+            src.limit(start + n);
+            long at = offset;
             try {
-                pick().write(offset, src, nbdFlags);
+                run(pick(), c -> {
+                    c.write(at, src.position(start), nbdFlags);
+                    return null;
+                });
             } finally {
                 src.limit(limit);
             }
@@ -164,7 +190,11 @@ final class NbdNode implements BlockNode {
         int chunk = MAX_RANGE & -export.minBlock();
         while (length > 0) {
             int n = (int) Math.min(length, chunk);
-            pick().command(type, flags, offset, n);
+            long at = offset;
+            run(pick(), c -> {
+                c.command(type, flags, at, n);
+                return null;
+            });
             offset += n;
             length -= n;
         }
@@ -173,7 +203,10 @@ final class NbdNode implements BlockNode {
     @Override
     public void flush() throws BlockException {
         if (export.has(FLAG_SEND_FLUSH) && !readOnly) {
-            connection.command(CMD_FLUSH, 0, 0, 0);
+            run(slots.getFirst(), c -> {
+                c.command(CMD_FLUSH, 0, 0, 0);
+                return null;
+            });
         }
     }
 
@@ -187,7 +220,7 @@ final class NbdNode implements BlockNode {
             return new BlockStatus(offset, length, BlockStatus.DATA | BlockStatus.ALLOCATED, offset, null);
         }
         int ask = (int) Math.min(Math.min(length, export.size() - offset), Integer.MAX_VALUE & -export.minBlock());
-        NbdConnection.Extent e = pick().blockStatus(offset, ask);
+        NbdConnection.Extent e = run(pick(), c -> c.blockStatus(offset, ask));
         long n = Math.min(e.length(), length);
         int flags = BlockStatus.ALLOCATED;
         if ((e.flags() & STATE_HOLE) == 0) {
@@ -202,8 +235,8 @@ final class NbdNode implements BlockNode {
     @Override
     public Map<String, Object> info() {
         Map<String, Object> m = new LinkedHashMap<>();
-        m.put("nbd-server", connection.address().toString());
-        m.put("connections", connections.size());
+        m.put("nbd-server", address.toString());
+        m.put("connections", slots.size());
         m.put("structured-replies", export.structured());
         m.put("block-status", export.baseAllocationId() >= 0);
         return m;
@@ -213,17 +246,29 @@ final class NbdNode implements BlockNode {
      * The connection for the next request. Spreading is safe only because the server set
      * NBD_FLAG_CAN_MULTI_CONN: then a flush on any connection covers writes completed on all.
      */
-    private NbdConnection pick() {
-        if (connections.size() == 1) {
-            return connection;
+    private ConnectionSlot pick() {
+        if (slots.size() == 1) {
+            return slots.getFirst();
         }
-        return connections.get(Math.floorMod(next.getAndIncrement(), connections.size()));
+        return slots.get(Math.floorMod(next.getAndIncrement(), slots.size()));
+    }
+
+    /** Runs {@code r} on the slot's connection, again after a reconnect if reconnect-delay allows. */
+    private static <T> T run(ConnectionSlot slot, Request<T> r) throws BlockException {
+        while (true) {
+            NbdConnection c = slot.current();
+            try {
+                return r.on(c);
+            } catch (BlockException e) {
+                slot.retryOrThrow(c, e);
+            }
+        }
     }
 
     @Override
     public void close() {
-        for (NbdConnection c : connections) {
-            c.close();
+        for (ConnectionSlot s : slots) {
+            s.close();
         }
     }
 
