@@ -37,6 +37,15 @@ public interface BlockDriver {
     }
 
     /**
+     * Protocols: the one filename that stands for these options (QEMU's exact filename), which
+     * {@code info} shows whatever form the user gave (a URI, a legacy form, json: or dotted
+     * options); null keeps the name the user gave, or json:{...} for options alone.
+     */
+    default String exactFilename(Options options) {
+        return null;
+    }
+
+    /**
      * Protocols: turns a filename in one of this driver's forms into options. The default
      * keeps it as the {@code filename} option.
      */

@@ -222,7 +222,8 @@ final class ChainResolver {
             own = parsed.merge(opts.without("filename"));
         }
         checkOptions(entry.descriptor(), own, false);
-        final String shownName = filename != null ? filename
+        String exact = entry.driver().exactFilename(own);
+        final String shownName = exact != null ? exact : filename != null ? filename
                 : own.get("filename") != null ? own.get("filename") : describe(own);
         final Options nodeOpts = own.without("driver");
         OpenContext ctx = new Context(entry, shownName, nodeOpts, req, perm, shared, 0, Set.of(), List.of());
@@ -238,7 +239,8 @@ final class ChainResolver {
             children.add(new Image.Child("file", file));
         }
         Options own = opts.without("driver").without("filename");
-        String shown = filename != null ? filename : describe(opts);
+        // a format probed over a protocol shows the protocol's exact name, as QEMU does
+        String shown = filename != null ? (file != null ? file.filename() : filename) : describe(opts);
         Context ctx = new Context(entry, shown, own, req, perm, shared, depth, chain, children);
         ctx.fileHint = filename;
         try {

@@ -287,16 +287,12 @@ public final class NbdDriver implements BlockDriver {
         Duration handshake = Duration.ofSeconds(timeout);
         Duration perRequest = Duration.ofSeconds(requestTimeout);
         ConnectionSlot.Connector connector = () -> NbdConnection.open(address, export, handshake, perRequest, tls);
-        NbdConnection c;
-        try {
-            c = connectWithin(connector, Duration.ofSeconds(openTimeout));
-        } catch (BlockException e) {
-            throw e.prepend("Could not open '" + describe(address, export) + "': ");
-        }
+        // errors name the server; the caller names what it opened (as qemu-img's "Could not open")
+        NbdConnection c = connectWithin(connector, Duration.ofSeconds(openTimeout));
         if (!ctx.readOnly() && c.export().has(Nbd.FLAG_READ_ONLY)) {
             c.close();
-            throw new BlockException(Reason.READ_ONLY, "Could not open '" + describe(address, export)
-                    + "': NBD export is read-only; open it read-only");
+            throw new BlockException(Reason.READ_ONLY, "NBD export '" + describe(address, export)
+                    + "' is read-only; open it read-only");
         }
         List<NbdConnection> all = new java.util.ArrayList<>(List.of(c));
         if (multiConn > 1 && c.export().has(Nbd.FLAG_CAN_MULTI_CONN)) {
@@ -305,14 +301,13 @@ public final class NbdDriver implements BlockDriver {
                     NbdConnection more = connector.connect();
                     all.add(more);
                     if (!ConnectionSlot.sameExport(more.export(), c.export())) {
-                        throw new BlockException(Reason.IO, "Could not open '" + describe(address, export)
-                                + "': the server described the export differently on another connection");
+                        throw new BlockException(Reason.IO, "NBD server '" + address + "' described the export"
+                                + " differently on another connection");
                     }
                 }
             } catch (BlockException e) {
                 all.forEach(NbdConnection::close);
-                throw e.prepend(e.getMessage().startsWith("Could not open") ? "" : "Could not open '"
-                        + describe(address, export) + "': ");
+                throw e;
             }
         }
         return new NbdNode(all, ctx.readOnly(), connector, Duration.ofSeconds(reconnectDelay));
@@ -400,6 +395,25 @@ public final class NbdDriver implements BlockDriver {
                     o.get("tls-username", System.getProperty("user.name")));
         }
         return null;
+    }
+
+    /**
+     * QEMU's exact filename of an nbd node: nbd://host:port[/export] or
+     * nbd+unix:///[export]?socket=path, whatever else (TLS, timeouts) the options say.
+     */
+    @Override
+    public String exactFilename(Options o) {
+        NbdConnection.Address a;
+        try {
+            a = address(o);
+        } catch (BlockException e) {
+            return null; // open() reports the problem
+        }
+        String export = o.get("export");
+        if (a.unix()) {
+            return "nbd+unix://" + (export == null ? "" : "/" + export) + "?socket=" + a.path();
+        }
+        return "nbd://" + a.host() + ":" + a.port() + (export == null ? "" : "/" + export);
     }
 
     static String describe(NbdConnection.Address a, String export) {

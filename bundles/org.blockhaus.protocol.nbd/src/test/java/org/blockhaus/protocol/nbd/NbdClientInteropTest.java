@@ -158,6 +158,39 @@ class NbdClientInteropTest {
         assertEquals(MIB, dotted.size());
     }
 
+    /** The name qemu-img info shows for {@code filename} (its "image:" line), or its error. */
+    private static String qemuImageLine(String... infoArgs) throws Exception {
+        List<String> cmd = new ArrayList<>(List.of(Peers.require("qemu-img", "qemu-utils"), "info"));
+        cmd.addAll(List.of(infoArgs));
+        String out = Peers.check(cmd.toArray(String[]::new)).out();
+        return out.lines().filter(l -> l.startsWith("image: ")).findFirst().orElseThrow().substring(7);
+    }
+
+    @Test
+    void everyFilenameFormIsShownAsQemuImgShowsIt() throws Exception {
+        Path img = image("raw", "1M");
+        Path sock = dir.resolve("n.sock");
+        int port = Peers.freePort();
+        peers.qemuNbd(dir, "-f", "raw", "--socket=" + sock, "-x", "e1", img.toString());
+        peers.qemuNbd(dir, "-f", "raw", "--bind=127.0.0.1", "--port=" + port, "-x", "e2", img.toString());
+        List<String> forms = List.of("nbd://127.0.0.1:" + port + "/e2", "nbd+tcp://127.0.0.1:" + port + "/e2",
+                "nbd://localhost:" + port + "/e2", "nbd+unix:///e1?socket=" + sock,
+                "nbd:127.0.0.1:" + port + ":exportname=e2", "nbd:unix:" + sock + ":exportname=e1",
+                "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"" + sock
+                        + "\"},\"export\":\"e1\"}",
+                "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"inet\",\"host\":\"127.0.0.1\",\"port\":\""
+                        + port + "\"},\"export\":\"e2\"}",
+                "json:{\"driver\":\"nbd\",\"host\":\"127.0.0.1\",\"port\":\"" + port + "\",\"export\":\"e2\"}",
+                "json:{\"driver\":\"nbd\",\"path\":\"" + sock + "\",\"export\":\"e1\"}");
+        for (String f : forms) {
+            assertEquals(qemuImageLine(f), openNbd(f, false).filename(), f);
+        }
+        String dotted = "driver=nbd,server.type=unix,server.path=" + sock + ",export=e1,reconnect-delay=3";
+        Image i = core.open(null, Options.parseKeyValue(dotted, "file"), OpenMode.READ_ONLY);
+        open.add(i);
+        assertEquals(qemuImageLine("--image-opts", dotted), i.filename());
+    }
+
     @Test
     void readOnlyExportRefusesReadWriteOpen() throws Exception {
         Path img = image("raw", "1M");
