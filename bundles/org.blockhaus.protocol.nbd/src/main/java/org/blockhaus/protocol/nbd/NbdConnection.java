@@ -110,6 +110,15 @@ final class NbdConnection implements AutoCloseable {
      */
     static NbdConnection open(Address address, String exportName, Duration timeout, Duration requestTimeout, Tls tls)
             throws BlockException {
+        return open(address, exportName, timeout, requestTimeout, tls, null);
+    }
+
+    /**
+     * As above; {@code statusContext} names the meta context block status comes from instead of
+     * base:allocation (QEMU's x-dirty-bitmap), whose flags are then read as base:allocation's.
+     */
+    static NbdConnection open(Address address, String exportName, Duration timeout, Duration requestTimeout, Tls tls,
+            String statusContext) throws BlockException {
         SocketChannel ch;
         SocketAddress target;
         if (address.unix()) {
@@ -141,7 +150,7 @@ final class NbdConnection implements AutoCloseable {
                 throw new BlockException(Reason.IO, "Failed to connect to '" + address + "': " + describe(e), e);
             }
             Export ex;
-            Handshake hs = new Handshake(ch, tls);
+            Handshake hs = new Handshake(ch, tls, statusContext);
             try {
                 ex = hs.negotiate(exportName);
             } catch (IOException e) {
@@ -220,9 +229,16 @@ final class NbdConnection implements AutoCloseable {
         private Wire wire;
         private boolean noZeroes;
 
-        Handshake(SocketChannel ch, Tls tls) {
+        /** The one meta context asked for: base:allocation, or x-dirty-bitmap's. */
+        private final String context;
+        /** True when the user named the context (x-dirty-bitmap): not getting it is an error. */
+        private final boolean contextRequired;
+
+        Handshake(SocketChannel ch, Tls tls, String statusContext) {
             this.ch = ch;
             this.tls = tls;
+            this.context = statusContext == null ? CONTEXT_BASE_ALLOCATION : statusContext;
+            this.contextRequired = statusContext != null;
             this.wire = new Wire.Plain(ch);
         }
 
@@ -258,6 +274,9 @@ final class NbdConnection implements AutoCloseable {
             }
             boolean structured = structuredReply();
             int contextId = structured ? setMetaContext(exportName) : -1;
+            if (contextRequired && contextId < 0) {
+                throw new BlockException(Reason.NOT_FOUND, "requested x-dirty-bitmap " + context + " not found");
+            }
             return go(exportName, structured, contextId);
         }
 
@@ -284,7 +303,7 @@ final class NbdConnection implements AutoCloseable {
 
         private int setMetaContext(String exportName) throws IOException, BlockException {
             byte[] name = exportName.getBytes(StandardCharsets.UTF_8);
-            byte[] query = CONTEXT_BASE_ALLOCATION.getBytes(StandardCharsets.UTF_8);
+            byte[] query = context.getBytes(StandardCharsets.UTF_8);
             ByteBuffer b = ByteBuffer.allocate(4 + name.length + 4 + 4 + query.length);
             b.putInt(name.length).put(name).putInt(1).putInt(query.length).put(query).flip();
             sendOption(OPT_SET_META_CONTEXT, b);
@@ -297,7 +316,7 @@ final class NbdConnection implements AutoCloseable {
                     }
                     int ctxId = r.data.getInt();
                     String ctxName = StandardCharsets.UTF_8.decode(r.data).toString();
-                    if (!ctxName.equals(CONTEXT_BASE_ALLOCATION)) {
+                    if (!ctxName.equals(context)) {
                         throw protocol("Server replied with unexpected meta context '%s'", ctxName);
                     }
                     id = ctxId;
@@ -797,7 +816,7 @@ final class NbdConnection implements AutoCloseable {
                 f = new BlockException(Reason.IO, "NBD server '" + address + "' sent " + p.covered + " of "
                         + Integer.toUnsignedLong(p.length) + " bytes for a read at offset " + p.offset);
             } else if (p.error == 0 && p.type == CMD_BLOCK_STATUS && p.statusLength < 0) {
-                f = new BlockException(Reason.IO, "NBD server '" + address + "' sent no base:allocation status"
+                f = new BlockException(Reason.IO, "NBD server '" + address + "' sent no block status"
                         + " for offset " + p.offset);
             }
             p.complete(f);

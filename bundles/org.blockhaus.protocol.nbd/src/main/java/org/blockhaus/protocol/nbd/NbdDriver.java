@@ -67,8 +67,9 @@ public final class NbdDriver implements BlockDriver {
                             + " resends them); later requests fail until it is back. 0: no reconnecting"),
                     OptionSpec.of("open-timeout", OptionType.NUMBER, "0", "Seconds to keep trying to connect"
                             + " when opening (0: one attempt)"),
-                    OptionSpec.of("x-dirty-bitmap", OptionType.STRING, "Dirty bitmap context to expose as block"
-                            + " status (not supported)"),
+                    OptionSpec.of("x-dirty-bitmap", OptionType.STRING, "Meta context to report as block status"
+                            + " instead of base:allocation (qemu:allocation-depth, qemu:dirty-bitmap:NAME); its"
+                            + " bits read as hole (1) and zero (2): for map only, never for copying"),
                     OptionSpec.of("x-multi-conn", OptionType.NUMBER, "1", "Blockhaus: connections to open when"
                             + " the server allows several (NBD_FLAG_CAN_MULTI_CONN); requests are spread over them"),
                     OptionSpec.of("x-timeout", OptionType.NUMBER, DEFAULT_TIMEOUT_SECONDS, "Blockhaus: seconds"
@@ -260,9 +261,9 @@ public final class NbdDriver implements BlockDriver {
     @Override
     public BlockNode open(OpenContext ctx) throws BlockException {
         Options o = ctx.options();
-        if (o.get("x-dirty-bitmap") != null) {
-            throw BlockException.unsupported("x-dirty-bitmap");
-        }
+        // QEMU's x-dirty-bitmap: block status from another meta context (qemu:allocation-depth,
+        // qemu:dirty-bitmap:NAME), its bits read as base:allocation's; meant for map, as in QEMU
+        String statusContext = o.get("x-dirty-bitmap");
         long reconnectDelay = o.getLong("reconnect-delay", 0);
         long openTimeout = o.getLong("open-timeout", 0);
         if (reconnectDelay < 0 || openTimeout < 0) {
@@ -286,7 +287,8 @@ public final class NbdDriver implements BlockDriver {
         NbdConnection.Tls tls = tls(ctx, o, address);
         Duration handshake = Duration.ofSeconds(timeout);
         Duration perRequest = Duration.ofSeconds(requestTimeout);
-        ConnectionSlot.Connector connector = () -> NbdConnection.open(address, export, handshake, perRequest, tls);
+        ConnectionSlot.Connector connector = () -> NbdConnection.open(address, export, handshake, perRequest, tls,
+                statusContext);
         // errors name the server; the caller names what it opened (as qemu-img's "Could not open")
         NbdConnection c = connectWithin(connector, Duration.ofSeconds(openTimeout));
         if (!ctx.readOnly() && c.export().has(Nbd.FLAG_READ_ONLY)) {

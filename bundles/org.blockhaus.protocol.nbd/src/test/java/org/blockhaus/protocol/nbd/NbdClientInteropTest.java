@@ -191,6 +191,67 @@ class NbdClientInteropTest {
         assertEquals(qemuImageLine("--image-opts", dotted), i.filename());
     }
 
+    /** qemu-img map --output=json entries as [start, length, data, zero]. */
+    private static List<long[]> qemuMapEntries(String json) {
+        List<long[]> out = new ArrayList<>();
+        Matcher m = Pattern.compile("\"start\": (\\d+), \"length\": (\\d+),[^}]*\"zero\": (true|false), \"data\": "
+                + "(true|false)").matcher(json);
+        while (m.find()) {
+            out.add(new long[] {Long.parseLong(m.group(1)), Long.parseLong(m.group(2)),
+                m.group(4).equals("true") ? 1 : 0, m.group(3).equals("true") ? 1 : 0});
+        }
+        return out;
+    }
+
+    /** Our block status over the whole node, adjacent answers with the same flags merged. */
+    private static List<long[]> ourMap(Image i) throws BlockException {
+        List<long[]> out = new ArrayList<>();
+        for (long off = 0; off < i.size(); ) {
+            BlockStatus st = i.blockStatus(off, i.size() - off);
+            long[] last = out.isEmpty() ? null : out.getLast();
+            long data = st.isData() ? 1 : 0;
+            long zero = st.isZero() ? 1 : 0;
+            if (last != null && last[2] == data && last[3] == zero) {
+                last[1] += st.length();
+            } else {
+                out.add(new long[] {off, st.length(), data, zero});
+            }
+            off += st.length();
+        }
+        return out;
+    }
+
+    @Test
+    void allocationDepthThroughXDirtyBitmapMapsAsQemuImgMapsIt() throws Exception {
+        Path base = dir.resolve("base.qcow2");
+        String qemuImg = Peers.require("qemu-img", "qemu-utils");
+        String qemuIo = Peers.require("qemu-io", "qemu-utils");
+        Peers.check(qemuImg, "create", "-q", "-f", "qcow2", base.toString(), "4M");
+        Peers.check(qemuIo, "-f", "qcow2", "-c", "write -P 1 0 64k", "-c", "write -P 2 2M 128k", base.toString());
+        Path top = dir.resolve("top.qcow2");
+        Peers.check(qemuImg, "create", "-q", "-f", "qcow2", "-b", base.toString(), "-F", "qcow2", top.toString());
+        Peers.check(qemuIo, "-f", "qcow2", "-c", "write -P 3 512k 64k", "-c", "write -z 3M 64k", top.toString());
+        Path sock = dir.resolve("a.sock");
+        peers.qemuNbd(dir, "-r", "-A", "-f", "qcow2", "--socket=" + sock, "-x", "disk", top.toString());
+        String opts = "driver=nbd,server.type=unix,server.path=" + sock + ",export=disk,x-dirty-bitmap=qemu:allocation-depth";
+        List<long[]> expected = qemuMapEntries(Peers.check(qemuImg, "map", "--output=json", "--image-opts", opts).out());
+        assertTrue(expected.size() >= 5, "qemu-img map saw the three depths: " + expected.size());
+        Image i = core.open(null, Options.parseKeyValue(opts, "file"), OpenMode.READ_ONLY);
+        open.add(i);
+        List<long[]> ours = ourMap(i);
+        assertEquals(expected.size(), ours.size(), "extents");
+        for (int k = 0; k < ours.size(); k++) {
+            assertArrayEquals(expected.get(k), ours.get(k), "extent " + k);
+        }
+        // without -A the context is not there: a clear error, as the option asks for it by name
+        Path plain = dir.resolve("p.sock");
+        peers.qemuNbd(dir, "-r", "-f", "qcow2", "--socket=" + plain, "-x", "disk", top.toString());
+        BlockException e = assertThrows(BlockException.class, () -> core.open(null, Options.parseKeyValue(
+                opts.replace(sock.toString(), plain.toString()), "file"), OpenMode.READ_ONLY));
+        assertTrue(e.getMessage().contains("requested x-dirty-bitmap qemu:allocation-depth not found"),
+                e.getMessage());
+    }
+
     @Test
     void readOnlyExportRefusesReadWriteOpen() throws Exception {
         Path img = image("raw", "1M");
