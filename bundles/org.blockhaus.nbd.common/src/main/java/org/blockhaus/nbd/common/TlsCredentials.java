@@ -144,6 +144,44 @@ public final class TlsCredentials {
         }
     }
 
+    /** A server's key, its certificate chain and the trust manager for client certificates. */
+    record ServerIdentity(PrivateKey key, X509Certificate[] chain, X509TrustManager trust) {
+    }
+
+    /** server-key.pem, server-cert.pem and ca-cert.pem (for client certificates), as for serverContext. */
+    static ServerIdentity serverIdentity(Path dir) throws BlockException {
+        Path ca = requireFile(dir.resolve("ca-cert.pem"));
+        Path cert = requireFile(dir.resolve("server-cert.pem"));
+        Path key = requireFile(dir.resolve("server-key.pem"));
+        try {
+            KeyStore trust = KeyStore.getInstance("PKCS12");
+            trust.load(null, null);
+            int i = 0;
+            for (Certificate c : certificates(ca)) {
+                trust.setCertificateEntry("ca" + i++, c);
+            }
+            TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+            tmf.init(trust);
+            X509TrustManager tm = null;
+            for (TrustManager t : tmf.getTrustManagers()) {
+                if (t instanceof X509TrustManager x) {
+                    tm = x;
+                }
+            }
+            if (tm == null) {
+                throw new GeneralSecurityException("no X.509 trust manager");
+            }
+            X509Certificate[] chain = certificates(cert).stream().map(c -> (X509Certificate) c)
+                    .toArray(X509Certificate[]::new);
+            return new ServerIdentity(privateKey(key), chain, tm);
+        } catch (IOException e) {
+            throw BlockException.io("Cannot read TLS credentials in '" + dir + "'", e);
+        } catch (GeneralSecurityException e) {
+            throw new BlockException(Reason.INVALID_ARGUMENT, "Invalid TLS credentials in '" + dir + "': "
+                    + e.getMessage(), e);
+        }
+    }
+
     static Collection<? extends Certificate> certificates(Path pem) throws IOException, GeneralSecurityException {
         Collection<? extends Certificate> c = CertificateFactory.getInstance("X.509")
                 .generateCertificates(new ByteArrayInputStream(Files.readAllBytes(pem)));

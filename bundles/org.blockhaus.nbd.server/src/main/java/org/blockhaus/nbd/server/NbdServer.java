@@ -151,6 +151,16 @@ public interface NbdServer {
     }
 
     /**
+     * QEMU's tls-creds-x509 with endpoint=server from {@code dir} (server-cert.pem, server-key.pem,
+     * ca-cert.pem). With {@code verifyPeer} clients must present a certificate signed by
+     * ca-cert.pem, over TLS 1.2 or 1.3 (this runs on Bouncy Castle's TLS; see nbd.common's
+     * X509Creds).
+     */
+    static TlsCreds x509FromDirectory(Path dir, boolean verifyPeer) throws BlockException {
+        return X509Creds.load(dir, TlsCreds.Endpoint.SERVER, verifyPeer);
+    }
+
+    /**
      * TLS credentials from a directory laid out as for QEMU's tls-creds-x509 (endpoint=server):
      * server-cert.pem, server-key.pem, and ca-cert.pem to verify client certificates.
      */

@@ -159,4 +159,47 @@ class TlsServerTest {
             assertEquals(MIB, i.size());
         }
     }
+
+    /**
+     * verify-peer on both TLS versions: qemu-io, a GnuTLS client with an RSA client key (what
+     * certtool makes), forced to TLS 1.3 and then to TLS 1.2 with QEMU's priority property.
+     */
+    @Test
+    void clientCertificatesAreVerifiedOverTls13AndTls12() throws Exception {
+        Path creds = makeCredentials(dir.resolve("tls"));
+        MemoryNode node = new MemoryNode(4 * MIB);
+        running = NbdServer.standalone().start(List.of(new NbdServer.Export("disk", node, false, null)),
+                new InetSocketAddress("127.0.0.1", 0), NbdServer.Settings.DEFAULT
+                        .withTls(NbdServer.x509FromDirectory(creds, true)));
+        int port = ((InetSocketAddress) running.address()).getPort();
+        String qemuIo = Peers.require("qemu-io", "qemu-utils");
+        String opts = "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=" + port
+                + ",export=disk,tls-creds=tls0";
+        int pattern = 0x21;
+        for (String version : List.of("+VERS-TLS1.3", "+VERS-TLS1.2")) {
+            String object = "tls-creds-x509,id=tls0,endpoint=client,dir=" + creds
+                    + ",priority=NORMAL:-VERS-ALL:" + version;
+            Peers.check(qemuIo, "--object", object, "--image-opts", "-c", "write -P " + pattern + " 0 64k", opts);
+            Peers.Result read = Peers.check(qemuIo, "--object", object, "--image-opts", "-r", "-c",
+                    "read -P " + pattern + " 0 64k", opts);
+            assertFalse(read.out().contains("Pattern verification failed"), version + ": " + read.out());
+            pattern++;
+        }
+        // no client certificate: refused on TLS 1.3 as well, and the server goes on serving
+        Path caOnly = Files.createDirectories(dir.resolve("ca-only"));
+        Files.copy(creds.resolve("ca-cert.pem"), caOnly.resolve("ca-cert.pem"));
+        Peers.Result refused = Peers.run(qemuIo, "--object", "tls-creds-x509,id=tls0,endpoint=client,dir=" + caOnly
+                + ",priority=NORMAL:-VERS-ALL:+VERS-TLS1.3", "--image-opts", "-r", "-c", "read 0 4k", opts);
+        assertNotEquals(0, refused.exit(), refused.out());
+        // a client certificate from another CA: refused
+        Path other = makeCredentials(dir.resolve("other"));
+        Files.copy(creds.resolve("ca-cert.pem"), other.resolve("ca-cert.pem"),
+                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+        Peers.Result foreign = Peers.run(qemuIo, "--object", "tls-creds-x509,id=tls0,endpoint=client,dir=" + other,
+                "--image-opts", "-r", "-c", "read 0 4k", opts);
+        assertNotEquals(0, foreign.exit(), foreign.out());
+        String json = Peers.check(Peers.require("nbdinfo", "libnbd-bin"), "--json",
+                "nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + creds).out();
+        assertTrue(json.contains("\"TLS\": true"), json);
+    }
 }
