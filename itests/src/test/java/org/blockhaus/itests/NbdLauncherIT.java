@@ -115,14 +115,27 @@ public class NbdLauncherIT {
         return img;
     }
 
+    /** Waits until the unix socket accepts: the file exists from bind(), a moment before listen(). */
     private static void await(Path file, Process p) throws Exception {
         long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
-        while (!Files.exists(file)) {
+        while (!accepts(file)) {
             if (!p.isAlive()) {
                 throw new AssertionError("blk nbd exited with " + p.exitValue());
             }
             assertTrue("nothing at " + file, System.nanoTime() < deadline);
             Thread.sleep(20);
+        }
+    }
+
+    private static boolean accepts(Path socket) {
+        if (!Files.exists(socket)) {
+            return false;
+        }
+        try (java.nio.channels.SocketChannel c = java.nio.channels.SocketChannel.open(
+                java.net.UnixDomainSocketAddress.of(socket))) {
+            return true;
+        } catch (IOException e) {
+            return false;
         }
     }
 

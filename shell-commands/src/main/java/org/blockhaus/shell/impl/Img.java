@@ -91,7 +91,18 @@ final class Img {
                 return new Text(Usage.TEXT);
             }
         }
-        applyObjects(args);
+        // --object definitions last as long as the command, as they do in a qemu-img process
+        List<String> objectIds = new ArrayList<>();
+        try {
+            applyObjects(args, objectIds);
+            return runCommand(command, args);
+        } finally {
+            objectIds.forEach(core::removeObject);
+        }
+    }
+
+    private Object runCommand(String command, String[] args) throws UsageException, BlockException,
+            CommandException {
         if (ImgMaintenance.COMMANDS.contains(command)) {
             return new ImgMaintenance(core, this, out).run(command, args);
         }
@@ -111,6 +122,11 @@ final class Img {
      * (luks, encrypted qcow2) ask for by id; other object types are refused by name.
      */
     void applyObjects(String[] args) throws BlockException {
+        applyObjects(args, new ArrayList<>());
+    }
+
+    /** As above, adding the ids of the (non-secret) objects it defined to {@code definedIds}. */
+    void applyObjects(String[] args, List<String> definedIds) throws BlockException {
         for (int i = 0; i < args.length; i++) {
             String def = null;
             if (args[i].equals("--object") && i + 1 < args.length) {
@@ -126,6 +142,7 @@ final class Img {
                 String id = o.get("id");
                 if (TLS_CREDS_PROPERTIES.containsKey(type)) {
                     core.addObject(tlsCredsObject(type, id, o));
+                    definedIds.add(id);
                     continue;
                 }
                 if (!"secret".equals(type)) {
