@@ -25,10 +25,10 @@ final class ConnectionSlot {
     private final Connector connector;
     private final Duration reconnectDelay;
     private final NbdConnection.Export expected;
-    private NbdConnection connection; // guarded by this
+    private volatile NbdConnection connection; // written under this
     private long brokenSince; // nanoTime of the break, valid while reconnecting
     private BlockException breakage; // why the connection broke, while reconnecting
-    private Thread reconnector; // guarded by this
+    private volatile Thread reconnector; // written under this
     private boolean closed; // guarded by this
 
     ConnectionSlot(NbdConnection first, Connector connector, Duration reconnectDelay) {
@@ -39,7 +39,15 @@ final class ConnectionSlot {
     }
 
     /** The connection to send on, waiting for a reconnect while reconnect-delay allows. */
-    synchronized NbdConnection current() throws BlockException {
+    NbdConnection current() throws BlockException {
+        NbdConnection c = connection;
+        if (reconnector == null && !c.isBroken()) {
+            return c; // the common case takes no lock: requests from many threads share the slot
+        }
+        return currentSlowly();
+    }
+
+    private synchronized NbdConnection currentSlowly() throws BlockException {
         if (reconnector == null && connection.isBroken() && !reconnectDelay.isZero() && !closed) {
             startReconnect(connection.failure());
         }
