@@ -11,7 +11,15 @@ import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 import javax.net.ssl.SSLException;
 import org.bouncycastle.tls.AlertDescription;
+import org.bouncycastle.tls.BasicTlsPSKExternal;
+import org.bouncycastle.tls.CipherSuite;
+import org.bouncycastle.tls.PRFAlgorithm;
+import org.bouncycastle.tls.ProtocolVersion;
 import org.bouncycastle.tls.PSKTlsClient;
+import org.bouncycastle.tls.PskIdentity;
+import org.bouncycastle.tls.TlsPSKExternal;
+import org.bouncycastle.tls.TlsUtils;
+import org.bouncycastle.tls.crypto.TlsCrypto;
 import org.bouncycastle.tls.TlsFatalAlert;
 import org.bouncycastle.tls.TlsFatalAlertReceived;
 import org.bouncycastle.tls.PSKTlsServer;
@@ -99,11 +107,11 @@ public record PskCreds(Endpoint endpoint, Path keyFile, String username, byte[] 
         try {
             if (endpoint == Endpoint.CLIENT) {
                 TlsClientProtocol protocol = new TlsClientProtocol(BcTlsWire.input(ch), BcTlsWire.output(ch));
-                protocol.connect(new PSKTlsClient(crypto, username.getBytes(StandardCharsets.UTF_8), key));
+                protocol.connect(new Client(crypto, username.getBytes(StandardCharsets.UTF_8), key));
                 return new BcTlsWire(protocol);
             }
             TlsServerProtocol protocol = new TlsServerProtocol(BcTlsWire.input(ch), BcTlsWire.output(ch));
-            protocol.accept(new PSKTlsServer(crypto, new KeyFile(keyFile)));
+            protocol.accept(new Server(crypto, new KeyFile(keyFile)));
             return new BcTlsWire(protocol);
         } catch (TlsFatalAlertReceived e) {
             throw new SSLException("TLS-PSK handshake refused by the peer (alert " + e.getMessage() + ")"
@@ -122,6 +130,84 @@ public record PskCreds(Endpoint endpoint, Path keyFile, String username, byte[] 
                     -> ": is the key of user '" + username + "' the one the server has?";
             default -> "";
         };
+    }
+
+    /**
+     * TLS 1.3 suites (with an external PSK: psk_dhe_ke) before BC's TLS 1.2 PSK suites. Only the
+     * SHA-256 ones: the PSK's binder hash is SHA-256 (as GnuTLS makes it) and a suite must use the
+     * PSK's hash; BC's server would otherwise pick AES-256-GCM-SHA384 and the keys would differ.
+     */
+    private static int[] withTls13(TlsCrypto crypto, int[] tls12Suites) {
+        int[] tls13 = {CipherSuite.TLS_AES_128_GCM_SHA256, CipherSuite.TLS_CHACHA20_POLY1305_SHA256};
+        int[] all = java.util.stream.IntStream.concat(java.util.Arrays.stream(tls13),
+                java.util.Arrays.stream(tls12Suites)).toArray();
+        return TlsUtils.getSupportedCipherSuites(crypto, all);
+    }
+
+    /** The external PSK of TLS 1.3 for a user's key (SHA-256 binders, as GnuTLS makes them). */
+    private static TlsPSKExternal external(TlsCrypto crypto, byte[] identity, byte[] key) {
+        return new BasicTlsPSKExternal(identity, crypto.createSecret(key), PRFAlgorithm.tls13_hkdf_sha256);
+    }
+
+    /** A PSK client for TLS 1.3 (external PSK) and TLS 1.2 (PSK cipher suites). */
+    private static final class Client extends PSKTlsClient {
+        private final byte[] identity;
+        private final byte[] key;
+
+        Client(TlsCrypto crypto, byte[] identity, byte[] key) {
+            super(crypto, identity, key);
+            this.identity = identity;
+            this.key = key;
+        }
+
+        @Override
+        protected ProtocolVersion[] getSupportedVersions() {
+            return ProtocolVersion.TLSv13.downTo(ProtocolVersion.TLSv12);
+        }
+
+        @Override
+        protected int[] getSupportedCipherSuites() {
+            return withTls13(getCrypto(), super.getSupportedCipherSuites());
+        }
+
+        @Override
+        public java.util.Vector<TlsPSKExternal> getExternalPSKs() {
+            java.util.Vector<TlsPSKExternal> v = new java.util.Vector<>();
+            v.add(external(getCrypto(), identity, key));
+            return v;
+        }
+    }
+
+    /** A PSK server for TLS 1.3 (external PSKs from keys.psk) and TLS 1.2. */
+    private static final class Server extends PSKTlsServer {
+        private final KeyFile keys;
+
+        Server(TlsCrypto crypto, KeyFile keys) {
+            super(crypto, keys);
+            this.keys = keys;
+        }
+
+        @Override
+        protected ProtocolVersion[] getSupportedVersions() {
+            return ProtocolVersion.TLSv13.downTo(ProtocolVersion.TLSv12);
+        }
+
+        @Override
+        protected int[] getSupportedCipherSuites() {
+            return withTls13(getCrypto(), super.getSupportedCipherSuites());
+        }
+
+        @Override
+        public TlsPSKExternal getExternalPSK(java.util.Vector identities) {
+            for (Object o : identities) {
+                byte[] identity = ((PskIdentity) o).getIdentity();
+                byte[] key = keys.getPSK(identity);
+                if (key != null) {
+                    return external(getCrypto(), identity, key);
+                }
+            }
+            return null; // no user known: BC then refuses the handshake (no certificate to offer)
+        }
     }
 
     /** The server's view of keys.psk: unknown users get no key (alert unknown_psk_identity). */

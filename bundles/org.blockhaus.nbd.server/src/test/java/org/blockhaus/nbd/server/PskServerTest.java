@@ -203,4 +203,29 @@ class PskServerTest {
             assertEquals(q.out(), ours.err(), "same words as qemu-nbd for " + c);
         }
     }
+
+    /** qemu-io restricted to one TLS version by QEMU's priority property: both must work. */
+    @Test
+    void pskWorksOverTls13AndTls12() throws Exception {
+        Path k = keys(dir.resolve("k"), "alice");
+        MemoryNode node = new MemoryNode(2 * MIB);
+        Path sock = serve(node, k);
+        String qemuIo = Peers.require("qemu-io", "qemu-utils");
+        int pattern = 0x31;
+        for (String version : List.of("TLS1.3", "TLS1.2")) {
+            String object = qemuObject(k, "alice") + ",priority=NORMAL:-VERS-ALL:+VERS-" + version;
+            Peers.check(qemuIo, "--object", object, "--image-opts", "-c", "write -P " + pattern + " 0 64k",
+                    imageOpts(sock));
+            Peers.Result read = Peers.check(qemuIo, "--object", object, "--image-opts", "-r", "-c",
+                    "read -P " + pattern + " 0 64k", imageOpts(sock));
+            assertTrue(read.out().contains("read 65536/65536 bytes"), version + ": " + read.out());
+            assertTrue(!read.out().contains("Pattern verification failed"), version + ": " + read.out());
+            pattern++;
+        }
+        // a wrong key over TLS 1.3 is refused too
+        Path other = keys(dir.resolve("other"), "alice");
+        Peers.Result wrong = Peers.run(qemuIo, "--object", qemuObject(other, "alice")
+                + ",priority=NORMAL:-VERS-ALL:+VERS-TLS1.3", "--image-opts", "-r", "-c", "read 0 4k", imageOpts(sock));
+        assertNotEquals(0, wrong.exit(), wrong.out());
+    }
 }

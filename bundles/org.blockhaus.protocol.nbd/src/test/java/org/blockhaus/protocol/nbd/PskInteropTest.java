@@ -219,4 +219,22 @@ class PskInteropTest {
                 "client")));
         assertEquals(4 << 20, openWithCreds(sock, "c0", false).size());
     }
+
+    /** qemu-nbd restricted to one TLS version by QEMU's priority property: both must work. */
+    @Test
+    void pskWorksOverTls13AndTls12() throws Exception {
+        Path k = keys(dir.resolve("k"), "alice");
+        Path img = image();
+        pskObject("tls0", k, "alice");
+        for (String version : List.of("TLS1.3", "TLS1.2")) {
+            Path sock = dir.resolve(version + ".sock");
+            peers.qemuNbd(dir, "--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + k
+                    + ",priority=NORMAL:-VERS-ALL:+VERS-" + version, "--tls-creds=tls0", "-f", "raw", "--socket="
+                    + sock, "-x", "disk", img.toString());
+            Image i = openWithCreds(sock, "tls0", false);
+            byte[] expected = new byte[4096];
+            Arrays.fill(expected, (byte) 0x5a);
+            assertArrayEquals(expected, read(i, 1 << 20, 4096), version);
+        }
+    }
 }
