@@ -1344,22 +1344,22 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         return readL1(offset, entries);
     }
 
-    void snapshotTableMoved(int count, long offset) {
-        Qcow2Header h = header;
-        header = new Qcow2Header(h.version(), h.backingFileOffset(), h.backingFileSize(), clusterBits, size,
-                h.cryptMethod(), l1.length, l1Offset, refcounts.tableOffset(), refcounts.tableClusters(), count,
-                offset, h.incompatibleFeatures(), h.compatibleFeatures(), h.autoclearFeatures(), h.refcountOrder(),
-                h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(), h.dataFile(),
-                h.featureNames(), h.unknownExtensions());
-    }
-
-    /** The virtual size changes with an applied snapshot: header field and memory. */
-    void setSize(long newSize) throws BlockException {
-        if (newSize != size) {
-            file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
-            file.flush();
-            size = newSize;
-        }
+    /**
+     * After {@link MetadataCommit} switched the header: the tables, refcounts and size are read
+     * back from the image and every cache of the old state is dropped.
+     */
+    void reloadMetadata() throws BlockException {
+        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
+                file.size());
+        size = header.size();
+        l1Offset = header.l1TableOffset();
+        l1 = readL1(l1Offset, header.l1Size());
+        l1DirtyClusters.clear();
+        l2.clear();
+        refcounts = new Refcounts(file, header, this::refcountTableMoved);
+        refcounts.setGuard(this::isKnownMetadata);
+        cachedCompressedGuest = -1;
+        compressedFreeGeneration = -1;
     }
 
     @Override
