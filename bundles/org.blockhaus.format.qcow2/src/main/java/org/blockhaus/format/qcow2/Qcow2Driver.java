@@ -18,7 +18,6 @@ import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockNode;
 import org.blockhaus.api.spi.BlockDriver;
-import org.blockhaus.api.spi.CheckResult;
 import org.blockhaus.api.Options;
 import org.blockhaus.api.spi.CreateContext;
 import org.blockhaus.api.spi.MeasureResult;
@@ -62,7 +61,7 @@ public final class Qcow2Driver implements BlockDriver {
             OptionSpec.of("l2-cache-entry-size", OptionType.SIZE, "Accepted for compatibility; no effect"),
             OptionSpec.of("cache-clean-interval", OptionType.NUMBER, "Accepted for compatibility; no effect"),
             OptionSpec.of("lazy-refcounts", OptionType.BOOL,
-                    "Accepted for compatibility; refcounts are always written eagerly"),
+                    "Postpone refcount updates (default: the image's lazy_refcounts bit; needs compat 1.1)"),
             OptionSpec.of("pass-discard-request", OptionType.BOOL, "Accepted for compatibility; no effect"),
             OptionSpec.of("pass-discard-snapshot", OptionType.BOOL, "Accepted for compatibility; no effect"),
             OptionSpec.of("pass-discard-other", OptionType.BOOL, "Accepted for compatibility; no effect"),
@@ -113,16 +112,15 @@ public final class Qcow2Driver implements BlockDriver {
             throw Qcow2Header.corrupt("data-file-raw (autoclear bit 1) is set without an external data file");
         }
         Qcow2Node node = new Qcow2Node(file, dataFile, h, backing, readOnly, cache);
-        if (!readOnly) {
-            if (h.dirty()) {
-                // Refcounts may lag behind the L2 tables (lazy refcounts): rebuild them, then clear the bit.
-                CheckResult r = node.check(CheckResult.Repair.ALL);
-                if (r.corruptions() > 0) {
-                    throw BlockException.corrupt("qcow2: could not repair the refcounts of a dirty image ("
-                            + r.corruptions() + " corruptions left); run 'qemu-img check -r all'");
-                }
-                node.writeIncompatible(node.header().incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
-            }
+        if (ctx.options().has("lazy-refcounts")) {
+            node.setLazyRefcounts(ctx.options().getBool("lazy-refcounts", false));
+        }
+        if (!readOnly && h.dirty()) {
+            // Refcounts may lag behind the tables (a lazy-refcounts writer died): recount every
+            // reference into a new refcount structure and fix COPIED, as qemu's automatic
+            // 'check -r all' does, then clear the bit. Read-only opens read as they are.
+            node.rebuildRefcounts();
+            node.writeIncompatible(node.header().incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
         }
         return node;
     }

@@ -99,6 +99,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         this.l1 = readL1(h.l1TableOffset(), h.l1Size());
         this.refcounts = new Refcounts(file, h, this::refcountTableMoved);
         this.refcounts.setGuard(this::isKnownMetadata);
+        this.refcounts.setBeforeIncrease(this::markDirtyIfLazy);
+        this.lazyRefcounts = h.version() >= 3 && h.lazyRefcounts();
         this.l2 = new L2Cache(file, clusterSize, l2CacheBytes, this::evictL2);
     }
 
@@ -168,6 +170,28 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 h.nbSnapshots(), h.snapshotsOffset(), incompat, h.compatibleFeatures(), autoclear,
                 h.refcountOrder(), h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(),
                 h.dataFile(), h.featureNames(), h.unknownExtensions());
+    }
+
+    /** Lazy refcounts in use (the header's compatible bit 0, or the lazy-refcounts open option). */
+    private boolean lazyRefcounts;
+
+    /** The lazy-refcounts open option: qemu's runtime switch, which needs compat 1.1. */
+    void setLazyRefcounts(boolean on) throws BlockException {
+        if (on && header.version() < 3) {
+            throw BlockException.invalid("Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility"
+                    + " level");
+        }
+        lazyRefcounts = on;
+    }
+
+    /**
+     * With lazy refcounts the dirty bit goes to disk before the first refcount change, so that an
+     * image whose refcounts lag behind its tables is always marked (and rebuilt when next opened).
+     */
+    void markDirtyIfLazy() throws BlockException {
+        if (lazyRefcounts && !header.dirty()) {
+            writeIncompatible(header.incompatibleFeatures() | Qcow2Header.INCOMPAT_DIRTY);
+        }
     }
 
     private boolean isKnownMetadata(long cluster) {
@@ -891,6 +915,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     /** Writes cached metadata in crash-safe order and makes it durable. */
     void flushLocked() throws BlockException {
+        if (lazyRefcounts) {
+            flushLazy();
+            return;
+        }
         List<L2Cache.Table> dirtyL2 = l2.dirtyTables();
         boolean l1Dirty = !l1DirtyClusters.isEmpty();
         if (refcounts.dirty()) {
@@ -912,6 +940,32 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         file.flush();
     }
 
+    /**
+     * The flush with lazy refcounts: the dirty bit is on disk before any refcount changes, so the
+     * tables and refcounts are written without ordering between them; two syncs instead of four
+     * (guest data first, then all metadata). Refcounts stay in memory between flushes.
+     */
+    private void flushLazy() throws BlockException {
+        List<L2Cache.Table> dirtyL2 = l2.dirtyTables();
+        boolean refcountsChange = refcounts.dirty() || refcounts.hasQueuedFrees();
+        if (dirtyL2.isEmpty() && l1DirtyClusters.isEmpty() && !refcountsChange) {
+            file.flush();
+            return;
+        }
+        if (refcountsChange) {
+            markDirtyIfLazy();
+        }
+        file.flush(); // guest data before the tables that map it
+        for (L2Cache.Table t : dirtyL2) {
+            l2.write(t);
+        }
+        if (!l1DirtyClusters.isEmpty()) {
+            writeL1();
+        }
+        refcounts.writeDeferred();
+        file.flush();
+    }
+
     private void writeL1() throws BlockException {
         int perCluster = clusterSize / 8;
         for (int c = l1DirtyClusters.nextSetBit(0); c >= 0; c = l1DirtyClusters.nextSetBit(c + 1)) {
@@ -927,6 +981,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     private void evictL2(L2Cache.Table t) throws BlockException {
+        if (lazyRefcounts) {
+            markDirtyIfLazy(); // the table may reach the disk before the refcounts it needs
+            l2.write(t);
+            return;
+        }
         refcounts.writeIncreases();
         file.flush();
         l2.write(t);
@@ -1121,6 +1180,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         try {
             prepareWrite();
             new Amend(this).apply(o);
+            lazyRefcounts = header.version() >= 3 && header.lazyRefcounts();
+            if (!lazyRefcounts && header.dirty()) {
+                flushLocked(); // lazy refcounts switched off: write them out, the image is clean again
+                writeIncompatible(header.incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
+            }
         } finally {
             lock.unlock();
         }
@@ -1140,6 +1204,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 file.size());
         refcounts = new Refcounts(file, header, this::refcountTableMoved);
         refcounts.setGuard(this::isKnownMetadata);
+        refcounts.setBeforeIncrease(this::markDirtyIfLazy);
     }
 
     /** Version 2 has no zero flag: zero clusters become unallocated (no backing) or real zeroes. */
@@ -1344,6 +1409,16 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         return readL1(offset, entries);
     }
 
+    /** Recounts every reference into a new refcount structure (a dirty image opened read-write). */
+    void rebuildRefcounts() throws BlockException {
+        lock.lock();
+        try {
+            new MetadataCommit(this).commit(l1, l1.length, size, snapshotEntries(), null);
+        } finally {
+            lock.unlock();
+        }
+    }
+
     /**
      * After {@link MetadataCommit} switched the header: the tables, refcounts and size are read
      * back from the image and every cache of the old state is dropped.
@@ -1358,6 +1433,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         l2.clear();
         refcounts = new Refcounts(file, header, this::refcountTableMoved);
         refcounts.setGuard(this::isKnownMetadata);
+        refcounts.setBeforeIncrease(this::markDirtyIfLazy);
         cachedCompressedGuest = -1;
         compressedFreeGeneration = -1;
     }
@@ -1371,6 +1447,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             }
             if (!readOnly) {
                 flushLocked();
+                if (header.dirty()) {
+                    // everything is on disk and consistent: a clean close clears the dirty bit
+                    writeIncompatible(header.incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
+                }
             }
             closed = true;
             l2.clear();
