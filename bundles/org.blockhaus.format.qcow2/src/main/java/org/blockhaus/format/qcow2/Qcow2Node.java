@@ -296,7 +296,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             end++;
         }
         long span = Math.min(((long) end << subclusterBits) - inCluster, max);
-        return new Run(kind, kind == DATA ? host + inCluster : -1, span);
+        // zero subclusters of an allocated cluster keep their host offset (qemu's ZERO_ALLOC)
+        boolean withHost = kind == DATA || kind == ZERO && mapped(w, host);
+        return new Run(kind, withHost ? host + inCluster : -1, span);
     }
 
     private static int subclusterKind(long bm, int sc) {
@@ -618,8 +620,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 long guest = offset + (long) k * clusterSize;
                 int n = Math.min(clusterSize, len - k * clusterSize);
                 if (packed[k] == ZERO_MARKER) {
-                    if (!zeroCluster(guest, true) && !readsAsZero(guest, n)) {
-                        writeLocked(guest, ByteBuffer.allocate(n));
+                    if (rawExternal || !zeroize(guest, guest + n, true)) {
+                        writeZeroBuffers(guest, n);
                     }
                 } else if (packed[k] == null) {
                     writeLocked(guest, src.slice(src.position() + k * clusterSize, n));
@@ -791,21 +793,41 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    /**
+     * Write-zeroes as qemu does it, one (sub)cluster unit at a time (a subcluster with extended L2,
+     * else a cluster): a piece of a unit is zeroed through metadata only if the rest of the unit
+     * already reads as zero and nothing is allocated there, else real zeroes are written; whole
+     * units become zero clusters (zero subclusters) whether or not there is a backing file, keep
+     * their host cluster unless MAY_UNMAP lets them go, and compressed clusters always let go.
+     * Version 2 has no zero flag: without a backing file whole clusters are discarded instead,
+     * with one real zeroes are written.
+     */
     @Override
     public void writeZeroes(long offset, long length, int flags) throws BlockException {
         lock.lock();
         try {
             prepareWrite();
+            boolean unmap = (flags & MAY_UNMAP) != 0;
+            int unit = extL2 ? 1 << subclusterBits : clusterSize;
             long guest = offset;
             long end = offset + length;
             while (guest < end) {
-                long inCluster = guest & (clusterSize - 1);
-                long n = Math.min(end - guest, clusterSize - inCluster);
-                boolean whole = inCluster == 0 && (n == clusterSize || guest + n == size);
-                if (!whole || !zeroCluster(guest, (flags & MAY_UNMAP) != 0)) {
-                    if (!readsAsZero(guest, n)) {
-                        writeLocked(guest, ByteBuffer.allocate((int) n));
-                    }
+                long unitStart = guest & -unit;
+                long unitEnd = Math.min(unitStart + unit, size);
+                long n;
+                boolean done;
+                if (guest != unitStart || end < unitEnd) {
+                    n = Math.min(end, unitEnd) - guest;
+                    done = !rawExternal && readsAsZero(unitStart, guest - unitStart)
+                            && readsAsZero(guest + n, unitEnd - guest - n) && unallocatedOrZero(unitStart)
+                            && zeroize(unitStart, unitEnd, unmap);
+                } else {
+                    long alignedEnd = end == size ? end : end & -unit;
+                    n = alignedEnd - guest;
+                    done = !rawExternal && zeroize(guest, alignedEnd, unmap);
+                }
+                if (!done) {
+                    writeZeroBuffers(guest, n);
                 }
                 guest += n;
             }
@@ -817,45 +839,156 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
-    private boolean readsAsZero(long guest, long n) throws BlockException {
-        Run r = map(guest, n);
-        return r.length() >= n && (r.kind() == ZERO || r.kind() == UNALLOCATED && backing == null);
+    /** The fallback of write-zeroes: real zeroes, in bounded buffers. */
+    private void writeZeroBuffers(long guest, long n) throws BlockException {
+        for (long at = 0; at < n; ) {
+            int chunk = (int) Math.min(n - at, 1 << 20);
+            writeLocked(guest + at, ByteBuffer.allocate(chunk));
+            at += chunk;
+        }
     }
 
-    /** Makes one whole cluster read as zeroes through metadata alone; false if the format cannot. */
-    private boolean zeroCluster(long guest, boolean mayUnmap) throws BlockException {
-        if (rawExternal) {
-            return false; // the data file must read as the guest sees it: write real zeroes
+    /** Whether {@code [guest, guest+n)} reads as zero by metadata alone, down the backing chain. */
+    private boolean readsAsZero(long guest, long n) throws BlockException {
+        if (n <= 0) {
+            return true;
         }
+        Run r = map(guest, n);
+        if (r.length() < n) {
+            return false;
+        }
+        if (r.kind() == ZERO) {
+            return true;
+        }
+        if (r.kind() != UNALLOCATED) {
+            return false;
+        }
+        if (backing == null || guest >= backing.size()) {
+            return true;
+        }
+        BlockStatus st = backing.blockStatus(guest, n);
+        return (st.flags() & BlockStatus.ZERO) != 0 && st.length() >= n
+                && (guest + n <= backing.size());
+    }
+
+    /** Whether the (sub)cluster at {@code guest} holds no data of this layer. */
+    private boolean unallocatedOrZero(long guest) throws BlockException {
+        int kind = classify(guest, 1).kind();
+        return kind == UNALLOCATED || kind == ZERO;
+    }
+
+    /**
+     * Makes {@code [from, to)} (unit aligned, or ending at the end of the disk) read as zeroes
+     * through metadata; false if this image cannot (version 2 with a backing file).
+     */
+    private boolean zeroize(long from, long to, boolean unmap) throws BlockException {
         if (header.version() < 3) {
             if (backing != null) {
                 return false;
             }
-            return makeUnallocated(guest);
+            for (long g = from; g < to; g += clusterSize) {
+                discardCluster(g);
+            }
+            return true;
         }
-        L2Cache.Table current = l2For(guest);
-        if (backing == null && (current == null
-                || word(current, l2Index(guest)) == 0 && bitmap(current, l2Index(guest)) == 0)) {
-            return true; // unallocated without a backing file already reads as zeroes
+        for (long g = from; g < to; ) {
+            long clusterStart = g & -clusterSize;
+            long clusterEnd = Math.min(clusterStart + clusterSize, size);
+            long pieceEnd = Math.min(to, clusterEnd);
+            if (g == clusterStart && pieceEnd == clusterEnd) {
+                zeroWholeCluster(g, unmap);
+            } else if (!zeroSubclusters(g, pieceEnd)) {
+                writeZeroBuffers(g, pieceEnd - g);
+            }
+            g = pieceEnd;
         }
+        return true;
+    }
+
+    /** A whole cluster becomes a zero cluster (all zero subclusters); see {@link #writeZeroes}. */
+    private void zeroWholeCluster(long guest, boolean unmap) throws BlockException {
         L2Cache.Table t = l2ForWrite(guest);
         int idx = l2Index(guest);
         long w = word(t, idx);
-        long host = (w & OFLAG_COMPRESSED) != 0 ? 0 : hostOf(w, guest);
-        boolean keep = (!mayUnmap || external) && mapped(w, host) && (w & OFLAG_COPIED) != 0;
-        if (!keep) {
+        long bm = bitmap(t, idx);
+        boolean compressed = (w & OFLAG_COMPRESSED) != 0;
+        boolean allocated = compressed || mapped(w, hostOf(w, guest));
+        // a data file keeps its clusters: it must keep mapping the guest 1:1 for later writes
+        boolean release = compressed || unmap && allocated && !external;
+        long nw = release ? 0 : w;
+        long nbm = bm;
+        if (extL2) {
+            nbm = ALL_SUBCLUSTERS << 32;
+        } else {
+            nw |= OFLAG_ZERO;
+        }
+        if (nw == w && nbm == bm) {
+            return;
+        }
+        if (release) {
             releaseEntry(w);
         }
+        if (compressed) {
+            cachedCompressedGuest = -1;
+        }
+        setEntry(t, idx, nw, nbm);
+    }
+
+    /** Extended L2: subclusters of one cluster become zero; false for a compressed cluster. */
+    private boolean zeroSubclusters(long from, long to) throws BlockException {
+        L2Cache.Table t = l2ForWrite(from);
+        int idx = l2Index(from);
+        long w = word(t, idx);
+        if ((w & OFLAG_COMPRESSED) != 0) {
+            return false;
+        }
+        long cStart = from & -clusterSize;
+        int first = (int) ((from - cStart) >>> subclusterBits);
+        int last = (int) Qcow2Header.ceilShift(to - cStart, subclusterBits); // exclusive
+        long mask = (last == 32 ? ALL_SUBCLUSTERS : (1L << last) - 1) & ~((1L << first) - 1);
+        long bm = bitmap(t, idx);
+        long nbm = (bm | mask << 32) & ~mask;
+        if (nbm != bm) {
+            setEntry(t, idx, w, nbm);
+        }
+        return true;
+    }
+
+    /**
+     * Discard of one whole cluster, as qemu's (not a full discard): an allocated cluster, or any
+     * cluster over a backing file, becomes a zero cluster (version 2: unallocated) and its host
+     * space is released; an unallocated cluster without a backing file stays as it is. Version 2
+     * over a backing file ignores discards (the backing data would show through).
+     */
+    private void discardCluster(long guest) throws BlockException {
+        if (header.version() < 3 && backing != null) {
+            return;
+        }
+        L2Cache.Table cur = l2For(guest);
+        int idx = l2Index(guest);
+        long w = cur == null ? 0 : word(cur, idx);
+        long bm = cur == null ? 0 : bitmap(cur, idx);
+        boolean allocated = (w & OFLAG_COMPRESSED) != 0 || mapped(w, hostOf(w, guest));
+        if (backing == null && !allocated) {
+            return;
+        }
+        long nw;
+        long nbm = 0;
+        if (extL2) {
+            nw = 0;
+            nbm = ALL_SUBCLUSTERS << 32;
+        } else {
+            nw = header.version() >= 3 ? OFLAG_ZERO : 0;
+        }
+        if (nw == w && nbm == bm) {
+            return;
+        }
+        L2Cache.Table t = l2ForWrite(guest);
+        releaseEntry(w);
         if ((w & OFLAG_COMPRESSED) != 0) {
             cachedCompressedGuest = -1;
         }
-        long base = keep ? host | OFLAG_COPIED : 0;
-        if (extL2) {
-            setEntry(t, idx, base, ALL_SUBCLUSTERS << 32);
-        } else {
-            setEntry(t, idx, base | OFLAG_ZERO, 0);
-        }
-        return true;
+        setEntry(t, idx, nw, nbm);
     }
 
     /** Drops the mapping of one whole cluster (reads go to the backing file afterwards). */
@@ -887,13 +1020,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             }
             long guest = (offset + clusterSize - 1) & -clusterSize;
             long end = offset + length == size ? size : (offset + length) & -clusterSize;
-            while (guest < end) {
-                if (header.version() >= 3 && backing != null) {
-                    zeroCluster(guest, true);
-                } else {
-                    makeUnallocated(guest);
-                }
-                guest += clusterSize;
+            for (; guest < end; guest += clusterSize) {
+                discardCluster(guest);
             }
         } finally {
             lock.unlock();
