@@ -191,7 +191,7 @@ final class ImgMaintenance {
                 || a.has("force-share"));
         try {
             if (a.has("l")) {
-                Img.loadSnapshot(image, a.get("l"));
+                img.loadSnapshot(image, a.get("l"));
             }
             var m = core.measure(outFmt, o, image.size(), image);
             // qemu-img counts bitmaps only for a source format that stores them (qcow2)

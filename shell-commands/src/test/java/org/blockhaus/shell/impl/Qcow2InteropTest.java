@@ -304,6 +304,43 @@ class Qcow2InteropTest extends QemuComparison {
     }
 
     @Test
+    void convertAndMeasureReadInternalSnapshotsLikeQemuImg() throws Exception {
+        imageWithSnapshots();
+        // one snapshot made by us, read by both
+        assertEquals(0, blk("snapshot", "-c", "ours", "s.qcow2").exitCode());
+        sh("qemu-io", "-c", "write -P 4 0 64k", "s.qcow2");
+        sh("qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M");
+        String[] specs = {"first", "1", "2", "ours", "snapshot.name=first", "snapshot.id=2",
+            "snapshot.id=1,snapshot.name=first", "snapshot.id=2,snapshot.name=first", "nosuch", "snapshot.foo=1",
+            "snapshot.id", "snapshot.name=", "snapshot.name=ours,snapshot.name=first"};
+        for (String l : specs) {
+            for (String fmt : new String[] {"raw", "qcow2"}) {
+                Twin t = twin(List.of("s.qcow2"), "convert", "-O", fmt, "-l", l, "s.qcow2", "o." + fmt);
+                assertSame(t.theirs(), t.ours());
+                if (t.theirs().exitCode() == 0) {
+                    assertEquals(0, Qemu.run(dir, "qemu-img", "compare", t.q().resolve("o." + fmt).toString(),
+                            t.b().resolve("o." + fmt).toString()).exitCode(), l);
+                }
+            }
+            for (String[] m : new String[][] {{"measure", "-O", "qcow2", "-l", l, "s.qcow2"},
+                {"measure", "--output=json", "-O", "raw", "-l", l, "s.qcow2"}}) {
+                assertSame(qemu(m), blk(m));
+            }
+        }
+        for (String[] c : new String[][] {{"convert", "-O", "raw", "-l", "x", "r.raw", "o.raw"},
+            {"measure", "-O", "raw", "-l", "x", "r.raw"}, {"convert", "-O", "raw", "-l", "first", "s.qcow2", "s.qcow2",
+                "o.raw"}}) {
+            assertSame(qemu(c), blk(c));
+        }
+        // the snapshot's content is what qemu-img snapshot -a would give
+        sh("qemu-img", "convert", "-O", "raw", "-l", "first", "s.qcow2", "want.raw");
+        assertEquals(0, blk("convert", "-O", "raw", "-l", "first", "s.qcow2", "got.raw").exitCode());
+        sh("qemu-io", "-f", "raw", "-c", "read -P 1 0 1M", "got.raw");
+        assertEquals(0, Qemu.run(dir, "qemu-img", "compare", dir.resolve("want.raw").toString(),
+                dir.resolve("got.raw").toString()).exitCode());
+    }
+
+    @Test
     void snapshotApplyAndDeleteLeaveWhatQemuImgLeaves() throws Exception {
         imageWithSnapshots();
         List<String> s = List.of("s.qcow2");

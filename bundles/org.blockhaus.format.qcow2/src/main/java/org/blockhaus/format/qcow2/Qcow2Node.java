@@ -1531,6 +1531,37 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    /**
+     * Reads go to the snapshot's L1 table from now on (qemu's snapshot_load_tmp): the node is
+     * read-only, so nothing is written and the virtual size stays as it is, as in qemu.
+     */
+    @Override
+    public void loadSnapshotReadOnly(String id, String name) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            if (!readOnly) {
+                throw BlockException.invalid("Device is not readonly");
+            }
+            Snapshots.Entry sn = null;
+            for (Snapshots.Entry e : snapshotEntries()) {
+                if ((id == null || e.id().equals(id)) && (name == null || e.name().equals(name))) {
+                    sn = e;
+                    break;
+                }
+            }
+            if (sn == null) {
+                throw new BlockException(Reason.NOT_FOUND, "Can't find snapshot");
+            }
+            l1 = readL1(sn.l1TableOffset(), sn.l1Size());
+            l1Offset = sn.l1TableOffset();
+            l2.clear();
+            cachedCompressedGuest = -1;
+        } finally {
+            lock.unlock();
+        }
+    }
+
     // ---- for SnapshotOps (callers hold the lock) ------------------------------------------------
 
     long[] readTable(long offset, int entries) throws BlockException {

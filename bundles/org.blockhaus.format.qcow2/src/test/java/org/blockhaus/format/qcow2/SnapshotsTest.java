@@ -91,4 +91,27 @@ class SnapshotsTest {
         Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0x05 0 4k", "-c", "read -P 0x01 4k 2044k", img.toString()).ok();
         assertTrue(Qemu.img("snapshot", "-l", img.toString()).ok().out().isBlank());
     }
+
+    @Test
+    void snapshotLoadedReadOnlyReadsLikeQemuConvertL() throws Exception {
+        Path img = dir.resolve("l.qcow2");
+        Qemu.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", img.toString(), "2M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x01 0 2M", img.toString()).ok();
+        Qemu.img("snapshot", "-c", "one", img.toString()).ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x02 0 1M", img.toString()).ok();
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            org.blockhaus.api.BlockException e = org.junit.jupiter.api.Assertions.assertThrows(
+                    org.blockhaus.api.BlockException.class, () -> snaps(i).loadSnapshotReadOnly(null, "one"));
+            assertEquals("Device is not readonly", e.getMessage());
+        }
+        try (Image i = Fixtures.openRo(core, img)) {
+            org.blockhaus.api.BlockException e = org.junit.jupiter.api.Assertions.assertThrows(
+                    org.blockhaus.api.BlockException.class, () -> snaps(i).loadSnapshotReadOnly("1", "two"));
+            assertEquals("Can't find snapshot", e.getMessage());
+            snaps(i).loadSnapshotReadOnly("1", "one");
+            Qemu.img("convert", "-O", "raw", "-l", "one", img.toString(), dir.resolve("want.raw").toString()).ok();
+            assertTrue(Arrays.equals(java.nio.file.Files.readAllBytes(dir.resolve("want.raw")), Fixtures.readAll(i)));
+        }
+    }
 }
