@@ -177,9 +177,20 @@ final class ImgMaintenance {
         Options o = Options.parseKeyValue(optText, null);
         List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(outFmt, null);
         for (String key : o.asMap().keySet()) {
-            if (specs.stream().noneMatch(sp -> sp.matches(key))) {
-                throw BlockException.invalid("Invalid parameter '" + key + "'\nqemu-img: Invalid options for file"
-                        + " format '" + outFmt + "'");
+            org.blockhaus.api.spi.OptionSpec spec = specs.stream().filter(sp -> sp.matches(key)).findFirst()
+                    .orElseThrow(() -> BlockException.invalid("Invalid parameter '" + key + "'\nqemu-img: Invalid"
+                            + " options for file format '" + outFmt + "'"));
+            try {
+                // values are parsed by type before the driver sees them, as qemu-img's option parser does
+                switch (spec.type()) {
+                    case SIZE -> o.getSize(key, 0);
+                    case BOOL -> o.getBool(key, false);
+                    case NUMBER -> o.getLong(key, 0);
+                    default -> { }
+                }
+            } catch (BlockException e) {
+                throw BlockException.invalid(e.getMessage() + "\nqemu-img: Invalid options for file format '"
+                        + outFmt + "'");
             }
         }
         if (a.has("size")) {
