@@ -341,6 +341,27 @@ class Qcow2InteropTest extends QemuComparison {
     }
 
     @Test
+    void mapOfPreallocatedImagesMatchesQemuImg() throws Exception {
+        for (String mode : new String[] {"metadata", "falloc", "full"}) {
+            for (String maker : new String[] {"qemu", "blk"}) {
+                String name = maker + "-" + mode + ".qcow2";
+                String[] create = {"create", "-q", "-f", "qcow2", "-o", "preallocation=" + mode + ",cluster_size=64k",
+                    name, "4M"};
+                if (maker.equals("qemu")) {
+                    sh(java.util.stream.Stream.concat(java.util.stream.Stream.of("qemu-img"),
+                            java.util.Arrays.stream(create)).toArray(String[]::new));
+                } else {
+                    assertEquals(0, blk(create).exitCode());
+                }
+                sh("qemu-io", "-c", "write -P 1 64k 64k", "-c", "write -z 1M 64k", "-c", "write -P 2 3M 4k", name);
+                for (String[] c : new String[][] {{"map", name}, {"map", "--output=json", name}}) {
+                    assertSame(qemu(c), blk(c));
+                }
+            }
+        }
+    }
+
+    @Test
     void snapshotApplyAndDeleteLeaveWhatQemuImgLeaves() throws Exception {
         imageWithSnapshots();
         List<String> s = List.of("s.qcow2");

@@ -5,7 +5,6 @@ import org.blockhaus.api.BlockNode;
 import org.blockhaus.api.BlockStatus;
 import org.blockhaus.api.Image;
 import org.blockhaus.api.Options;
-import org.blockhaus.api.Sizes;
 import org.blockhaus.api.spi.MeasureResult;
 
 /**
