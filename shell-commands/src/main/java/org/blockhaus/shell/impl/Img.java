@@ -1227,6 +1227,12 @@ final class Img {
         err.flush();
     }
 
+    /** One finding of check, on stderr as qemu-img prints it (no prefix). */
+    void finding(String line) {
+        err.print(line + "\n");
+        err.flush();
+    }
+
     void warn(String message) {
         // qemu's raw-probing warning carries its own "WARNING:" prefix; the others get qemu-img's
         err.print(message.startsWith("WARNING") ? message + "\n" : "qemu-img: warning: " + message + "\n");

@@ -84,7 +84,22 @@ final class ImgMaintenance {
             if (!(image.driverNode() instanceof CheckableNode checkable)) {
                 throw new CommandException("This image format does not support checks", 63);
             }
-            CheckResult result = checkable.check(repair);
+            // findings go to stderr as they come, as qemu-img prints them
+            java.util.function.Consumer<String> findings = img::finding;
+            CheckResult result;
+            try {
+                result = checkable.check(repair, findings);
+                if (result.corruptionsFixed() > 0 || result.leaksFixed() > 0) {
+                    // qemu-img checks a repaired image once more and reports that, with the repair counts
+                    CheckResult again = checkable.check(CheckResult.Repair.NONE, findings);
+                    result = new CheckResult(again.corruptions(), again.leaks(), again.checkErrors(),
+                            result.corruptionsFixed(), result.leaksFixed(), again.imageEndOffset(),
+                            again.totalClusters(), again.allocatedClusters(), again.fragmentedClusters(),
+                            again.compressedClusters());
+                }
+            } catch (BlockException e) {
+                throw new CommandException("Check failed: " + e.getMessage(), 1);
+            }
             Results.Check c = new Results.Check(image.filename(), image.driverName(), result, output);
             return a.has("q") ? new Results.Quiet(c.exitCode()) : c;
         } finally {

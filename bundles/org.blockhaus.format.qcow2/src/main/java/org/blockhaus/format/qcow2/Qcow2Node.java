@@ -1497,6 +1497,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     @Override
     public CheckResult check(CheckResult.Repair repair) throws BlockException {
+        return check(repair, finding -> { });
+    }
+
+    @Override
+    public CheckResult check(CheckResult.Repair repair, java.util.function.Consumer<String> findings)
+            throws BlockException {
         lock.lock();
         try {
             checkOpen();
@@ -1506,7 +1512,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             if (!readOnly) {
                 flushLocked();
             }
-            CheckResult r = new Qcow2Check(this).run(repair);
+            CheckResult r = new Qcow2Check(this, findings).run(repair);
             if (repair == CheckResult.Repair.ALL && r.corruptionsFixed() > 0) {
                 flushLocked(); // the repaired COPIED flags
             }

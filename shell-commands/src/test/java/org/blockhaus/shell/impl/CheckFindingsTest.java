@@ -1,0 +1,89 @@
+package org.blockhaus.shell.impl;
+
+import java.io.RandomAccessFile;
+import java.nio.file.Path;
+import java.util.List;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/**
+ * check on images with broken refcounts prints what qemu-img prints: one stderr line per finding
+ * ("Leaked cluster", "ERROR cluster", "ERROR OFLAG_COPIED", "Repairing ...", "Rebuilding refcount
+ * structure", "ERROR need to rebuild refcount structures"), the same summary, the same exit code
+ * ("Check failed" for -r leaks when only a rebuild helps), and repairs leave the same image.
+ */
+class CheckFindingsTest extends QemuComparison {
+    private static final String[][] CHECKS = {
+        {"check", "c.qcow2"}, {"check", "--output=json", "c.qcow2"}, {"check", "-r", "leaks", "c.qcow2"},
+        {"check", "-r", "all", "c.qcow2"}, {"check", "-r", "all", "--output=json", "c.qcow2"},
+        {"check", "-q", "-r", "leaks", "c.qcow2"},
+    };
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"leak", "leak-and-copied", "too-low", "zero", "zero-two-blocks"})
+    void brokenRefcountsAreReportedAndRepairedAsQemuImgDoes(String kind) throws Exception {
+        String cluster = kind.equals("zero-two-blocks") ? "512" : "64k";
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=" + cluster, "c.qcow2", "4M");
+        sh("qemu-io", "-c", "write -P 1 0 256k", "c.qcow2");
+        long data = firstDataCluster();
+        switch (kind) {
+            case "leak" -> {
+                sh("qemu-io", "-c", "discard 0 64k", "c.qcow2");
+                setRefcount(data, 1);
+            }
+            case "leak-and-copied" -> setRefcount(data, 2);
+            case "too-low" -> {
+                sh("qemu-img", "snapshot", "-c", "s", "c.qcow2");
+                setRefcount(data, 1);
+            }
+            default -> setRefcount(data + 1, 0);
+        }
+        for (String[] c : CHECKS) {
+            Twin t = twin(List.of("c.qcow2"), c);
+            try {
+                assertSame(t.theirs(), t.ours());
+                if (c[1].equals("-r") && c[2].equals("all")) {
+                    assertSameImages(t);
+                }
+            } catch (AssertionError e) {
+                throw new AssertionError(kind + ": " + String.join(" ", c) + ": " + e.getMessage(), e);
+            }
+        }
+    }
+
+    /** The host cluster of guest offset 0, from qemu-img map. */
+    private long firstDataCluster() throws Exception {
+        String json = sh("qemu-img", "map", "--output=json", "c.qcow2").out();
+        var m = java.util.regex.Pattern.compile("\"offset\": (\\d+)").matcher(json);
+        if (!m.find()) {
+            throw new AssertionError("no data in " + json);
+        }
+        return Long.parseLong(m.group(1)) >> clusterBits();
+    }
+
+    private int clusterBits() throws Exception {
+        try (RandomAccessFile f = new RandomAccessFile(dir.resolve("c.qcow2").toFile(), "r")) {
+            f.seek(20);
+            return f.readInt();
+        }
+    }
+
+    /** Writes a 16-bit refcount straight into the refcount block that covers {@code cluster}. */
+    private void setRefcount(long cluster, int value) throws Exception {
+        Path p = dir.resolve("c.qcow2");
+        try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+            f.seek(20);
+            int bits = f.readInt();
+            f.seek(48);
+            long table = f.readLong();
+            long perBlock = (1L << bits) / 2;
+            f.seek(table + cluster / perBlock * 8);
+            long block = f.readLong();
+            if (block == 0) {
+                throw new AssertionError("no refcount block for cluster " + cluster);
+            }
+            f.seek(block + cluster % perBlock * 2);
+            f.writeShort(value);
+        }
+    }
+}
