@@ -413,6 +413,16 @@ final class ImgMaintenance {
         }
         Image top = core.open(filename, o, new OpenMode(true, false, img::warn));
         try {
+            if (top.driverNode() instanceof org.blockhaus.api.spi.AmendableNode amendable) {
+                try {
+                    amendable.makeEmpty(); // qemu's make_empty: unallocated, not zero clusters
+                    return;
+                } catch (BlockException e) {
+                    if (e.reason() != BlockException.Reason.UNSUPPORTED) {
+                        throw e;
+                    }
+                }
+            }
             top.discard(0, top.size());
         } finally {
             top.close();

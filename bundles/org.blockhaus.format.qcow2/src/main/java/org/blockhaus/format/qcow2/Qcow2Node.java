@@ -669,7 +669,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 long guest = offset + (long) k * clusterSize;
                 int n = Math.min(clusterSize, len - k * clusterSize);
                 if (packed[k] == ZERO_MARKER) {
-                    if (rawExternal || !zeroize(guest, guest + n, true)) {
+                    // a zero cluster that already reads as zero stays as it is (convert -c leaves it unallocated)
+                    if (!readsAsZero(guest, n) && (rawExternal || !zeroize(guest, guest + n, true))) {
                         writeZeroBuffers(guest, n);
                     }
                 } else if (packed[k] == null) {
@@ -1346,6 +1347,31 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             prepareWrite();
             flushLocked();
             rewriteHeader(header.version(), filename, filename == null ? null : format, header.compatibleFeatures());
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void makeEmpty() throws BlockException {
+        lock.lock();
+        try {
+            prepareWrite();
+            long perL2 = 1L << (clusterBits + l2Bits);
+            for (int i = 0; i < l1.length; i++) {
+                if ((l1[i] & L1_OFFSET_MASK) == 0) {
+                    continue;
+                }
+                L2Cache.Table t = l2.get(l1[i] & L1_OFFSET_MASK);
+                for (int j = 0; j < (1 << l2Bits); j++) {
+                    long guest = i * perL2 + ((long) j << clusterBits);
+                    if (guest < size && (word(t, j) != 0 || bitmap(t, j) != 0)) {
+                        makeUnallocated(guest);
+                        t = l2For(guest); // a shared table was copied on the first change
+                    }
+                }
+            }
+            flushLocked();
         } finally {
             lock.unlock();
         }
