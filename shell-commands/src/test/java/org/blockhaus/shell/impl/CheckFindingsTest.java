@@ -51,6 +51,18 @@ class CheckFindingsTest extends QemuComparison {
         }
     }
 
+    /** An image a lazy-refcounts qemu-io left dirty (killed): read-only check reports as qemu-img. */
+    @org.junit.jupiter.api.Test
+    void dirtyImageIsCheckedReadOnlyAsQemuImgChecksIt() throws Exception {
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "c.qcow2", "4M");
+        Qemu.Run killed = Qemu.run(dir, "qemu-io", "-c", "write -P 1 0 1M", "-c", "sigraise 9", "c.qcow2");
+        org.junit.jupiter.api.Assertions.assertEquals(137, killed.exitCode(), killed.err());
+        for (String[] c : new String[][] {{"check", "c.qcow2"}, {"check", "--output=json", "c.qcow2"}}) {
+            Twin t = twin(List.of("c.qcow2"), c);
+            assertSame(t.theirs(), t.ours());
+        }
+    }
+
     /** The host cluster of guest offset 0, from qemu-img map. */
     private long firstDataCluster() throws Exception {
         String json = sh("qemu-img", "map", "--output=json", "c.qcow2").out();
