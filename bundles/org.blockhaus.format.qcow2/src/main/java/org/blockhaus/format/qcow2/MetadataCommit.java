@@ -165,7 +165,7 @@ final class MetadataCommit {
                 continue;
             }
             long[] words = node.l2Table(off).words.clone();
-            for (int j = 0; j < words.length; j += step) {
+            for (int j = 0; j < words.length && !node.external(); j += step) { // data file clusters stay owned
                 long w = words[j];
                 if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0) {
                     continue;
@@ -246,6 +246,9 @@ final class MetadataCommit {
     }
 
     private void countData(long[] words) throws BlockException {
+        if (node.external()) {
+            return; // guest data lives in the data file, whose clusters are not refcounted
+        }
         Compression comp = node.compression();
         for (int j = 0; j < words.length; j += step) {
             long w = words[j];

@@ -109,6 +109,23 @@ class LazyRefcountsTest {
     }
 
     @Test
+    void dirtyImageWithADataFileIsRebuiltWithoutCountingTheDataFile() throws Exception {
+        Path img = dir.resolve("d.qcow2");
+        Path data = dir.resolve("d.raw");
+        Qemu.img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on,data_file=" + data, img.toString(), "8M")
+                .ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x66 1M 2M", "-c", "sigraise 9", img.toString());
+        assertTrue(dirty(img));
+        try (Image i = Fixtures.openRw(Fixtures.core(), img)) {
+            fill(i, 4 << 20, 64 << 10, 0x67);
+        }
+        assertFalse(dirty(img));
+        Qemu.Result check = Qemu.img("check", img.toString());
+        assertEquals(0, check.exit(), check.out() + check.err());
+        Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0x66 1M 2M", "-c", "read -P 0x67 4M 64k", img.toString()).ok();
+    }
+
+    @Test
     void lazyRefcountsOptionNeedsCompat11() throws Exception {
         Path img = dir.resolve("v2.qcow2");
         Qemu.img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", img.toString(), "1M").ok();
