@@ -342,10 +342,12 @@ final class Qcow2Check {
                     continue;
                 }
                 if ((host & (clusterSize - 1)) != 0) {
-                    findings.accept("ERROR offset=" + Long.toHexString(host) + ": Cluster is not properly aligned;"
-                            + " L2 entry corrupted.");
+                    // as qemu: reported, and the misaligned range is still counted as referenced
+                    boolean hasData = h.extendedL2() ? (t.words[i + 1] & Qcow2Node.ALL_SUBCLUSTERS) != 0
+                            : (w & Qcow2Node.OFLAG_ZERO) == 0;
+                    findings.accept("ERROR offset=" + Long.toHexString(host) + ": " + (hasData ? "Data" : "Preallocated")
+                            + " cluster is not properly aligned; L2 entry corrupted.");
                     corruptions++;
-                    continue;
                 }
                 if (!node.external()) {
                     addRef(host, clusterSize); // external data file clusters are not refcounted
