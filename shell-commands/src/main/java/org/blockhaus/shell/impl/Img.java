@@ -1200,6 +1200,17 @@ final class Img {
     /** @param withBacking false opens the image alone, as qemu-img info does */
     Image open(String filename, String fmt, boolean imageOpts, boolean writable, boolean forceShare,
             boolean withBacking) throws BlockException {
+        return open(filename, fmt, imageOpts, new OpenMode(writable, forceShare, this::warn), withBacking);
+    }
+
+    /** Opens for check (qemu-img's BDRV_O_CHECK): the format leaves its repairs to the check. */
+    Image openForCheck(String filename, String fmt, boolean imageOpts, boolean writable, boolean forceShare)
+            throws BlockException {
+        return open(filename, fmt, imageOpts, new OpenMode(writable, forceShare, this::warn, true), true);
+    }
+
+    private Image open(String filename, String fmt, boolean imageOpts, OpenMode mode, boolean withBacking)
+            throws BlockException {
         try {
             Options o = Options.empty();
             String name = filename;
@@ -1215,7 +1226,7 @@ final class Img {
             if (!withBacking) {
                 o = o.with("backing", null);
             }
-            return core.open(name, o, new OpenMode(writable, forceShare, this::warn));
+            return core.open(name, o, mode);
         } catch (BlockException e) {
             throw e.prepend("Could not open '" + filename + "': ");
         }

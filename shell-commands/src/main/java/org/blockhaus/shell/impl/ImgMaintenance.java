@@ -78,7 +78,7 @@ final class ImgMaintenance {
                         + a.get("r"));
             };
         }
-        Image image = img.open(filename, a.get("f"), a.has("image-opts"), repair != CheckResult.Repair.NONE,
+        Image image = img.openForCheck(filename, a.get("f"), a.has("image-opts"), repair != CheckResult.Repair.NONE,
                 a.has("U") || a.has("force-share"));
         try {
             if (!(image.driverNode() instanceof CheckableNode checkable)) {

@@ -115,10 +115,11 @@ public final class Qcow2Driver implements BlockDriver {
         if (ctx.options().has("lazy-refcounts")) {
             node.setLazyRefcounts(ctx.options().getBool("lazy-refcounts", false));
         }
-        if (!readOnly && h.dirty()) {
+        if (!readOnly && h.dirty() && !ctx.forCheck()) {
             // Refcounts may lag behind the tables (a lazy-refcounts writer died): recount every
             // reference into a new refcount structure and fix COPIED, as qemu's automatic
-            // 'check -r all' does, then clear the bit. Read-only opens read as they are.
+            // 'check -r all' does, then clear the bit. Read-only opens read as they are, and a check
+            // sees the image as it is (qemu's BDRV_O_CHECK); its clean close clears the bit, as qemu's.
             node.rebuildRefcounts();
             node.writeIncompatible(node.header().incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
         }
