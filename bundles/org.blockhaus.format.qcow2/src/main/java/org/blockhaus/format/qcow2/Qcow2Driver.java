@@ -18,6 +18,7 @@ import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockNode;
 import org.blockhaus.api.spi.BlockDriver;
+import org.blockhaus.api.spi.CheckResult;
 import org.blockhaus.api.Options;
 import org.blockhaus.api.spi.CreateContext;
 import org.blockhaus.api.spi.MeasureResult;
@@ -116,11 +117,21 @@ public final class Qcow2Driver implements BlockDriver {
             node.setLazyRefcounts(ctx.options().getBool("lazy-refcounts", false));
         }
         if (!readOnly && h.dirty() && !ctx.forCheck()) {
-            // Refcounts may lag behind the tables (a lazy-refcounts writer died): recount every
-            // reference into a new refcount structure and fix COPIED, as qemu's automatic
-            // 'check -r all' does, then clear the bit. Read-only opens read as they are, and a check
-            // sees the image as it is (qemu's BDRV_O_CHECK); its clean close clears the bit, as qemu's.
-            node.rebuildRefcounts();
+            // Refcounts may lag behind the tables (a lazy-refcounts writer died): repaired as qemu
+            // does, by 'check -r all' (refcounts recounted, rebuilt if a used cluster has none, COPIED
+            // set right), then the bit is cleared. Killed during the repair, the image stays dirty and
+            // is repaired again. Read-only opens read as they are, and a check sees the image as it
+            // is (qemu's BDRV_O_CHECK); its clean close clears the bit, as qemu's.
+            CheckResult r;
+            try {
+                r = node.check(CheckResult.Repair.ALL);
+            } catch (BlockException e) {
+                throw new BlockException(e.reason(), "Could not repair dirty image: " + e.getMessage(), e);
+            }
+            if (r.checkErrors() > 0) {
+                throw new BlockException(Reason.CORRUPT, "Could not repair dirty image: " + r.checkErrors()
+                        + " errors while checking it; run 'qemu-img check -r all'");
+            }
             node.writeIncompatible(node.header().incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
         }
         return node;

@@ -1649,16 +1649,6 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         return readL1(offset, entries);
     }
 
-    /** Recounts every reference into a new refcount structure (a dirty image opened read-write). */
-    void rebuildRefcounts() throws BlockException {
-        lock.lock();
-        try {
-            new MetadataCommit(this).commit(l1, l1.length, size, snapshotEntries(), null);
-        } finally {
-            lock.unlock();
-        }
-    }
-
     /**
      * After {@link MetadataCommit} switched the header: the tables, refcounts and size are read
      * back from the image and every cache of the old state is dropped.
