@@ -212,6 +212,9 @@ final class Qcow2Check {
                     + " refcount=" + stored + " reference=" + counted);
             if (fixable && rc.repairSet(i, counted)) {
                 repaired = true;
+                if (counted == 0) {
+                    freed.add((long) i << clusterBits);
+                }
                 if (stored > counted) {
                     leaksFixed++;
                 } else {
@@ -228,7 +231,19 @@ final class Qcow2Check {
         if (repaired) {
             rc.writeAll();
         }
+        // as qemu: clusters a repair frees are discarded in the file below (holes read as zero)
+        for (long off : freed) {
+            try {
+                file.node().discard(off, clusterSize);
+            } catch (BlockException e) {
+                // discarding is advisory: the cluster is free either way
+            }
+        }
+        freed.clear();
     }
+
+    /** Host clusters whose repair left them free, to be discarded after the refcounts are written. */
+    private final java.util.List<Long> freed = new java.util.ArrayList<>();
 
     /**
      * COPIED must be set exactly where the refcount is 1, in the active tables only (qemu's

@@ -126,6 +126,21 @@ class LazyRefcountsTest {
     }
 
     @Test
+    void ourRepairOfADirtyImageIsTheRepairQemusOpenMakes() throws Exception {
+        Path ours = dir.resolve("o.qcow2");
+        Qemu.img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on,cluster_size=4k", ours.toString(), "8M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x21 0 300k", "-c", "write -P 0x22 1M 8k", "-c", "sigraise 9",
+                ours.toString());
+        Path theirs = dir.resolve("t.qcow2");
+        Files.copy(ours, theirs);
+        Qemu.io("-f", "qcow2", "-c", "read -P 0x21 0 300k", theirs.toString()).ok(); // qemu's open repairs it
+        Fixtures.openRw(Fixtures.core(), ours).close();
+        assertFalse(dirty(ours));
+        assertFalse(dirty(theirs));
+        assertTrue(Arrays.equals(Files.readAllBytes(theirs), Files.readAllBytes(ours)), "byte for byte");
+    }
+
+    @Test
     void lazyRefcountsOptionNeedsCompat11() throws Exception {
         Path img = dir.resolve("v2.qcow2");
         Qemu.img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", img.toString(), "1M").ok();
