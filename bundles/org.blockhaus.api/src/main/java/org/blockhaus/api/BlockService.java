@@ -34,9 +34,18 @@ public interface BlockService {
     List<DriverInfo> drivers();
 
     /** How to open: read-only or read-write, and whether others' locks are ignored (-U). */
-    record OpenMode(boolean writable, boolean forceShare, Consumer<String> warnings) {
+    /**
+     * @param check opened by {@code check} (qemu's BDRV_O_CHECK): formats skip the repairs they
+     *        would make on opening (qcow2's refcount rebuild of a dirty image), so that the
+     *        check sees the image as it is and reports (and repairs) it itself
+     */
+    record OpenMode(boolean writable, boolean forceShare, Consumer<String> warnings, boolean check) {
         public static final OpenMode READ_ONLY = new OpenMode(false, false, w -> { });
         public static final OpenMode READ_WRITE = new OpenMode(true, false, w -> { });
+
+        public OpenMode(boolean writable, boolean forceShare, Consumer<String> warnings) {
+            this(writable, forceShare, warnings, false);
+        }
     }
 
     /** @param summary qemu-img's "fmt=... size=..." text after the filename */

@@ -6,5 +6,5 @@
  * {@code org.blockhaus.core}). Everything a driver implements lives in {@link org.blockhaus.api.spi}.
  */
 @org.osgi.annotation.bundle.Export
-@org.osgi.annotation.versioning.Version("1.0.0")
+@org.osgi.annotation.versioning.Version("1.1.0")
 package org.blockhaus.api;

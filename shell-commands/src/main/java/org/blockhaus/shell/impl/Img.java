@@ -899,6 +899,9 @@ final class Img {
             backingFmt = backingFmt != null ? backingFmt : given.get("backing_fmt");
         }
         boolean share = a.has("U") || a.has("force-share");
+        if (a.has("l") && pos.size() > 2) {
+            throw BlockException.invalid("No support for concatenating multiple snapshot");
+        }
         List<Image> sources = new ArrayList<>();
         Image dst = null;
         try {
@@ -1019,17 +1022,72 @@ final class Img {
     }
 
     /**
-     * convert -l: the source's internal snapshot. Reading a snapshot needs the format driver to
-     * open one; without that, a snapshot that exists is refused as unsupported.
+     * convert -l and measure -l: the source shows one of its internal snapshots instead of its
+     * active state (read-only). {@code snapshot.id=N,snapshot.name=X} must match both given;
+     * a plain name is tried as an ID first, then as a name, as qemu-img does.
      */
-    static void loadSnapshot(Image source, String spec) throws BlockException {
-        String wanted = spec.startsWith("snapshot.name=") ? spec.substring("snapshot.name=".length())
-                : spec.startsWith("snapshot.id=") ? spec.substring("snapshot.id=".length()) : spec;
-        List<org.blockhaus.api.spi.SnapshotNode.Snapshot> list = source.driverNode()
-                instanceof org.blockhaus.api.spi.SnapshotNode sn ? sn.snapshots() : List.of();
-        boolean found = list.stream().anyMatch(s -> s.name().equals(wanted) || s.id().equals(wanted));
-        throw BlockException.invalid("Failed to load snapshot: " + (found ? "Operation not supported"
-                : "Can't find snapshot"));
+    void loadSnapshot(Image source, String spec) throws BlockException {
+        String id = null;
+        String name = null;
+        boolean either = !spec.startsWith("snapshot.");
+        if (either) {
+            id = spec;
+        } else {
+            for (String kv : splitOptions(spec)) {
+                int eq = kv.indexOf('=');
+                String key = eq < 0 ? kv : kv.substring(0, eq);
+                String value = eq < 0 ? "on" : kv.substring(eq + 1);
+                if (!key.equals("snapshot.id") && !key.equals("snapshot.name")) {
+                    throw BlockException.invalid("Invalid parameter '" + key + "'\nqemu-img: Failed in parsing"
+                            + " snapshot param '" + spec + "'");
+                }
+                if (eq < 0) {
+                    warn("short-form boolean option '" + key + "' deprecated\nPlease use " + key + "=on instead");
+                }
+                if (key.equals("snapshot.id")) {
+                    id = value;
+                } else {
+                    name = value;
+                }
+            }
+        }
+        if (!(source.driverNode() instanceof org.blockhaus.api.spi.SnapshotNode sn)) {
+            throw new BlockException(BlockException.Reason.UNSUPPORTED, "Failed to load snapshot: Block format '"
+                    + source.driverName() + "' used by device '' does not support temporarily loading internal"
+                    + " snapshots");
+        }
+        try {
+            try {
+                sn.loadSnapshotReadOnly(id, name);
+            } catch (BlockException e) {
+                if (!either || e.reason() != BlockException.Reason.NOT_FOUND) {
+                    throw e;
+                }
+                sn.loadSnapshotReadOnly(null, spec);
+            }
+        } catch (BlockException e) {
+            throw new BlockException(e.reason(), "Failed to load snapshot: " + e.getMessage(), e);
+        }
+    }
+
+    /** qemu's option list syntax: commas separate, a doubled comma is a literal one. */
+    private static List<String> splitOptions(String text) {
+        List<String> out = new ArrayList<>();
+        StringBuilder cur = new StringBuilder();
+        for (int k = 0; k < text.length(); k++) {
+            char c = text.charAt(k);
+            if (c == ',' && k + 1 < text.length() && text.charAt(k + 1) == ',') {
+                cur.append(',');
+                k++;
+            } else if (c == ',') {
+                out.add(cur.toString());
+                cur.setLength(0);
+            } else {
+                cur.append(c);
+            }
+        }
+        out.add(cur.toString());
+        return out;
     }
 
     /**
@@ -1188,6 +1246,17 @@ final class Img {
     /** @param withBacking false opens the image alone, as qemu-img info does */
     Image open(String filename, String fmt, boolean imageOpts, boolean writable, boolean forceShare,
             boolean withBacking) throws BlockException {
+        return open(filename, fmt, imageOpts, new OpenMode(writable, forceShare, this::warn), withBacking);
+    }
+
+    /** Opens for check (qemu-img's BDRV_O_CHECK): the format leaves its repairs to the check. */
+    Image openForCheck(String filename, String fmt, boolean imageOpts, boolean writable, boolean forceShare)
+            throws BlockException {
+        return open(filename, fmt, imageOpts, new OpenMode(writable, forceShare, this::warn, true), true);
+    }
+
+    private Image open(String filename, String fmt, boolean imageOpts, OpenMode mode, boolean withBacking)
+            throws BlockException {
         try {
             Options o = Options.empty();
             String name = filename;
@@ -1203,7 +1272,7 @@ final class Img {
             if (!withBacking) {
                 o = o.with("backing", null);
             }
-            return core.open(name, o, new OpenMode(writable, forceShare, this::warn));
+            return core.open(name, o, mode);
         } catch (BlockException e) {
             throw e.prepend("Could not open '" + filename + "': ");
         }
@@ -1212,6 +1281,12 @@ final class Img {
     /** An error qemu-img reports without failing. */
     void error(String message) {
         err.print("qemu-img: " + message + "\n");
+        err.flush();
+    }
+
+    /** One finding of check, on stderr as qemu-img prints it (no prefix). */
+    void finding(String line) {
+        err.print(line + "\n");
         err.flush();
     }
 

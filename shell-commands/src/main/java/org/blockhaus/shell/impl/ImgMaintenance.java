@@ -78,13 +78,28 @@ final class ImgMaintenance {
                         + a.get("r"));
             };
         }
-        Image image = img.open(filename, a.get("f"), a.has("image-opts"), repair != CheckResult.Repair.NONE,
+        Image image = img.openForCheck(filename, a.get("f"), a.has("image-opts"), repair != CheckResult.Repair.NONE,
                 a.has("U") || a.has("force-share"));
         try {
             if (!(image.driverNode() instanceof CheckableNode checkable)) {
                 throw new CommandException("This image format does not support checks", 63);
             }
-            CheckResult result = checkable.check(repair);
+            // findings go to stderr as they come, as qemu-img prints them
+            java.util.function.Consumer<String> findings = img::finding;
+            CheckResult result;
+            try {
+                result = checkable.check(repair, findings);
+                if (result.corruptionsFixed() > 0 || result.leaksFixed() > 0) {
+                    // qemu-img checks a repaired image once more and reports that, with the repair counts
+                    CheckResult again = checkable.check(CheckResult.Repair.NONE, findings);
+                    result = new CheckResult(again.corruptions(), again.leaks(), again.checkErrors(),
+                            result.corruptionsFixed(), result.leaksFixed(), again.imageEndOffset(),
+                            again.totalClusters(), again.allocatedClusters(), again.fragmentedClusters(),
+                            again.compressedClusters());
+                }
+            } catch (BlockException e) {
+                throw new CommandException("Check failed: " + e.getMessage(), 1);
+            }
             Results.Check c = new Results.Check(image.filename(), image.driverName(), result, output);
             return a.has("q") ? new Results.Quiet(c.exitCode()) : c;
         } finally {
@@ -177,9 +192,20 @@ final class ImgMaintenance {
         Options o = Options.parseKeyValue(optText, null);
         List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(outFmt, null);
         for (String key : o.asMap().keySet()) {
-            if (specs.stream().noneMatch(sp -> sp.matches(key))) {
-                throw BlockException.invalid("Invalid parameter '" + key + "'\nqemu-img: Invalid options for file"
-                        + " format '" + outFmt + "'");
+            org.blockhaus.api.spi.OptionSpec spec = specs.stream().filter(sp -> sp.matches(key)).findFirst()
+                    .orElseThrow(() -> BlockException.invalid("Invalid parameter '" + key + "'\nqemu-img: Invalid"
+                            + " options for file format '" + outFmt + "'"));
+            try {
+                // values are parsed by type before the driver sees them, as qemu-img's option parser does
+                switch (spec.type()) {
+                    case SIZE -> o.getSize(key, 0);
+                    case BOOL -> o.getBool(key, false);
+                    case NUMBER -> o.getLong(key, 0);
+                    default -> { }
+                }
+            } catch (BlockException e) {
+                throw BlockException.invalid(e.getMessage() + "\nqemu-img: Invalid options for file format '"
+                        + outFmt + "'");
             }
         }
         if (a.has("size")) {
@@ -191,7 +217,7 @@ final class ImgMaintenance {
                 || a.has("force-share"));
         try {
             if (a.has("l")) {
-                Img.loadSnapshot(image, a.get("l"));
+                img.loadSnapshot(image, a.get("l"));
             }
             var m = core.measure(outFmt, o, image.size(), image);
             // qemu-img counts bitmaps only for a source format that stores them (qcow2)
@@ -387,6 +413,16 @@ final class ImgMaintenance {
         }
         Image top = core.open(filename, o, new OpenMode(true, false, img::warn));
         try {
+            if (top.driverNode() instanceof org.blockhaus.api.spi.AmendableNode amendable) {
+                try {
+                    amendable.makeEmpty(); // qemu's make_empty: unallocated, not zero clusters
+                    return;
+                } catch (BlockException e) {
+                    if (e.reason() != BlockException.Reason.UNSUPPORTED) {
+                        throw e;
+                    }
+                }
+            }
             top.discard(0, top.size());
         } finally {
             top.close();

@@ -210,7 +210,10 @@ final class Render {
         return sb.toString();
     }
 
-    /** qemu-img check's report; JSON members in qemu-img's order, counters only when non-zero. */
+    /**
+     * qemu-img check's report; JSON members in qemu-img's order (that of its hash table's buckets),
+     * counters only when non-zero.
+     */
     private static String check(Results.Check c) {
         org.blockhaus.api.spi.CheckResult r = c.result();
         if (c.output() == Output.JSON) {
@@ -223,15 +226,15 @@ final class Render {
             if (r.corruptions() > 0) {
                 j.put("corruptions", r.corruptions());
             }
+            if (r.corruptionsFixed() > 0) {
+                j.put("corruptions-fixed", r.corruptionsFixed());
+            }
             j.put("check-errors", r.checkErrors());
             if (r.leaks() > 0) {
                 j.put("leaks", r.leaks());
             }
             if (r.leaksFixed() > 0) {
                 j.put("leaks-fixed", r.leaksFixed());
-            }
-            if (r.corruptionsFixed() > 0) {
-                j.put("corruptions-fixed", r.corruptionsFixed());
             }
             j.put("allocated-clusters", r.allocatedClusters());
             j.put("filename", c.filename());

@@ -213,6 +213,40 @@ class BadArgumentsTest extends QemuComparison {
         }
     }
 
+    /** qcow2 create options qemu-img refuses, with its messages (and its "Formatting" line first); measure too. */
+    @Test
+    void badQcow2CreateOptionsFailAsQemuImg() throws Exception {
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "c.qcow2", "64M");
+        String[] options = {
+            "compat=0.10,lazy_refcounts=on", "compat=9", "compat=", "compat=v2,lazy_refcounts=on", "cluster_size=1000",
+            "cluster_size=256", "cluster_size=4M", "cluster_size=0", "cluster_size=abc", "compat=0.10,refcount_bits=8",
+            "refcount_bits=3", "refcount_bits=128", "refcount_bits=0", "compat=0.10,extended_l2=on",
+            "extended_l2=on,cluster_size=8k", "compression_type=lz4", "compat=0.10,compression_type=zstd",
+            "preallocation=foo", "lazy_refcounts=maybe", "data_file_raw=on", "compat=0.10,data_file=x.raw",
+            "compat=v3", "compat=0.10,refcount_bits=16", "extended_l2=on,cluster_size=2M",
+        };
+        StringBuilder failures = new StringBuilder();
+        for (String o : options) {
+            String[] c = {"create", "-f", "qcow2", "-o", o, "x.qcow2", "1M"};
+            try {
+                assertSameEffect(List.of("c.qcow2"), c);
+            } catch (AssertionError e) {
+                failures.append(String.join(" ", c)).append(": ").append(e.getMessage()).append("\n");
+            }
+        }
+        for (String o : options) {
+            String[] c = {"measure", "-O", "qcow2", "-o", o, "--size", "1M"};
+            try {
+                assertSameEffect(List.of("c.qcow2"), c);
+            } catch (AssertionError e) {
+                failures.append(String.join(" ", c)).append(": ").append(e.getMessage()).append("\n");
+            }
+        }
+        if (failures.length() > 0) {
+            throw new AssertionError(failures.toString());
+        }
+    }
+
     private static final String IMAGE_OPTS = "driver=qcow2,file.driver=file,file.filename=c.qcow2";
 
     /** --image-opts, --object and -q wherever qemu-img takes them: same output, same images. */

@@ -15,4 +15,13 @@ public interface AmendableNode extends BlockNode {
     default void changeBackingFile(String filename, String format) throws BlockException {
         throw new BlockException(BlockException.Reason.UNSUPPORTED, "Changing the backing file is not supported");
     }
+
+    /**
+     * Drops every mapping of this layer so that all reads go to the backing file again (qemu's
+     * make_empty, which qemu-img commit uses on the committed image); unlike a discard, nothing is
+     * left as a zero cluster.
+     */
+    default void makeEmpty() throws BlockException {
+        throw new BlockException(BlockException.Reason.UNSUPPORTED, "Emptying the image is not supported");
+    }
 }

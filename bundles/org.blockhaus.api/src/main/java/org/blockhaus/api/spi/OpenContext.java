@@ -17,6 +17,14 @@ public interface OpenContext {
 
     boolean readOnly();
 
+    /**
+     * Whether this format node is opened for a consistency check (qemu's BDRV_O_CHECK): repairs a
+     * driver would make on opening are left to the check.
+     */
+    default boolean forCheck() {
+        return false;
+    }
+
     /** Permissions the users of this node need ({@code CONSISTENT_READ}, {@code WRITE}, ...). */
     Set<Permission> permissions();
 

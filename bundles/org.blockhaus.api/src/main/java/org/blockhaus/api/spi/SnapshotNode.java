@@ -18,4 +18,14 @@ public interface SnapshotNode extends BlockNode {
     void applySnapshot(String nameOrId) throws BlockException;
 
     void deleteSnapshot(String nameOrId) throws BlockException;
+
+    /**
+     * Makes a node opened read-only show an internal snapshot instead of the active state, until it
+     * is closed (qemu's temporary snapshot load behind {@code convert -l} and {@code measure -l}).
+     * The snapshot must match {@code id} and {@code name}, each ignored when null. Fails with
+     * {@code NOT_FOUND} "Can't find snapshot" when none matches, and on a read-write node.
+     */
+    default void loadSnapshotReadOnly(String id, String name) throws BlockException {
+        throw BlockException.unsupported("Loading an internal snapshot read-only");
+    }
 }

@@ -47,7 +47,7 @@
  * nodes that do not do them natively.
  */
 @Export
-@Version("1.0.0")
+@Version("1.1.0")
 package org.blockhaus.api.spi;
 
 import org.osgi.annotation.bundle.Export;

@@ -53,14 +53,20 @@ final class ChainResolver {
     }
 
     /** Everything one open call needs to know while it walks down the chain. */
-    record Request(boolean readOnly, boolean forceShare, Consumer<String> warnings, boolean noFlush) {
+    record Request(boolean readOnly, boolean forceShare, Consumer<String> warnings, boolean noFlush, boolean check) {
         Request(boolean readOnly, boolean forceShare, Consumer<String> warnings) {
-            this(readOnly, forceShare, warnings, false);
+            this(readOnly, forceShare, warnings, false, false);
         }
     }
 
     Image openTop(String filename, Options options, boolean writable, boolean forceShare, Consumer<String> warnings)
             throws BlockException {
+        return openTop(filename, options, writable, forceShare, warnings, false);
+    }
+
+    /** @param check opened for a consistency check: the top format skips its repairs on opening */
+    Image openTop(String filename, Options options, boolean writable, boolean forceShare, Consumer<String> warnings,
+            boolean check) throws BlockException {
         Options opts = options == null ? Options.empty() : options;
         if (filename != null && filename.startsWith("json:")) {
             opts = Options.parseJson(filename.substring(5)).merge(opts);
@@ -83,7 +89,7 @@ final class ChainResolver {
         // cache.no-flush=on (qemu-img convert's default "unsafe" cache for its target): flushes
         // are dropped for the whole chain, as QEMU does
         Request req = new Request(ro, forceShare, warnings == null ? w -> { } : warnings,
-                opts.getBool("cache.no-flush", false));
+                opts.getBool("cache.no-flush", false), check);
         return openNode(filename, opts, req, perm, shared, true, 0, new HashSet<>());
     }
 
@@ -394,6 +400,7 @@ final class ChainResolver {
 
         @Override public String filename() { return filename; }
         @Override public boolean readOnly() { return req.readOnly(); }
+        @Override public boolean forCheck() { return req.check(); }
         @Override public Set<Permission> permissions() { return Set.copyOf(perm); }
         @Override public Set<Permission> sharedPermissions() { return Set.copyOf(shared); }
         @Override public void warn(String message) { req.warnings().accept(message); }

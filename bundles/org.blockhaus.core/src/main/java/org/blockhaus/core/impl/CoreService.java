@@ -59,7 +59,7 @@ public class CoreService implements BlockCore {
     @Override
     public Image open(String filename, Options options, OpenMode mode) throws BlockException {
         OpenMode m = mode == null ? OpenMode.READ_ONLY : mode;
-        return resolver.openTop(filename, options, m.writable(), m.forceShare(), m.warnings());
+        return resolver.openTop(filename, options, m.writable(), m.forceShare(), m.warnings(), m.check());
     }
 
     @Override

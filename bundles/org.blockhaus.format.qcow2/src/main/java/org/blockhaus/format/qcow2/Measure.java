@@ -5,7 +5,6 @@ import org.blockhaus.api.BlockNode;
 import org.blockhaus.api.BlockStatus;
 import org.blockhaus.api.Image;
 import org.blockhaus.api.Options;
-import org.blockhaus.api.Sizes;
 import org.blockhaus.api.spi.MeasureResult;
 
 /**
@@ -21,7 +20,12 @@ final class Measure {
             throw new BlockException(BlockException.Reason.UNSUPPORTED, "Measuring encrypted qcow2 images is not"
                     + " supported yet: no crypto backend is installed");
         }
-        long clusterSize = o.has("cluster_size") ? Sizes.parse(o.get("cluster_size")) : 65536;
+        // qemu-img measure's own checks and messages, which differ from create's (no v2/v3 names)
+        String compat = o.get("compat", "1.1");
+        if (!compat.equals("0.10") && !compat.equals("1.1")) {
+            throw BlockException.invalid("Invalid compatibility level: '" + compat + "'");
+        }
+        long clusterSize = o.getSize("cluster_size", 65536);
         if (clusterSize < 512 || clusterSize > (2 << 20) || Long.bitCount(clusterSize) != 1) {
             throw BlockException.invalid("Cluster size must be a power of two between 512 and 2048k");
         }
@@ -29,8 +33,19 @@ final class Measure {
         if (refcountBits < 1 || refcountBits > 64 || Long.bitCount(refcountBits) != 1) {
             throw BlockException.invalid("Refcount width must be a power of two and may not exceed 64 bits");
         }
+        if (compat.equals("0.10") && refcountBits != 16) {
+            throw BlockException.invalid("Different refcount widths than 16 bits require compatibility level 1.1 or"
+                    + " above (use compat=1.1 or greater)");
+        }
         boolean extL2 = o.getBool("extended_l2", false);
+        if (extL2 && clusterSize < 16384) {
+            throw BlockException.invalid("Extended L2 entries are only supported with cluster sizes of at least"
+                    + " 16384 bytes");
+        }
         String prealloc = o.get("preallocation", "off");
+        if (!java.util.List.of("off", "metadata", "falloc", "full").contains(prealloc)) {
+            throw BlockException.invalid("invalid parameter value: " + prealloc);
+        }
         long sourceSize = source != null ? source.size() : size;
         long virtualSize = roundUp(sourceSize, clusterSize);
         long required = 0;

@@ -2,6 +2,7 @@ package org.blockhaus.format.qcow2;
 
 import java.nio.ByteBuffer;
 import java.util.List;
+import java.util.function.Consumer;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.spi.CheckResult;
 
@@ -11,6 +12,11 @@ import org.blockhaus.api.spi.CheckResult;
  * table and blocks, the snapshot table), counts the references per host cluster and compares them
  * with the stored refcounts. Stored above counted is a leak; below is a corruption. It also counts
  * the COPIED flags that disagree with the refcounts, as qemu does.
+ *
+ * <p>The steps, their repairs and the line reported for each finding follow qemu-img: a first
+ * comparison only reports; a referenced cluster with refcount 0 means the refcount structure must
+ * be rebuilt ({@link RefcountRebuild}, only with -r all; -r leaks then fails the check); other
+ * mismatches are compared again with repairs; the COPIED flags last.
  */
 final class Qcow2Check {
     private final Qcow2Node node;
@@ -18,8 +24,15 @@ final class Qcow2Check {
     private final HostFile file;
     private final int clusterBits;
     private final int clusterSize;
-    private final int[] refs;
+    private int[] refs;
+    private final Consumer<String> findings;
     private long corruptions;
+    private long leaks;
+    private long checkErrors;
+    private long corruptionsFixed;
+    private long leaksFixed;
+    private boolean rebuild;
+    private long highest = -1;
     private long allocated;
     private long fragmented;
     private long compressed;
@@ -28,18 +41,24 @@ final class Qcow2Check {
     /** One counter per host cluster: 1 GiB of memory at most (2^28 clusters, 16 TiB at 64 KiB). */
     static final long MAX_CLUSTERS = 1L << 28;
 
-    Qcow2Check(Qcow2Node node) throws BlockException {
+    Qcow2Check(Qcow2Node node, Consumer<String> findings) throws BlockException {
         this.node = node;
+        this.findings = findings;
         this.h = node.header();
         this.file = node.hostFile();
         this.clusterBits = h.clusterBits();
         this.clusterSize = h.clusterSize();
+        this.refs = newCounters();
+    }
+
+    /** One counter per cluster of the file as it is now. */
+    private int[] newCounters() throws BlockException {
         long n = Qcow2Header.ceilShift(file.size(), clusterBits);
         if (n > MAX_CLUSTERS) {
             throw new BlockException(BlockException.Reason.UNSUPPORTED, "qcow2: the image file has " + n
                     + " clusters; check counts at most " + MAX_CLUSTERS);
         }
-        this.refs = new int[(int) n];
+        return new int[(int) n];
     }
 
     private void addRef(long offset, long bytes) {
@@ -48,16 +67,74 @@ final class Qcow2Check {
         }
         long first = offset >>> clusterBits;
         long last = (offset + bytes - 1) >>> clusterBits;
+        if (last >= refs.length) {
+            findings.accept("ERROR: counting reference for region exceeding the end of the file by one cluster or"
+                    + " more: offset 0x" + Long.toHexString(offset) + " size 0x" + Long.toHexString(bytes));
+            corruptions++;
+            return;
+        }
         for (long i = first; i <= last; i++) {
-            if (i >= refs.length) {
-                corruptions++; // a reference past the end of the file
-                return;
-            }
             refs[(int) i]++;
         }
     }
 
     CheckResult run(CheckResult.Repair repair) throws BlockException {
+        calculate();
+        long preCorruptions = corruptions;
+        long preLeaks = leaks;
+        compare(CheckResult.Repair.NONE);
+        if (rebuild && repair == CheckResult.Repair.ALL) {
+            findings.accept("Rebuilding refcount structure");
+            long oldCorruptions = corruptions;
+            long oldLeaks = leaks;
+            new RefcountRebuild(node, refs).run();
+            corruptions = 0;
+            leaks = 0;
+            rebuild = false;
+            refs = newCounters(); // the new structure lies past the old end of the file
+            allocated = 0;
+            fragmented = 0;
+            compressed = 0;
+            calculate();
+            // the old structure is a leak now: repaired, but not counted as a repair (as qemu-img)
+            long savedCorruptions = corruptions;
+            long savedLeaks = leaks;
+            long savedLeaksFixed = leaksFixed;
+            corruptions = 0;
+            leaks = 0;
+            highest = -1;
+            compare(CheckResult.Repair.LEAKS);
+            if (rebuild) {
+                findings.accept("ERROR rebuilt refcount structure is still broken");
+            }
+            long freshLeaks = leaks;
+            corruptions = savedCorruptions;
+            leaks = savedLeaks;
+            leaksFixed = savedLeaksFixed;
+            corruptionsFixed += Math.max(0, oldCorruptions - corruptions);
+            leaksFixed += Math.max(0, oldLeaks - leaks);
+            leaks += freshLeaks;
+        } else if (repair != CheckResult.Repair.NONE) {
+            if (rebuild) {
+                findings.accept("ERROR need to rebuild refcount structures");
+                checkErrors++;
+                throw new BlockException(BlockException.Reason.IO, "Input/output error");
+            }
+            if (leaks > 0 || corruptions > 0) {
+                corruptions = preCorruptions;
+                leaks = preLeaks;
+                highest = -1;
+                compare(repair);
+            }
+        }
+        checkCopied(repair == CheckResult.Repair.ALL);
+        long total = Qcow2Header.ceilShift(h.size(), clusterBits);
+        return new CheckResult(corruptions, leaks, checkErrors, corruptionsFixed, leaksFixed,
+                (highest + 1) * clusterSize, total, allocated, fragmented, compressed);
+    }
+
+    /** Counts every reference (qemu's calculate_refcounts). */
+    private void calculate() throws BlockException {
         Refcounts rc = node.refcounts();
         addRef(0, clusterSize);
         long[] l1 = node.activeL1();
@@ -85,80 +162,156 @@ final class Qcow2Check {
             }
         }
         addRef(rc.tableOffset(), (long) rc.tableClusters() * clusterSize);
-        for (long b : rc.table()) {
+        long[] table = rc.table();
+        for (int i = 0; i < table.length; i++) {
+            long b = table[i];
             if (b != 0) {
                 if ((b & (clusterSize - 1)) != 0) {
+                    findings.accept("ERROR refcount block " + i + " is not cluster aligned; refcount table entry"
+                            + " corrupted");
                     corruptions++;
                     continue;
                 }
                 addRef(b, clusterSize);
             }
         }
-        long leaks = 0;
-        long leaksFixed = 0;
-        long corruptionsFixed = 0;
-        long highest = -1;
+    }
+
+    /**
+     * Stored against counted refcounts (qemu's compare_refcounts): a stored 0 asks for a rebuild;
+     * leaks are repaired with {@code fix} LEAKS or ALL, refcounts that are too low only with ALL.
+     */
+    private void compare(CheckResult.Repair fix) throws BlockException {
+        Refcounts rc = node.refcounts();
+        boolean repaired = false;
         for (int i = 0; i < refs.length; i++) {
-            long stored = rc.get(i);
-            long counted = refs[i];
+            long stored;
+            try {
+                stored = rc.get(i);
+            } catch (BlockException e) {
+                findings.accept("Can't get refcount for cluster " + i + ": Input/output error");
+                checkErrors++;
+                continue;
+            }
+            long counted = Integer.toUnsignedLong(refs[i]);
             if (stored > 0 || counted > 0) {
                 highest = i;
             }
-            if (stored > counted) {
-                leaks++;
-                if (repair != CheckResult.Repair.NONE && rc.repairSet(i, counted)) {
-                    leaksFixed++;
+            if (stored == counted) {
+                continue;
+            }
+            boolean fixable = false;
+            if (stored == 0) {
+                rebuild = true;
+            } else if (stored > counted && fix != CheckResult.Repair.NONE) {
+                fixable = true;
+            } else if (stored < counted && fix == CheckResult.Repair.ALL) {
+                fixable = true;
+            }
+            findings.accept((fixable ? "Repairing" : stored < counted ? "ERROR" : "Leaked") + " cluster " + i
+                    + " refcount=" + stored + " reference=" + counted);
+            if (fixable && rc.repairSet(i, counted)) {
+                repaired = true;
+                if (counted == 0) {
+                    freed.add((long) i << clusterBits);
                 }
-            } else if (stored < counted) {
-                corruptions++;
-                if (repair == CheckResult.Repair.ALL && rc.repairSet(i, counted)) {
+                if (stored > counted) {
+                    leaksFixed++;
+                } else {
                     corruptionsFixed++;
                 }
+                continue;
+            }
+            if (stored < counted) {
+                corruptions++;
+            } else {
+                leaks++;
             }
         }
-        if (leaksFixed > 0 || corruptionsFixed > 0) {
+        if (repaired) {
             rc.writeAll();
         }
-        // COPIED must be set exactly where the (repaired) refcount is 1, in the active tables only.
-        // With -r all, flags are fixed in the L1 table and in L2 tables this image owns alone.
-        boolean fix = repair == CheckResult.Repair.ALL;
+        // as qemu: clusters a repair frees are discarded in the file below (holes read as zero)
+        for (long off : freed) {
+            try {
+                file.node().discard(off, clusterSize);
+            } catch (BlockException e) {
+                // discarding is advisory: the cluster is free either way
+            }
+        }
+        freed.clear();
+    }
+
+    /** Host clusters whose repair left them free, to be discarded after the refcounts are written. */
+    private final java.util.List<Long> freed = new java.util.ArrayList<>();
+
+    /**
+     * COPIED must be set exactly where the refcount is 1, in the active tables only (qemu's
+     * check_oflag_copied); with -r all the L1 entry or L2 entry is set right.
+     */
+    private void checkCopied(boolean fix) throws BlockException {
+        Refcounts rc = node.refcounts();
+        long[] l1 = node.activeL1();
+        int step = h.extendedL2() ? 2 : 1;
         for (int li = 0; li < l1.length; li++) {
             long e = l1[li];
             long off = e & Qcow2Node.L1_OFFSET_MASK;
             if (off == 0) {
                 continue;
             }
-            boolean l2Owned = rc.get(off >>> clusterBits) == 1;
-            if (l2Owned != ((e & Qcow2Node.OFLAG_COPIED) != 0)) {
+            long refcount;
+            try {
+                refcount = rc.get(off >>> clusterBits);
+            } catch (BlockException ex) {
+                continue;
+            }
+            if ((refcount == 1) != ((e & Qcow2Node.OFLAG_COPIED) != 0)) {
                 corruptions++;
+                findings.accept((fix ? "Repairing" : "ERROR") + " OFLAG_COPIED L2 cluster: l1_index=" + li
+                        + " l1_entry=" + Long.toHexString(e) + " refcount=" + refcount);
                 if (fix) {
-                    l1[li] = l2Owned ? e | Qcow2Node.OFLAG_COPIED : e & ~Qcow2Node.OFLAG_COPIED;
+                    l1[li] = refcount == 1 ? e | Qcow2Node.OFLAG_COPIED : e & ~Qcow2Node.OFLAG_COPIED;
                     node.markL1Dirty(li);
+                    corruptions--;
                     corruptionsFixed++;
                 }
             }
+            if ((off & (clusterSize - 1)) != 0 || off >= file.size()) {
+                continue;
+            }
             L2Cache.Table t = node.l2Table(off);
-            int step = h.extendedL2() ? 2 : 1;
+            int dirty = 0;
             for (int i = 0; i < t.words.length; i += step) {
                 long w = t.words[i];
                 long host = w & Qcow2Node.L2_OFFSET_MASK;
-                if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0 || host == 0 || node.external()) {
+                if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0 || host == 0 && !node.external()) {
                     continue;
                 }
-                boolean owned = rc.get(host >>> clusterBits) == 1;
-                if (owned != ((w & Qcow2Node.OFLAG_COPIED) != 0)) {
+                if (node.external() && host == 0 && (w & Qcow2Node.OFLAG_COPIED) == 0) {
+                    continue; // unallocated in a data file image
+                }
+                long count;
+                try {
+                    count = node.external() ? 1 : rc.get(host >>> clusterBits);
+                } catch (BlockException ex) {
+                    continue;
+                }
+                if ((count == 1) != ((w & Qcow2Node.OFLAG_COPIED) != 0)) {
                     corruptions++;
-                    if (fix && l2Owned) {
-                        t.words[i] = owned ? w | Qcow2Node.OFLAG_COPIED : w & ~Qcow2Node.OFLAG_COPIED;
-                        t.dirty = true;
-                        corruptionsFixed++;
+                    findings.accept((fix ? "Repairing" : "ERROR") + " OFLAG_COPIED data cluster: l2_entry="
+                            + Long.toHexString(w) + " refcount=" + count);
+                    if (fix) {
+                        t.words[i] = count == 1 ? w | Qcow2Node.OFLAG_COPIED : w & ~Qcow2Node.OFLAG_COPIED;
+                        dirty++;
                     }
                 }
             }
+            if (dirty > 0) {
+                t.dirty = true;
+                corruptions -= dirty;
+                corruptionsFixed += dirty;
+            }
         }
-        long total = Qcow2Header.ceilShift(h.size(), clusterBits);
-        return new CheckResult(corruptions - corruptionsFixed, leaks - leaksFixed, 0, corruptionsFixed, leaksFixed,
-                (highest + 1) * clusterSize, total, allocated, fragmented, compressed);
     }
 
     private void walkL1(long[] l1, boolean active) throws BlockException {
@@ -168,11 +321,16 @@ final class Qcow2Check {
             if (off == 0) {
                 continue;
             }
-            if ((off & (clusterSize - 1)) != 0 || off >= file.size()) {
+            if ((off & (clusterSize - 1)) != 0) {
+                findings.accept("ERROR l2_offset=" + Long.toHexString(off) + ": Table is not cluster aligned; L1"
+                        + " entry corrupted");
                 corruptions++;
                 continue;
             }
             addRef(off, clusterSize);
+            if (off >= file.size()) {
+                continue; // reported by addRef
+            }
             L2Cache.Table t;
             if (active) {
                 t = node.l2Table(off);
@@ -199,8 +357,12 @@ final class Qcow2Check {
                     continue;
                 }
                 if ((host & (clusterSize - 1)) != 0) {
+                    // as qemu: reported, and the misaligned range is still counted as referenced
+                    boolean hasData = h.extendedL2() ? (t.words[i + 1] & Qcow2Node.ALL_SUBCLUSTERS) != 0
+                            : (w & Qcow2Node.OFLAG_ZERO) == 0;
+                    findings.accept("ERROR offset=" + Long.toHexString(host) + ": " + (hasData ? "Data" : "Preallocated")
+                            + " cluster is not properly aligned; L2 entry corrupted.");
                     corruptions++;
-                    continue;
                 }
                 if (!node.external()) {
                     addRef(host, clusterSize); // external data file clusters are not refcounted

@@ -28,8 +28,9 @@ final class Qcow2Create {
         int version = switch (o.get("compat", "1.1")) {
             case "0.10", "v2" -> 2;
             case "1.1", "v3" -> 3;
-            default -> throw BlockException.invalid("Parameter 'compat' does not accept value '" + o.get("compat")
-                    + "' (use 0.10 or 1.1)");
+            // qemu-img names the option by its QAPI name here
+            default -> throw BlockException.invalid("Parameter 'version' does not accept value '" + o.get("compat")
+                    + "'");
         };
         long clusterSize = o.has("cluster_size") ? Sizes.parse(o.get("cluster_size")) : 65536;
         if (clusterSize < 512 || clusterSize > (2 << 20) || Long.bitCount(clusterSize) != 1) {
@@ -42,17 +43,17 @@ final class Qcow2Create {
         }
         if (version < 3 && refcountBits != 16) {
             throw BlockException.invalid("Different refcount widths than 16 bits require compatibility level 1.1 or"
-                    + " above (use compat=1.1 or greater)");
+                    + " above (use version=v3 or greater)");
         }
         boolean lazy = o.getBool("lazy_refcounts", false);
         if (version < 3 && lazy) {
             throw BlockException.invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use"
-                    + " compat=1.1 or greater)");
+                    + " version=v3 or greater)");
         }
         boolean extL2 = o.getBool("extended_l2", false);
         if (extL2 && version < 3) {
             throw BlockException.invalid("Extended L2 entries are only supported with compatibility level 1.1 and"
-                    + " above (use compat=1.1 or greater)");
+                    + " above (use version=v3 or greater)");
         }
         if (extL2 && clusterSize < 16384) {
             throw BlockException.invalid("Extended L2 entries are only supported with cluster sizes of at least"
@@ -62,11 +63,11 @@ final class Qcow2Create {
         int compressionType = switch (ct) {
             case "zlib" -> Qcow2Header.COMPRESSION_ZLIB;
             case "zstd" -> Qcow2Header.COMPRESSION_ZSTD;
-            default -> throw BlockException.invalid("Parameter 'compression_type' does not accept value '" + ct + "'");
+            default -> throw BlockException.invalid("Parameter 'compression-type' does not accept value '" + ct + "'");
         };
         if (compressionType != Qcow2Header.COMPRESSION_ZLIB && version < 3) {
-            throw BlockException.invalid("Compression type selection is only supported with compatibility level 1.1"
-                    + " and above (use compat=1.1 or greater)");
+            throw BlockException.invalid("Non-zlib compression type is only supported with compatibility level 1.1"
+                    + " and above (use version=v3 or greater)");
         }
         String prealloc = o.get("preallocation", "off");
         switch (prealloc) {

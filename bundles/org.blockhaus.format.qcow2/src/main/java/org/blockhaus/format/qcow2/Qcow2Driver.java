@@ -62,7 +62,7 @@ public final class Qcow2Driver implements BlockDriver {
             OptionSpec.of("l2-cache-entry-size", OptionType.SIZE, "Accepted for compatibility; no effect"),
             OptionSpec.of("cache-clean-interval", OptionType.NUMBER, "Accepted for compatibility; no effect"),
             OptionSpec.of("lazy-refcounts", OptionType.BOOL,
-                    "Accepted for compatibility; refcounts are always written eagerly"),
+                    "Postpone refcount updates (default: the image's lazy_refcounts bit; needs compat 1.1)"),
             OptionSpec.of("pass-discard-request", OptionType.BOOL, "Accepted for compatibility; no effect"),
             OptionSpec.of("pass-discard-snapshot", OptionType.BOOL, "Accepted for compatibility; no effect"),
             OptionSpec.of("pass-discard-other", OptionType.BOOL, "Accepted for compatibility; no effect"),
@@ -113,16 +113,26 @@ public final class Qcow2Driver implements BlockDriver {
             throw Qcow2Header.corrupt("data-file-raw (autoclear bit 1) is set without an external data file");
         }
         Qcow2Node node = new Qcow2Node(file, dataFile, h, backing, readOnly, cache);
-        if (!readOnly) {
-            if (h.dirty()) {
-                // Refcounts may lag behind the L2 tables (lazy refcounts): rebuild them, then clear the bit.
-                CheckResult r = node.check(CheckResult.Repair.ALL);
-                if (r.corruptions() > 0) {
-                    throw BlockException.corrupt("qcow2: could not repair the refcounts of a dirty image ("
-                            + r.corruptions() + " corruptions left); run 'qemu-img check -r all'");
-                }
-                node.writeIncompatible(node.header().incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
+        if (ctx.options().has("lazy-refcounts")) {
+            node.setLazyRefcounts(ctx.options().getBool("lazy-refcounts", false));
+        }
+        if (!readOnly && h.dirty() && !ctx.forCheck()) {
+            // Refcounts may lag behind the tables (a lazy-refcounts writer died): repaired as qemu
+            // does, by 'check -r all' (refcounts recounted, rebuilt if a used cluster has none, COPIED
+            // set right), then the bit is cleared. Killed during the repair, the image stays dirty and
+            // is repaired again. Read-only opens read as they are, and a check sees the image as it
+            // is (qemu's BDRV_O_CHECK); its clean close clears the bit, as qemu's.
+            CheckResult r;
+            try {
+                r = node.check(CheckResult.Repair.ALL);
+            } catch (BlockException e) {
+                throw new BlockException(e.reason(), "Could not repair dirty image: " + e.getMessage(), e);
             }
+            if (r.checkErrors() > 0) {
+                throw new BlockException(Reason.CORRUPT, "Could not repair dirty image: " + r.checkErrors()
+                        + " errors while checking it; run 'qemu-img check -r all'");
+            }
+            node.writeIncompatible(node.header().incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
         }
         return node;
     }

@@ -99,6 +99,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         this.l1 = readL1(h.l1TableOffset(), h.l1Size());
         this.refcounts = new Refcounts(file, h, this::refcountTableMoved);
         this.refcounts.setGuard(this::isKnownMetadata);
+        this.refcounts.setBeforeIncrease(this::markDirtyIfLazy);
+        this.lazyRefcounts = h.version() >= 3 && h.lazyRefcounts();
         this.l2 = new L2Cache(file, clusterSize, l2CacheBytes, this::evictL2);
     }
 
@@ -168,6 +170,28 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 h.nbSnapshots(), h.snapshotsOffset(), incompat, h.compatibleFeatures(), autoclear,
                 h.refcountOrder(), h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(),
                 h.dataFile(), h.featureNames(), h.unknownExtensions());
+    }
+
+    /** Lazy refcounts in use (the header's compatible bit 0, or the lazy-refcounts open option). */
+    private boolean lazyRefcounts;
+
+    /** The lazy-refcounts open option: qemu's runtime switch, which needs compat 1.1. */
+    void setLazyRefcounts(boolean on) throws BlockException {
+        if (on && header.version() < 3) {
+            throw BlockException.invalid("Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility"
+                    + " level");
+        }
+        lazyRefcounts = on;
+    }
+
+    /**
+     * With lazy refcounts the dirty bit goes to disk before the first refcount change, so that an
+     * image whose refcounts lag behind its tables is always marked (and rebuilt when next opened).
+     */
+    void markDirtyIfLazy() throws BlockException {
+        if (lazyRefcounts && !header.dirty()) {
+            writeIncompatible(header.incompatibleFeatures() | Qcow2Header.INCOMPAT_DIRTY);
+        }
     }
 
     private boolean isKnownMetadata(long cluster) {
@@ -272,7 +296,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             end++;
         }
         long span = Math.min(((long) end << subclusterBits) - inCluster, max);
-        return new Run(kind, kind == DATA ? host + inCluster : -1, span);
+        // zero subclusters of an allocated cluster keep their host offset (qemu's ZERO_ALLOC)
+        boolean withHost = kind == DATA || kind == ZERO && mapped(w, host);
+        return new Run(kind, withHost ? host + inCluster : -1, span);
     }
 
     private static int subclusterKind(long bm, int sc) {
@@ -447,6 +473,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         try {
             checkOpen();
             Run r = map(offset, length);
+            if (r.kind() == DATA && metadataPreallocated()) {
+                return dataStatusFromFile(offset, r);
+            }
             return switch (r.kind()) {
                 case DATA -> new BlockStatus(offset, r.length(), BlockStatus.DATA | BlockStatus.ALLOCATED, r.host(),
                         data.node());
@@ -459,6 +488,52 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         } finally {
             lock.unlock();
         }
+    }
+
+    /** 0 unknown, 1 yes, -1 no: whether the image looks metadata-preallocated (checked once). */
+    private int metadataPreallocation;
+
+    /**
+     * qemu's test for preallocation=metadata: clearly more clusters carry a refcount than the file
+     * has allocated on disk (at least 10/9 of them, and 2 more). Such images have data clusters
+     * that were never written, holes in the file, which qemu then reports as zero.
+     */
+    private boolean metadataPreallocated() throws BlockException {
+        if (metadataPreallocation == 0) {
+            long realClusters = file.node().allocatedSize() / clusterSize;
+            long threshold = Math.max(realClusters * 10 / 9, realClusters + 2);
+            long end = Qcow2Header.ceilShift(file.size(), clusterBits);
+            long counted = 0;
+            for (long i = 0; i < end && counted < threshold; i++) {
+                if (refcounts.get(i) != 0) {
+                    counted++;
+                }
+            }
+            metadataPreallocation = counted >= threshold ? 1 : -1;
+        }
+        return metadataPreallocation > 0;
+    }
+
+    /**
+     * A data run of a metadata-preallocated image, as qemu answers it: the file below says whether
+     * the host range reads as zero (a hole), and the answer ends where the file's does.
+     */
+    private BlockStatus dataStatusFromFile(long offset, Run r) throws BlockException {
+        int flags = BlockStatus.DATA | BlockStatus.ALLOCATED;
+        long length = r.length();
+        BlockNode below = data.node();
+        if (r.host() >= below.size()) {
+            flags |= BlockStatus.ZERO; // past the end of the file reads as zero
+        } else {
+            BlockStatus st = below.blockStatus(r.host(), Math.min(length, below.size() - r.host()));
+            if (st.isZero()) {
+                flags |= BlockStatus.ZERO;
+            }
+            if (r.host() + st.length() < below.size()) {
+                length = Math.min(length, st.length());
+            }
+        }
+        return new BlockStatus(offset, length, flags, r.host(), below);
     }
 
     // ---- writing ------------------------------------------------------------------------------
@@ -594,8 +669,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 long guest = offset + (long) k * clusterSize;
                 int n = Math.min(clusterSize, len - k * clusterSize);
                 if (packed[k] == ZERO_MARKER) {
-                    if (!zeroCluster(guest, true) && !readsAsZero(guest, n)) {
-                        writeLocked(guest, ByteBuffer.allocate(n));
+                    // a zero cluster that already reads as zero stays as it is (convert -c leaves it unallocated)
+                    if (!readsAsZero(guest, n) && (rawExternal || !zeroize(guest, guest + n, true))) {
+                        writeZeroBuffers(guest, n);
                     }
                 } else if (packed[k] == null) {
                     writeLocked(guest, src.slice(src.position() + k * clusterSize, n));
@@ -767,21 +843,41 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    /**
+     * Write-zeroes as qemu does it, one (sub)cluster unit at a time (a subcluster with extended L2,
+     * else a cluster): a piece of a unit is zeroed through metadata only if the rest of the unit
+     * already reads as zero and nothing is allocated there, else real zeroes are written; whole
+     * units become zero clusters (zero subclusters) whether or not there is a backing file, keep
+     * their host cluster unless MAY_UNMAP lets them go, and compressed clusters always let go.
+     * Version 2 has no zero flag: without a backing file whole clusters are discarded instead,
+     * with one real zeroes are written.
+     */
     @Override
     public void writeZeroes(long offset, long length, int flags) throws BlockException {
         lock.lock();
         try {
             prepareWrite();
+            boolean unmap = (flags & MAY_UNMAP) != 0;
+            int unit = extL2 ? 1 << subclusterBits : clusterSize;
             long guest = offset;
             long end = offset + length;
             while (guest < end) {
-                long inCluster = guest & (clusterSize - 1);
-                long n = Math.min(end - guest, clusterSize - inCluster);
-                boolean whole = inCluster == 0 && (n == clusterSize || guest + n == size);
-                if (!whole || !zeroCluster(guest, (flags & MAY_UNMAP) != 0)) {
-                    if (!readsAsZero(guest, n)) {
-                        writeLocked(guest, ByteBuffer.allocate((int) n));
-                    }
+                long unitStart = guest & -unit;
+                long unitEnd = Math.min(unitStart + unit, size);
+                long n;
+                boolean done;
+                if (guest != unitStart || end < unitEnd) {
+                    n = Math.min(end, unitEnd) - guest;
+                    done = !rawExternal && readsAsZero(unitStart, guest - unitStart)
+                            && readsAsZero(guest + n, unitEnd - guest - n) && unallocatedOrZero(unitStart)
+                            && zeroize(unitStart, unitEnd, unmap);
+                } else {
+                    long alignedEnd = end == size ? end : end & -unit;
+                    n = alignedEnd - guest;
+                    done = !rawExternal && zeroize(guest, alignedEnd, unmap);
+                }
+                if (!done) {
+                    writeZeroBuffers(guest, n);
                 }
                 guest += n;
             }
@@ -793,45 +889,156 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
-    private boolean readsAsZero(long guest, long n) throws BlockException {
-        Run r = map(guest, n);
-        return r.length() >= n && (r.kind() == ZERO || r.kind() == UNALLOCATED && backing == null);
+    /** The fallback of write-zeroes: real zeroes, in bounded buffers. */
+    private void writeZeroBuffers(long guest, long n) throws BlockException {
+        for (long at = 0; at < n; ) {
+            int chunk = (int) Math.min(n - at, 1 << 20);
+            writeLocked(guest + at, ByteBuffer.allocate(chunk));
+            at += chunk;
+        }
     }
 
-    /** Makes one whole cluster read as zeroes through metadata alone; false if the format cannot. */
-    private boolean zeroCluster(long guest, boolean mayUnmap) throws BlockException {
-        if (rawExternal) {
-            return false; // the data file must read as the guest sees it: write real zeroes
+    /** Whether {@code [guest, guest+n)} reads as zero by metadata alone, down the backing chain. */
+    private boolean readsAsZero(long guest, long n) throws BlockException {
+        if (n <= 0) {
+            return true;
         }
+        Run r = map(guest, n);
+        if (r.length() < n) {
+            return false;
+        }
+        if (r.kind() == ZERO) {
+            return true;
+        }
+        if (r.kind() != UNALLOCATED) {
+            return false;
+        }
+        if (backing == null || guest >= backing.size()) {
+            return true;
+        }
+        BlockStatus st = backing.blockStatus(guest, n);
+        return (st.flags() & BlockStatus.ZERO) != 0 && st.length() >= n
+                && (guest + n <= backing.size());
+    }
+
+    /** Whether the (sub)cluster at {@code guest} holds no data of this layer. */
+    private boolean unallocatedOrZero(long guest) throws BlockException {
+        int kind = classify(guest, 1).kind();
+        return kind == UNALLOCATED || kind == ZERO;
+    }
+
+    /**
+     * Makes {@code [from, to)} (unit aligned, or ending at the end of the disk) read as zeroes
+     * through metadata; false if this image cannot (version 2 with a backing file).
+     */
+    private boolean zeroize(long from, long to, boolean unmap) throws BlockException {
         if (header.version() < 3) {
             if (backing != null) {
                 return false;
             }
-            return makeUnallocated(guest);
+            for (long g = from; g < to; g += clusterSize) {
+                discardCluster(g);
+            }
+            return true;
         }
-        L2Cache.Table current = l2For(guest);
-        if (backing == null && (current == null
-                || word(current, l2Index(guest)) == 0 && bitmap(current, l2Index(guest)) == 0)) {
-            return true; // unallocated without a backing file already reads as zeroes
+        for (long g = from; g < to; ) {
+            long clusterStart = g & -clusterSize;
+            long clusterEnd = Math.min(clusterStart + clusterSize, size);
+            long pieceEnd = Math.min(to, clusterEnd);
+            if (g == clusterStart && pieceEnd == clusterEnd) {
+                zeroWholeCluster(g, unmap);
+            } else if (!zeroSubclusters(g, pieceEnd)) {
+                writeZeroBuffers(g, pieceEnd - g);
+            }
+            g = pieceEnd;
         }
+        return true;
+    }
+
+    /** A whole cluster becomes a zero cluster (all zero subclusters); see {@link #writeZeroes}. */
+    private void zeroWholeCluster(long guest, boolean unmap) throws BlockException {
         L2Cache.Table t = l2ForWrite(guest);
         int idx = l2Index(guest);
         long w = word(t, idx);
-        long host = (w & OFLAG_COMPRESSED) != 0 ? 0 : hostOf(w, guest);
-        boolean keep = (!mayUnmap || external) && mapped(w, host) && (w & OFLAG_COPIED) != 0;
-        if (!keep) {
+        long bm = bitmap(t, idx);
+        boolean compressed = (w & OFLAG_COMPRESSED) != 0;
+        boolean allocated = compressed || mapped(w, hostOf(w, guest));
+        // a data file keeps its clusters: it must keep mapping the guest 1:1 for later writes
+        boolean release = compressed || unmap && allocated && !external;
+        long nw = release ? 0 : w;
+        long nbm = bm;
+        if (extL2) {
+            nbm = ALL_SUBCLUSTERS << 32;
+        } else {
+            nw |= OFLAG_ZERO;
+        }
+        if (nw == w && nbm == bm) {
+            return;
+        }
+        if (release) {
             releaseEntry(w);
         }
+        if (compressed) {
+            cachedCompressedGuest = -1;
+        }
+        setEntry(t, idx, nw, nbm);
+    }
+
+    /** Extended L2: subclusters of one cluster become zero; false for a compressed cluster. */
+    private boolean zeroSubclusters(long from, long to) throws BlockException {
+        L2Cache.Table t = l2ForWrite(from);
+        int idx = l2Index(from);
+        long w = word(t, idx);
+        if ((w & OFLAG_COMPRESSED) != 0) {
+            return false;
+        }
+        long cStart = from & -clusterSize;
+        int first = (int) ((from - cStart) >>> subclusterBits);
+        int last = (int) Qcow2Header.ceilShift(to - cStart, subclusterBits); // exclusive
+        long mask = (last == 32 ? ALL_SUBCLUSTERS : (1L << last) - 1) & ~((1L << first) - 1);
+        long bm = bitmap(t, idx);
+        long nbm = (bm | mask << 32) & ~mask;
+        if (nbm != bm) {
+            setEntry(t, idx, w, nbm);
+        }
+        return true;
+    }
+
+    /**
+     * Discard of one whole cluster, as qemu's (not a full discard): an allocated cluster, or any
+     * cluster over a backing file, becomes a zero cluster (version 2: unallocated) and its host
+     * space is released; an unallocated cluster without a backing file stays as it is. Version 2
+     * over a backing file ignores discards (the backing data would show through).
+     */
+    private void discardCluster(long guest) throws BlockException {
+        if (header.version() < 3 && backing != null) {
+            return;
+        }
+        L2Cache.Table cur = l2For(guest);
+        int idx = l2Index(guest);
+        long w = cur == null ? 0 : word(cur, idx);
+        long bm = cur == null ? 0 : bitmap(cur, idx);
+        boolean allocated = (w & OFLAG_COMPRESSED) != 0 || mapped(w, hostOf(w, guest));
+        if (backing == null && !allocated) {
+            return;
+        }
+        long nw;
+        long nbm = 0;
+        if (extL2) {
+            nw = 0;
+            nbm = ALL_SUBCLUSTERS << 32;
+        } else {
+            nw = header.version() >= 3 ? OFLAG_ZERO : 0;
+        }
+        if (nw == w && nbm == bm) {
+            return;
+        }
+        L2Cache.Table t = l2ForWrite(guest);
+        releaseEntry(w);
         if ((w & OFLAG_COMPRESSED) != 0) {
             cachedCompressedGuest = -1;
         }
-        long base = keep ? host | OFLAG_COPIED : 0;
-        if (extL2) {
-            setEntry(t, idx, base, ALL_SUBCLUSTERS << 32);
-        } else {
-            setEntry(t, idx, base | OFLAG_ZERO, 0);
-        }
-        return true;
+        setEntry(t, idx, nw, nbm);
     }
 
     /** Drops the mapping of one whole cluster (reads go to the backing file afterwards). */
@@ -863,13 +1070,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             }
             long guest = (offset + clusterSize - 1) & -clusterSize;
             long end = offset + length == size ? size : (offset + length) & -clusterSize;
-            while (guest < end) {
-                if (header.version() >= 3 && backing != null) {
-                    zeroCluster(guest, true);
-                } else {
-                    makeUnallocated(guest);
-                }
-                guest += clusterSize;
+            for (; guest < end; guest += clusterSize) {
+                discardCluster(guest);
             }
         } finally {
             lock.unlock();
@@ -891,6 +1093,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     /** Writes cached metadata in crash-safe order and makes it durable. */
     void flushLocked() throws BlockException {
+        if (lazyRefcounts) {
+            flushLazy();
+            return;
+        }
         List<L2Cache.Table> dirtyL2 = l2.dirtyTables();
         boolean l1Dirty = !l1DirtyClusters.isEmpty();
         if (refcounts.dirty()) {
@@ -912,6 +1118,32 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         file.flush();
     }
 
+    /**
+     * The flush with lazy refcounts: the dirty bit is on disk before any refcount changes, so the
+     * tables and refcounts are written without ordering between them; two syncs instead of four
+     * (guest data first, then all metadata). Refcounts stay in memory between flushes.
+     */
+    private void flushLazy() throws BlockException {
+        List<L2Cache.Table> dirtyL2 = l2.dirtyTables();
+        boolean refcountsChange = refcounts.dirty() || refcounts.hasQueuedFrees();
+        if (dirtyL2.isEmpty() && l1DirtyClusters.isEmpty() && !refcountsChange) {
+            file.flush();
+            return;
+        }
+        if (refcountsChange) {
+            markDirtyIfLazy();
+        }
+        file.flush(); // guest data before the tables that map it
+        for (L2Cache.Table t : dirtyL2) {
+            l2.write(t);
+        }
+        if (!l1DirtyClusters.isEmpty()) {
+            writeL1();
+        }
+        refcounts.writeDeferred();
+        file.flush();
+    }
+
     private void writeL1() throws BlockException {
         int perCluster = clusterSize / 8;
         for (int c = l1DirtyClusters.nextSetBit(0); c >= 0; c = l1DirtyClusters.nextSetBit(c + 1)) {
@@ -927,6 +1159,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     private void evictL2(L2Cache.Table t) throws BlockException {
+        if (lazyRefcounts) {
+            markDirtyIfLazy(); // the table may reach the disk before the refcounts it needs
+            l2.write(t);
+            return;
+        }
         refcounts.writeIncreases();
         file.flush();
         l2.write(t);
@@ -1116,11 +1353,41 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     @Override
+    public void makeEmpty() throws BlockException {
+        lock.lock();
+        try {
+            prepareWrite();
+            long perL2 = 1L << (clusterBits + l2Bits);
+            for (int i = 0; i < l1.length; i++) {
+                if ((l1[i] & L1_OFFSET_MASK) == 0) {
+                    continue;
+                }
+                L2Cache.Table t = l2.get(l1[i] & L1_OFFSET_MASK);
+                for (int j = 0; j < (1 << l2Bits); j++) {
+                    long guest = i * perL2 + ((long) j << clusterBits);
+                    if (guest < size && (word(t, j) != 0 || bitmap(t, j) != 0)) {
+                        makeUnallocated(guest);
+                        t = l2For(guest); // a shared table was copied on the first change
+                    }
+                }
+            }
+            flushLocked();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
     public void amend(Options o, boolean force) throws BlockException {
         lock.lock();
         try {
             prepareWrite();
             new Amend(this).apply(o);
+            lazyRefcounts = header.version() >= 3 && header.lazyRefcounts();
+            if (!lazyRefcounts && header.dirty()) {
+                flushLocked(); // lazy refcounts switched off: write them out, the image is clean again
+                writeIncompatible(header.incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
+            }
         } finally {
             lock.unlock();
         }
@@ -1140,6 +1407,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 file.size());
         refcounts = new Refcounts(file, header, this::refcountTableMoved);
         refcounts.setGuard(this::isKnownMetadata);
+        refcounts.setBeforeIncrease(this::markDirtyIfLazy);
     }
 
     /** Version 2 has no zero flag: zero clusters become unallocated (no backing) or real zeroes. */
@@ -1255,6 +1523,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     @Override
     public CheckResult check(CheckResult.Repair repair) throws BlockException {
+        return check(repair, finding -> { });
+    }
+
+    @Override
+    public CheckResult check(CheckResult.Repair repair, java.util.function.Consumer<String> findings)
+            throws BlockException {
         lock.lock();
         try {
             checkOpen();
@@ -1264,7 +1538,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             if (!readOnly) {
                 flushLocked();
             }
-            CheckResult r = new Qcow2Check(this).run(repair);
+            CheckResult r = new Qcow2Check(this, findings).run(repair);
             if (repair == CheckResult.Repair.ALL && r.corruptionsFixed() > 0) {
                 flushLocked(); // the repaired COPIED flags
             }
@@ -1338,28 +1612,60 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    /**
+     * Reads go to the snapshot's L1 table from now on (qemu's snapshot_load_tmp): the node is
+     * read-only, so nothing is written and the virtual size stays as it is, as in qemu.
+     */
+    @Override
+    public void loadSnapshotReadOnly(String id, String name) throws BlockException {
+        lock.lock();
+        try {
+            checkOpen();
+            if (!readOnly) {
+                throw BlockException.invalid("Device is not readonly");
+            }
+            Snapshots.Entry sn = null;
+            for (Snapshots.Entry e : snapshotEntries()) {
+                if ((id == null || e.id().equals(id)) && (name == null || e.name().equals(name))) {
+                    sn = e;
+                    break;
+                }
+            }
+            if (sn == null) {
+                throw new BlockException(Reason.NOT_FOUND, "Can't find snapshot");
+            }
+            l1 = readL1(sn.l1TableOffset(), sn.l1Size());
+            l1Offset = sn.l1TableOffset();
+            l2.clear();
+            cachedCompressedGuest = -1;
+        } finally {
+            lock.unlock();
+        }
+    }
+
     // ---- for SnapshotOps (callers hold the lock) ------------------------------------------------
 
     long[] readTable(long offset, int entries) throws BlockException {
         return readL1(offset, entries);
     }
 
-    void snapshotTableMoved(int count, long offset) {
-        Qcow2Header h = header;
-        header = new Qcow2Header(h.version(), h.backingFileOffset(), h.backingFileSize(), clusterBits, size,
-                h.cryptMethod(), l1.length, l1Offset, refcounts.tableOffset(), refcounts.tableClusters(), count,
-                offset, h.incompatibleFeatures(), h.compatibleFeatures(), h.autoclearFeatures(), h.refcountOrder(),
-                h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(), h.dataFile(),
-                h.featureNames(), h.unknownExtensions());
-    }
-
-    /** The virtual size changes with an applied snapshot: header field and memory. */
-    void setSize(long newSize) throws BlockException {
-        if (newSize != size) {
-            file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
-            file.flush();
-            size = newSize;
-        }
+    /**
+     * After {@link MetadataCommit} switched the header: the tables, refcounts and size are read
+     * back from the image and every cache of the old state is dropped.
+     */
+    void reloadMetadata() throws BlockException {
+        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
+                file.size());
+        size = header.size();
+        l1Offset = header.l1TableOffset();
+        l1 = readL1(l1Offset, header.l1Size());
+        l1DirtyClusters.clear();
+        l2.clear();
+        refcounts = new Refcounts(file, header, this::refcountTableMoved);
+        refcounts.setGuard(this::isKnownMetadata);
+        refcounts.setBeforeIncrease(this::markDirtyIfLazy);
+        cachedCompressedGuest = -1;
+        compressedFreeGeneration = -1;
     }
 
     @Override
@@ -1371,6 +1677,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             }
             if (!readOnly) {
                 flushLocked();
+                if (header.dirty()) {
+                    // everything is on disk and consistent: a clean close clears the dirty bit
+                    writeIncompatible(header.incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
+                }
             }
             closed = true;
             l2.clear();

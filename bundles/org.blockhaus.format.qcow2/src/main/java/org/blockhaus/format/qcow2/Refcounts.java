@@ -69,6 +69,17 @@ final class Refcounts {
         this.guard = guard;
     }
 
+    /** Runs before a refcount grows (lazy refcounts set the dirty bit there, as qemu does). */
+    interface BeforeIncrease {
+        void run() throws BlockException;
+    }
+
+    private BeforeIncrease beforeIncrease = () -> { };
+
+    void setBeforeIncrease(BeforeIncrease hook) {
+        this.beforeIncrease = hook;
+    }
+
     Refcounts(HostFile file, Qcow2Header h, TableMoved tableMoved) throws BlockException {
         this.file = file;
         this.clusterBits = h.clusterBits();
@@ -219,6 +230,7 @@ final class Refcounts {
 
     /** Adds one reference to each cluster of {@code [index, index+count)}; blocks must exist. */
     void increment(long index, long count) throws BlockException {
+        beforeIncrease.run();
         for (long i = index; i < index + count; i++) {
             long v = get(i);
             if (v >= maxRefcount) {
@@ -233,6 +245,7 @@ final class Refcounts {
      * and growing the refcount table as needed. Returns the host offset of the first cluster.
      */
     long allocate(int n) throws BlockException {
+        beforeIncrease.run();
         while (true) {
             long start = findFree(freeHint, n);
             for (long c = start; c < start + n; c++) {
@@ -483,6 +496,33 @@ final class Refcounts {
         t.flip();
         file.write(tableOffset, t);
         tableDirty = false;
+    }
+
+    /**
+     * The flush of lazy refcounts (the image's dirty bit is set): queued decreases are applied and
+     * every changed block and the table are written, in no particular order and without a sync;
+     * the caller syncs once. A crash in between is repaired by the rebuild of a dirty image.
+     */
+    void writeDeferred() throws BlockException {
+        if (!queuedFrees.isEmpty()) {
+            freeGeneration++;
+            for (long[] r : queuedFrees) {
+                for (long i = r[0]; i <= r[1]; i++) {
+                    long v = hasBlock(i) ? get(i) : 0;
+                    if (v > 0) {
+                        set(i, v - 1);
+                        if (v == 1) {
+                            freeHint = Math.min(freeHint, i);
+                        }
+                    }
+                }
+            }
+            queuedFrees.clear();
+        }
+        writeBlocks();
+        if (tableDirty) {
+            writeTable();
+        }
     }
 
     /** Sets a refcount directly (check repair); creates no blocks. Returns false if the block is missing. */

@@ -5,12 +5,15 @@ import java.nio.file.Path;
 import java.util.Arrays;
 import org.blockhaus.api.BlockNode;
 import org.blockhaus.api.Image;
+import org.blockhaus.api.spi.SnapshotNode;
 import org.blockhaus.core.BlockCore;
 
 /**
  * A writer process for {@link CrashSafetyTest}: round {@code i} fills region {@code i} with
  * pattern {@code i} (plus scattered small writes and zero writes), flushes, and only then prints
- * "flushed i". The test kills it at a random instant.
+ * "flushed i". The test kills it at a random instant. With a second argument {@code snapshots}
+ * every round also creates, applies and deletes internal snapshots (applying one that differs
+ * from the active state only in the scratch area, so the regions keep their patterns).
  */
 public final class CrashWriter {
     static final int REGION = 96 * 1024;
@@ -27,6 +30,7 @@ public final class CrashWriter {
 
     public static void main(String[] args) throws Exception {
         Path img = Path.of(args[0]);
+        boolean snapshotChurn = args.length > 1 && args[1].equals("snapshots");
         BlockCore core = Fixtures.core();
         try (Image i = Fixtures.openRw(core, img)) {
             System.out.println("ready");
@@ -45,8 +49,17 @@ public final class CrashWriter {
                 i.writeZeroes(SCRATCH + (long) ((round + 8) % 16) * 65536, 65536, BlockNode.MAY_UNMAP);
                 // compressed clusters (byte-packed, refcounted per host cluster) and internal snapshots
                 i.write(SCRATCH + (16 + round % 8) * 65536L, ByteBuffer.wrap(buf, 0, 65536), BlockNode.COMPRESSED);
-                if (round % 25 == 24) {
-                    ((org.blockhaus.api.spi.SnapshotNode) i.driverNode()).createSnapshot("r" + round);
+                SnapshotNode snaps = (SnapshotNode) i.driverNode();
+                if (snapshotChurn) {
+                    i.flush();
+                    snaps.createSnapshot("r" + round);
+                    i.write(scratch, ByteBuffer.wrap(buf, 0, 4096), 0); // the active state moves on
+                    snaps.applySnapshot("r" + round);                  // and comes back
+                    if (round >= 2) {
+                        snaps.deleteSnapshot("r" + (round - 2));
+                    }
+                } else if (round % 25 == 24) {
+                    snaps.createSnapshot("r" + round);
                 }
                 i.flush();
                 System.out.println("flushed " + round);

@@ -91,4 +91,68 @@ class SnapshotsTest {
         Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0x05 0 4k", "-c", "read -P 0x01 4k 2044k", img.toString()).ok();
         assertTrue(Qemu.img("snapshot", "-l", img.toString()).ok().out().isBlank());
     }
+
+    @Test
+    void snapshotLoadedReadOnlyReadsLikeQemuConvertL() throws Exception {
+        Path img = dir.resolve("l.qcow2");
+        Qemu.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", img.toString(), "2M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x01 0 2M", img.toString()).ok();
+        Qemu.img("snapshot", "-c", "one", img.toString()).ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x02 0 1M", img.toString()).ok();
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            org.blockhaus.api.BlockException e = org.junit.jupiter.api.Assertions.assertThrows(
+                    org.blockhaus.api.BlockException.class, () -> snaps(i).loadSnapshotReadOnly(null, "one"));
+            assertEquals("Device is not readonly", e.getMessage());
+        }
+        try (Image i = Fixtures.openRo(core, img)) {
+            org.blockhaus.api.BlockException e = org.junit.jupiter.api.Assertions.assertThrows(
+                    org.blockhaus.api.BlockException.class, () -> snaps(i).loadSnapshotReadOnly("1", "two"));
+            assertEquals("Can't find snapshot", e.getMessage());
+            snaps(i).loadSnapshotReadOnly("1", "one");
+            Qemu.img("convert", "-O", "raw", "-l", "one", img.toString(), dir.resolve("want.raw").toString()).ok();
+            assertTrue(Arrays.equals(java.nio.file.Files.readAllBytes(dir.resolve("want.raw")), Fixtures.readAll(i)));
+        }
+    }
+
+    @org.junit.jupiter.params.ParameterizedTest(name = "{0}")
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"extended_l2=on,cluster_size=64k",
+        "compression_type=zstd,cluster_size=4k", "compat=0.10,cluster_size=512", "refcount_bits=64"})
+    void snapshotsOfEveryLayoutPassQemuCheckAndKeepTheirData(String opts) throws Exception {
+        Path img = dir.resolve("v.qcow2");
+        Qemu.img("create", "-q", "-f", "qcow2", "-o", opts, img.toString(), "4M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x01 0 1M", "-c", "write -c -P 0x02 2M 256k", "-c",
+                "write -z 3M 64k", img.toString()).ok();
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            snaps(i).createSnapshot("a");
+            fill(i, 4096, 8192, 0x03);
+            snaps(i).createSnapshot("b");
+            fill(i, 2 << 20, 4096, 0x04);
+            snaps(i).applySnapshot("a");
+            snaps(i).deleteSnapshot("b");
+        }
+        Qemu.Result check = Qemu.img("check", img.toString());
+        assertEquals(0, check.exit(), check.out() + check.err());
+        Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0x01 0 1M", "-c", "read -P 0x02 2M 256k", "-c", "read -P 0 3M 1M",
+                img.toString()).ok();
+        Qemu.img("snapshot", "-a", "a", img.toString()).ok();
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
+
+    @Test
+    void snapshotThatWouldOverflowOneBitRefcountsIsRefusedAndChangesNothing() throws Exception {
+        Path img = dir.resolve("r1.qcow2");
+        Qemu.img("create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", img.toString(), "1M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x01 0 64k", img.toString()).ok();
+        byte[] before = java.nio.file.Files.readAllBytes(img);
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            org.blockhaus.api.BlockException e = org.junit.jupiter.api.Assertions.assertThrows(
+                    org.blockhaus.api.BlockException.class, () -> snaps(i).createSnapshot("s"));
+            assertTrue(e.getMessage().contains("refcount_bits=1"), e.getMessage());
+        }
+        assertTrue(Arrays.equals(before, java.nio.file.Files.readAllBytes(img)), "nothing written");
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
 }
