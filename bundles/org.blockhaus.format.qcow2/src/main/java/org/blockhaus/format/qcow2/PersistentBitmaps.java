@@ -150,7 +150,8 @@ final class PersistentBitmaps {
     private Bitmap usable(String name) throws BlockException {
         Bitmap b = find(name);
         if (b.inconsistent) {
-            throw BlockException.invalid("Bitmap '" + name + "' is inconsistent and cannot be used");
+            throw BlockException.invalid("Bitmap '" + name + "' is inconsistent and cannot be used\nTry "
+                    + "block-dirty-bitmap-remove to delete this bitmap from disk"); // qemu's words and hint
         }
         return b;
     }

@@ -225,7 +225,8 @@ class BitmapsTest {
             BitmapNode n = bitmaps(i);
             assertTrue(n.bitmaps().getFirst().inconsistent());
             BlockException e = assertThrows(BlockException.class, () -> n.nextDirty("b", 0));
-            assertEquals("Bitmap 'b' is inconsistent and cannot be used", e.getMessage());
+            assertEquals("Bitmap 'b' is inconsistent and cannot be used\nTry block-dirty-bitmap-remove to delete this"
+                    + " bitmap from disk", e.getMessage());
             assertThrows(BlockException.class, () -> n.clearBitmap("b"));
             i.write(4096, ByteBuffer.allocate(512), 0);
         }

@@ -1,0 +1,136 @@
+package org.blockhaus.shell.impl;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.nio.file.Path;
+import java.util.List;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+
+/**
+ * qemu-img bitmap and convert --bitmaps: the same commands on copies of the same images give the
+ * same output, exit code, info (flags, names, granularities) and the same bits, read from both
+ * results by qemu-nbd -B and nbdinfo.
+ */
+class BitmapInteropTest extends QemuComparison {
+
+    /** What qemu says a bitmap holds, "offset+length" per dirty range. */
+    private static String dirty(Path img, String bitmap) throws Exception {
+        Qemu.Run r = Qemu.run(img.getParent(), "nbdinfo", "--json", "--map=qemu:dirty-bitmap:" + bitmap, "--", "[",
+                "qemu-nbd", "-r", "-f", "qcow2", "-B", bitmap, img.toString(), "]");
+        if (r.exitCode() != 0) {
+            return "error: " + r.err().lines().filter(l -> l.startsWith("qemu-nbd")).findFirst().orElse(r.err());
+        }
+        StringBuilder sb = new StringBuilder();
+        Matcher m = Pattern.compile("\"offset\": (\\d+), \"length\": (\\d+), \"type\": 1").matcher(r.out());
+        while (m.find()) {
+            sb.append(m.group(1)).append('+').append(m.group(2)).append(' ');
+        }
+        return sb.toString();
+    }
+
+    private void assertSameBits(Twin t, String file, String... bitmaps) throws Exception {
+        for (String b : bitmaps) {
+            assertEquals(dirty(t.q().resolve(file), b), dirty(t.b().resolve(file), b), "bitmap " + b + " of " + file);
+        }
+    }
+
+    /** An image qemu made, with two bitmaps and writes seen by one of them. */
+    private void image(String name) throws Exception {
+        sh("qemu-img", "create", "-q", "-f", "qcow2", name, "16M");
+        sh("qemu-img", "bitmap", "--add", "-g", "4k", name, "a");
+        sh("qemu-img", "bitmap", "--add", "--disable", name, "off");
+        sh("qemu-io", "-f", "qcow2", "-c", "write 1M 8k", "-c", "write 10M 1k", name);
+    }
+
+    @Test
+    void bitmapCommandsAsQemuImg() throws Exception {
+        image("d.qcow2");
+        String[][] cases = {
+            {"bitmap", "--add", "d.qcow2", "new"},
+            {"bitmap", "--add", "-g", "512", "--disable", "d.qcow2", "n512"},
+            {"bitmap", "--add", "-g", "1M", "--add", "d.qcow2", "twice"},
+            {"bitmap", "--add", "-g", "0", "d.qcow2", "dflt"},
+            {"bitmap", "--add", "d.qcow2", "a"},
+            {"bitmap", "--remove", "d.qcow2", "a"},
+            {"bitmap", "--remove", "d.qcow2", "nope"},
+            {"bitmap", "--clear", "d.qcow2", "a"},
+            {"bitmap", "--disable", "d.qcow2", "a"},
+            {"bitmap", "--enable", "d.qcow2", "off"},
+            {"bitmap", "--disable", "--add", "d.qcow2", "p"},
+            {"bitmap", "--merge", "a", "d.qcow2", "off"},
+            {"bitmap", "--add", "--merge", "a", "d.qcow2", "copy"},
+            {"bitmap", "--merge", "nope", "d.qcow2", "off"},
+            {"bitmap", "--add", "-g", "1000", "d.qcow2", "z"},
+            {"bitmap", "--add", "-g", "abc", "d.qcow2", "z"},
+            {"bitmap", "--remove", "-g", "4k", "d.qcow2", "a"},
+            {"bitmap", "--merge", "a", "-F", "qcow2", "d.qcow2", "off"},
+            {"bitmap", "--clear", "-b", "d.qcow2", "d.qcow2", "a"},
+            {"bitmap", "d.qcow2", "a"},
+            {"bitmap", "--add", "d.qcow2"},
+            {"bitmap", "--add", "d.qcow2", "a", "b"},
+            {"bitmap", "--bogus", "d.qcow2", "a"},
+            {"bitmap", "--add", "nofile.qcow2", "a"},
+        };
+        for (String[] c : cases) {
+            Twin t = assertSameEffect(List.of("d.qcow2"), c);
+            assertSameBits(t, "d.qcow2", "a", "off", "copy");
+        }
+    }
+
+    @Test
+    void mergeFromAnotherImage() throws Exception {
+        image("d.qcow2");
+        image("src.qcow2");
+        sh("qemu-io", "-f", "qcow2", "-c", "write 5M 64k", "src.qcow2");
+        Twin t = assertSameEffect(List.of("d.qcow2", "src.qcow2"), "bitmap", "--merge", "a", "-b", "src.qcow2",
+                "-F", "qcow2", "d.qcow2", "off");
+        assertSameBits(t, "d.qcow2", "a", "off");
+    }
+
+    @Test
+    void convertCopiesBitmaps() throws Exception {
+        image("s.qcow2");
+        // maps not compared: convert stores partly written clusters differently (see the README)
+        Twin t = twin(List.of("s.qcow2"), "convert", "--bitmaps", "-O", "qcow2", "s.qcow2", "t.qcow2");
+        assertSame(t.theirs(), t.ours());
+        assertSameImages(t, false);
+        assertSameBits(t, "t.qcow2", "a", "off");
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "n.qcow2", "16M");
+        sh("qemu-img", "bitmap", "--add", "n.qcow2", "off");
+        for (String[] c : new String[][] {
+            {"convert", "--bitmaps", "-n", "-O", "qcow2", "s.qcow2", "n.qcow2"},
+            {"convert", "--bitmaps", "-O", "raw", "s.qcow2", "t.raw"},
+            {"convert", "--bitmaps", "-O", "qcow2", "-o", "compat=0.10", "s.qcow2", "t.qcow2"},
+            {"convert", "--bitmaps", "-O", "qcow2", "s.qcow2", "s.qcow2", "t.qcow2"},
+            {"convert", "--skip-broken-bitmaps", "-O", "qcow2", "s.qcow2", "t.qcow2"},
+        }) {
+            Twin r = twin(List.of("s.qcow2", "n.qcow2"), c);
+            assertSame(r.theirs(), r.ours());
+            assertSameImages(r, false);
+        }
+    }
+
+    @Test
+    void inconsistentBitmapsAsQemuImg() throws Exception {
+        image("i.qcow2");
+        // qemu-io dies with the bitmaps marked in use: an unclean shutdown
+        Qemu.run(dir, "qemu-io", "-f", "qcow2", "-c", "write 2M 4k", "-c", "sigraise 9", "i.qcow2");
+        for (String[] c : new String[][] {
+            {"info", "i.qcow2"},
+            {"check", "i.qcow2"},
+            {"check", "-r", "all", "i.qcow2"},
+            {"bitmap", "--clear", "i.qcow2", "a"},
+            {"bitmap", "--merge", "a", "i.qcow2", "off"},
+            {"bitmap", "--remove", "i.qcow2", "a"},
+            {"convert", "--bitmaps", "-O", "qcow2", "i.qcow2", "t.qcow2"},
+        }) {
+            assertSameEffect(List.of("i.qcow2"), c);
+        }
+        Twin t = twin(List.of("i.qcow2"), "convert", "--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2",
+                "i.qcow2", "t.qcow2");
+        assertSame(t.theirs(), t.ours());
+        assertSameImages(t, false);
+    }
+}
