@@ -31,6 +31,8 @@ final class BitmapDirectory {
     static final int MAX_GRANULARITY_BITS = 31;
     /** One bitmap table is read into memory whole: as big as an L1 table may be. */
     static final long MAX_TABLE_BYTES = Qcow2Header.MAX_L1_BYTES;
+    /** All tables together (they may overlap on disk, so the file size does not bound their sum). */
+    static final long MAX_ALL_TABLES_BYTES = 2 * MAX_TABLE_BYTES;
 
     static final int EXTENSION_BYTES = 24;
     static final int ENTRY_HEADER_BYTES = 24;
@@ -133,6 +135,7 @@ final class BitmapDirectory {
         List<Entry> out = new ArrayList<>(ext.count());
         Set<String> names = new HashSet<>();
         long pos = 0;
+        long tableBytes = 0;
         long limit = ext.directorySize();
         for (int i = 0; i < ext.count(); i++) {
             if (limit - pos < ENTRY_HEADER_BYTES) {
@@ -194,6 +197,11 @@ final class BitmapDirectory {
             if ((flags & FLAG_IN_USE) == 0 && tableSize != need) {
                 throw corrupt("the bitmap table of '" + name + "' has " + tableSize + " entries; a virtual size of "
                         + virtualSize + " bytes at granularity " + (1L << granBits) + " needs " + need);
+            }
+            tableBytes += tableSize * 8;
+            if (tableBytes > MAX_ALL_TABLES_BYTES) {
+                throw new BlockException(Reason.UNSUPPORTED, "qcow2: bitmaps: the bitmap tables take more than "
+                        + MAX_ALL_TABLES_BYTES + " bytes together; this driver keeps at most that in memory");
             }
             if (tableSize > 0) {
                 Qcow2Header.checkTable("Bitmap table of '" + name + "'", tableOffset, tableSize * 8, 1L << clusterBits,

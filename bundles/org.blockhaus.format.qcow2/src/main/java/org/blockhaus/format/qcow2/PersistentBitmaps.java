@@ -80,6 +80,12 @@ final class PersistentBitmaps {
             pb.dirSize = e.directorySize();
         }
         if (!readOnly && pb.list.stream().anyMatch(b -> !b.inconsistent)) {
+            // Tables are checked before the first byte is written: a broken one fails the open, not a guest write.
+            for (Bitmap b : pb.list) {
+                if (!b.inconsistent) {
+                    pb.table(b);
+                }
+            }
             for (Bitmap b : pb.list) {
                 b.entry = b.entry.withFlags(b.entry.flags() | BitmapDirectory.FLAG_IN_USE);
             }
