@@ -113,6 +113,17 @@ class BitmapInteropTest extends QemuComparison {
     }
 
     @Test
+    void measureCountsBitmaps() throws Exception {
+        image("s.qcow2");
+        sh("qemu-img", "bitmap", "--add", "-g", "512", "s.qcow2", "a-much-longer-bitmap-name");
+        for (String cs : List.of("512", "4k", "64k", "2M")) {
+            assertSameEffect(List.of("s.qcow2"), "measure", "--output=json", "-O", "qcow2", "-o", "cluster_size=" + cs,
+                    "s.qcow2");
+            assertSameEffect(List.of("s.qcow2"), "measure", "-O", "qcow2", "-o", "cluster_size=" + cs, "s.qcow2");
+        }
+    }
+
+    @Test
     void inconsistentBitmapsAsQemuImg() throws Exception {
         image("i.qcow2");
         // qemu-io dies with the bitmaps marked in use: an unclean shutdown
