@@ -421,8 +421,8 @@ final class PersistentBitmaps {
      * consistent bitmaps, then the replaced clusters are freed. Inconsistent bitmaps stay as found.
      */
     void store() throws BlockException {
-        if (readOnly || list.isEmpty()) {
-            return;
+        if (readOnly || list.isEmpty() || node.header().version() < 3) {
+            return; // amended down to version 2, which cannot keep bitmaps: they stay behind as qemu leaves them
         }
         List<long[]> frees = new ArrayList<>();
         for (Bitmap b : list) {
