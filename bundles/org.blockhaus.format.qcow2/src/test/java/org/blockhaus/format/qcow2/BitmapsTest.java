@@ -300,6 +300,51 @@ class BitmapsTest {
         assertEquals("[9437184+1024]", show(qemuDirty(img, "b")));
     }
 
+    @ParameterizedTest
+    @CsvSource({"65536, off", "16384, on", "4096, off"})
+    void manyBitmapsOnAnImageWithSnapshotsAndBacking(int clusterSize, String extL2) throws Exception {
+        Path base = dir.resolve("base.qcow2");
+        Path img = dir.resolve("top.qcow2");
+        long size = 24L << 20;
+        Qemu.img("create", "-q", "-f", "qcow2", base.toString(), Long.toString(size)).ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 7 0 24M", base.toString()).ok();
+        Qemu.img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "-o",
+                "cluster_size=" + clusterSize + ",extended_l2=" + extL2, img.toString()).ok();
+        long[] grans = {512, 1024, 4096, 65536, 1 << 20, 1 << 24};
+        for (int k = 0; k < grans.length; k++) {
+            Qemu.img("bitmap", "--add", "-g", Long.toString(grans[k]), img.toString(), "on" + k).ok();
+            Qemu.img("bitmap", "--add", "--disable", "-g", Long.toString(grans[k]), img.toString(), "off" + k).ok();
+        }
+        Qemu.io("-f", "qcow2", "-c", "write 3M 3k", img.toString()).ok();
+        Qemu.img("snapshot", "-c", "s1", img.toString()).ok();
+        List<long[]> writes = new ArrayList<>(List.of(new long[] {3L << 20, 3072}));
+        List<long[]> ours = randomWrites(new Random(clusterSize), size, 25, 100_000);
+        try (Image i = Fixtures.openRw(core, img)) {
+            int k = 0;
+            for (long[] w : ours) {
+                switch (k++ % 4) {
+                    case 0 -> i.write(w[0], ByteBuffer.wrap(Fixtures.pattern((int) w[1], k)), 0);
+                    case 1 -> i.writeZeroes(w[0], w[1], org.blockhaus.api.BlockNode.MAY_UNMAP);
+                    case 2 -> i.discard(w[0], w[1]);
+                    default -> i.write(w[0], ByteBuffer.allocate((int) w[1]), org.blockhaus.api.BlockNode.FUA);
+                }
+            }
+            SnapshotsAccess.create(i, "s2");
+        }
+        writes.addAll(ours);
+        assertQemuCheckClean(img);
+        assertFalse(Qemu.img("info", img.toString()).ok().out().contains("in-use"));
+        for (int k = 0; k < grans.length; k++) {
+            assertEquals(show(expected(writes, grans[k], size)), show(qemuDirty(img, "on" + k)), "on" + k);
+            assertEquals("", show(qemuDirty(img, "off" + k)), "off" + k);
+        }
+        try (Image i = Fixtures.openRo(core, img)) {
+            for (int k = 0; k < grans.length; k++) {
+                assertEquals(show(qemuDirty(img, "on" + k)), show(ourDirty(bitmaps(i), "on" + k)));
+            }
+        }
+    }
+
     /** Snapshot operations through the driver node. */
     static final class SnapshotsAccess {
         static void create(Image i, String name) throws BlockException {
