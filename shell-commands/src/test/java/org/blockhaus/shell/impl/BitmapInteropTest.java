@@ -80,6 +80,21 @@ class BitmapInteropTest extends QemuComparison {
     }
 
     @Test
+    void gogoCommandChangesTheImageAsTheCommandLine() throws Exception {
+        image("g.qcow2");
+        BlkCommands commands = new BlkCommands();
+        commands.core = org.blockhaus.core.BlockCore.standalone();
+        commands.core.addDriver(new org.blockhaus.format.raw.RawDriver());
+        commands.core.addDriver(TestDrivers.file());
+        commands.core.addDriver(TestDrivers.qcow2());
+        String g = dir.resolve("g.qcow2").toString();
+        assertEquals("", ((Results.Text) commands.bitmap(null, "--add", "-g", "512", g, "gogo")).text());
+        commands.bitmap(null, "--merge", "a", g, "gogo");
+        assertEquals(dirty(dir.resolve("g.qcow2"), "a"), // 4k-aligned ranges look the same at 512
+                dirty(dir.resolve("g.qcow2"), "gogo"));
+    }
+
+    @Test
     void mergeFromAnotherImage() throws Exception {
         image("d.qcow2");
         image("src.qcow2");

@@ -25,7 +25,8 @@ final class BitmapDirectory {
 
     /** QEMU's implementation limits (the spec allows more), shared so that qemu opens what we write. */
     static final int MAX_BITMAPS = 65535;
-    static final long MAX_DIRECTORY_BYTES = 64L << 20;
+    /** 1 KiB per bitmap (a little under 64 MiB): qemu's limit. */
+    static final long MAX_DIRECTORY_BYTES = 1024L * MAX_BITMAPS;
     static final int MAX_NAME_BYTES = 1023;
     static final int MIN_GRANULARITY_BITS = 9;
     static final int MAX_GRANULARITY_BITS = 31;
