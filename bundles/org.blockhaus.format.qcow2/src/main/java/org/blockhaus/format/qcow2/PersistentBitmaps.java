@@ -203,15 +203,21 @@ final class PersistentBitmaps {
         list.add(b);
     }
 
-    /** Drops a bitmap at once: a new directory without it, then its clusters are freed. */
+    /**
+     * Drops a bitmap at once: its clusters are collected first (a broken table fails here, before
+     * any change), then a new directory without it is written, then the clusters are freed.
+     */
     void remove(String name) throws BlockException {
         checkWritable();
         Bitmap b = find(name);
+        List<long[]> frees = storedClusters(b);
         list.remove(b);
         node.flushLocked();
         writeDirectory();
         node.flushLocked();
-        freeStoredClusters(b);
+        for (long[] f : frees) {
+            node.refcounts().queueFree(f[0], f[1]);
+        }
         node.flushLocked();
     }
 
@@ -255,8 +261,9 @@ final class PersistentBitmaps {
     }
 
     private void setDirty(Bitmap b, long offset, long length) throws BlockException {
-        long end = Math.min(node.size(), offset + length);
-        if (length <= 0 || offset >= end) {
+        long size = node.size();
+        long end = length >= size - offset ? size : offset + length; // no overflow for any length
+        if (length <= 0 || offset < 0 || offset >= end) {
             return;
         }
         int g = b.entry.granularityBits();
@@ -494,23 +501,23 @@ final class PersistentBitmaps {
         b.changedChunks.clear();
     }
 
-    /** Frees what a removed bitmap held on disk (after the directory stopped naming it). */
-    private void freeStoredClusters(Bitmap b) throws BlockException {
-        Refcounts rc = node.refcounts();
-        for (long[] f : b.freeAfterStore) {
-            rc.queueFree(f[0], f[1]);
-        }
+    /**
+     * What a bitmap holds on disk, {offset, bytes} each: its stored table and the data clusters it
+     * names (which include those a clear or resize already set aside in freeAfterStore).
+     */
+    private List<long[]> storedClusters(Bitmap b) throws BlockException {
+        List<long[]> out = new ArrayList<>();
         if (b.entry.tableOffset() == 0 || b.entry.tableSize() == 0) {
-            return;
+            return out;
         }
-        long[] onDisk = BitmapDirectory.readTable(file, b.entry, clusterBits);
-        for (long e : onDisk) {
+        for (long e : BitmapDirectory.readTable(file, b.entry, clusterBits)) {
             long host = e & BitmapDirectory.TABLE_OFFSET_MASK;
             if (host != 0) {
-                rc.queueFree(host, clusterSize);
+                out.add(new long[] {host, clusterSize});
             }
         }
-        rc.queueFree(b.entry.tableOffset(), (long) b.entry.tableSize() * 8);
+        out.add(new long[] {b.entry.tableOffset(), (long) b.entry.tableSize() * 8});
+        return out;
     }
 
     /**

@@ -276,6 +276,26 @@ class BitmapsTest {
     }
 
     @Test
+    void removingAfterClearOrShrinkLeavesACleanImage() throws Exception {
+        Path img = dir.resolve("f.qcow2");
+        Qemu.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", img.toString(), "8M").ok();
+        for (String b : List.of("c", "s", "keep")) {
+            Qemu.img("bitmap", "--add", "-g", "512", img.toString(), b).ok();
+        }
+        Qemu.io("-f", "qcow2", "-c", "write 0 8M", img.toString()).ok();
+        try (Image i = Fixtures.openRw(core, img)) {
+            BitmapNode n = bitmaps(i);
+            n.clearBitmap("c");
+            i.write(4096, ByteBuffer.allocate(512), 0);
+            n.removeBitmap("c");
+            i.truncate(1L << 20, false, org.blockhaus.api.Preallocation.OFF);
+            n.removeBitmap("s");
+        }
+        assertQemuCheckClean(img);
+        assertEquals("[0+1048576]", show(qemuDirty(img, "keep")));
+    }
+
+    @Test
     void resizeKeepsBitmapsAndSnapshotApplyIsRefused() throws Exception {
         Path img = dir.resolve("r.qcow2");
         Qemu.img("create", "-q", "-f", "qcow2", img.toString(), "10M").ok();
