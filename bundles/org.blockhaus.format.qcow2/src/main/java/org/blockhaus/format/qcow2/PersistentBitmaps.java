@@ -104,11 +104,7 @@ final class PersistentBitmaps {
         return null;
     }
 
-    /** Whether the image has bitmaps we keep (the autoclear bit must then stay set). */
-    boolean maintained() {
-        return !list.isEmpty();
-    }
-
+    /** No bitmaps: nothing to track, and the autoclear bit need not stay set. */
     boolean isEmpty() {
         return list.isEmpty();
     }
@@ -118,8 +114,7 @@ final class PersistentBitmaps {
     List<BitmapNode.Bitmap> list() {
         List<BitmapNode.Bitmap> out = new ArrayList<>();
         for (Bitmap b : list) {
-            out.add(new BitmapNode.Bitmap(b.entry.name(), b.entry.granularity(), b.entry.auto(),
-                    b.inconsistent || readOnly && b.entry.inUse()));
+            out.add(new BitmapNode.Bitmap(b.entry.name(), b.entry.granularity(), b.entry.auto(), b.inconsistent));
         }
         return out;
     }

@@ -160,7 +160,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     /** Clears autoclear bits we do not maintain (the spec requires it before writing). */
     void clearUnknownAutoclear() throws BlockException {
         long known = Qcow2Header.AUTOCLEAR_KNOWN
-                | (bitmaps != null && bitmaps.maintained() ? Qcow2Header.AUTOCLEAR_BITMAPS : 0);
+                | (bitmaps != null && !bitmaps.isEmpty() ? Qcow2Header.AUTOCLEAR_BITMAPS : 0);
         long keep = header.autoclearFeatures() & known;
         if (header.version() >= 3 && keep != header.autoclearFeatures()) {
             file.write(88, ByteBuffer.allocate(8).putLong(0, keep));
