@@ -365,6 +365,24 @@ class BitmapsTest {
         }
     }
 
+    @ParameterizedTest
+    @CsvSource({"off", "on"})
+    void bitmapsWithAnExternalDataFile(String raw) throws Exception {
+        Path img = dir.resolve("x.qcow2");
+        Qemu.img("create", "-q", "-f", "qcow2", "-o", "data_file=" + dir.resolve("x.data") + ",data_file_raw=" + raw, img.toString(), "8M")
+                .ok();
+        Qemu.img("bitmap", "--add", "-g", "8k", img.toString(), "b").ok();
+        Qemu.io("-f", "qcow2", "-c", "write 1M 4k", img.toString()).ok();
+        try (Image i = Fixtures.openRw(core, img)) {
+            assertEquals("[1048576+8192]", show(ourDirty(bitmaps(i), "b")));
+            i.write(5L << 20, ByteBuffer.allocate(3), 0);
+            i.writeZeroes(6L << 20, 20000, 0);
+            i.discard(7L << 20, 65536);
+        }
+        assertQemuCheckClean(img);
+        assertEquals("[1048576+8192][5242880+8192][6291456+24576][7340032+65536]", show(qemuDirty(img, "b")));
+    }
+
     /** Snapshot operations through the driver node. */
     static final class SnapshotsAccess {
         static void create(Image i, String name) throws BlockException {
