@@ -109,6 +109,9 @@ final class ImgBitmap {
         }
         String filename = positional.get(0);
         String bitmap = positional.get(1);
+        if (imageOpts && fmt != null) {
+            throw BlockException.invalid("--image-opts and --format are mutually exclusive");
+        }
         Image image = img.open(filename, fmt, imageOpts, true, false);
         try {
             BitmapNode node = image.driverNode() instanceof BitmapNode b ? b : null;

@@ -72,6 +72,14 @@ class BitmapInteropTest extends QemuComparison {
             {"bitmap", "--add", "d.qcow2", "a", "b"},
             {"bitmap", "--bogus", "d.qcow2", "a"},
             {"bitmap", "--add", "nofile.qcow2", "a"},
+            {"bitmap", "--add", "-f", "qcow2", "d.qcow2", "fmt"},
+            {"bitmap", "--add", "--image-opts", "driver=qcow2,file.filename=d.qcow2", "opts"},
+            {"bitmap", "--add", "--image-opts", "-f", "qcow2", "driver=qcow2,file.filename=d.qcow2", "opts"},
+            {"bitmap", "--add", "--object", "secret,id=s0,data=x", "d.qcow2", "obj"},
+            {"bitmap", "--granularity=8k", "--add", "d.qcow2", "long"},
+            {"bitmap", "-g8k", "--add", "d.qcow2", "short"},
+            {"info", "d.qcow2"},
+            {"info", "--output=json", "d.qcow2"},
         };
         for (String[] c : cases) {
             Twin t = assertSameEffect(List.of("d.qcow2"), c);
