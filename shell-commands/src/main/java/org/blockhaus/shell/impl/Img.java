@@ -3,6 +3,7 @@ package org.blockhaus.shell.impl;
 import java.io.PrintStream;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -83,7 +84,15 @@ final class Img {
     }
 
     Object run(String command, String[] args) throws UsageException, BlockException, CommandException {
-        for (String arg : args) {
+        String[] options = args;
+        if (command.equals("resize")) {
+            // qemu-img resize takes its size off the end first: "-1G" there is a size, not an option
+            if (args.length < 2) {
+                throw new UsageException("Not enough arguments");
+            }
+            options = Arrays.copyOf(args, args.length - 1);
+        }
+        for (String arg : options) {
             if (arg.equals("--")) {
                 break;
             }
@@ -92,7 +101,7 @@ final class Img {
                 return new Text(Usage.TEXT);
             }
         }
-        applyObjects(args);
+        applyObjects(options);
         if (command.equals("bitmap")) {
             return new ImgBitmap(this).run(args);
         }
@@ -1160,15 +1169,16 @@ final class Img {
     /** @param withBacking false opens the image alone, as qemu-img info does */
     Image open(String filename, String fmt, boolean imageOpts, boolean writable, boolean forceShare,
             boolean withBacking) throws BlockException {
+        if (imageOpts && fmt != null) {
+            // qemu-img refuses the pair before it tries to open anything
+            throw BlockException.invalid("--image-opts and --format are mutually exclusive");
+        }
         try {
             Options o = Options.empty();
             String name = filename;
             if (imageOpts) {
                 o = Options.parseKeyValue(filename, "file");
                 name = null;
-                if (fmt != null) {
-                    throw BlockException.invalid("--image-opts and --format are mutually exclusive");
-                }
             } else if (fmt != null) {
                 o = Options.of("driver", fmt);
             }

@@ -958,20 +958,30 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         l2.write(t);
     }
 
+    /**
+     * qemu-img resize. Internal snapshots keep their own L1 table and disk size: growing or shrinking
+     * changes only the active state (qemu 7.2 does the same for version 3 images; version 2 snapshot
+     * entries need not record a disk size, so applying one after a resize could not restore it).
+     */
     @Override
     public void truncate(long newSize, boolean exact, Preallocation prealloc) throws BlockException {
         lock.lock();
         try {
             prepareWrite();
-            if (header.nbSnapshots() > 0) {
-                throw BlockException.unsupported("Resizing qcow2 images with internal snapshots");
+            if ((newSize & 511) != 0) {
+                throw BlockException.invalid("The new size must be a multiple of 512");
             }
-            newSize = (newSize + 511) & ~511L;
+            if (header.nbSnapshots() > 0 && header.version() < 3) {
+                throw new BlockException(Reason.UNSUPPORTED, "Can't resize a v2 image which has snapshots");
+            }
             if (newSize < size) {
                 if (prealloc != null && prealloc != Preallocation.OFF) {
                     throw BlockException.invalid("Preallocation can't be used for shrinking an image");
                 }
                 shrink(newSize);
+                if (external) {
+                    data.truncateTo(newSize, exact);
+                }
                 if (bitmaps != null) {
                     bitmaps.resize(newSize);
                 }
@@ -979,21 +989,24 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
             long need = Qcow2Header.l1EntriesFor(newSize, clusterBits, extL2);
             if (need * 8 > Qcow2Header.MAX_L1_BYTES) {
-                throw BlockException.invalid("qcow2: the image size is too large for the cluster size");
+                // qemu's wording (EFBIG from growing the L1 table)
+                throw new BlockException(Reason.NO_SPACE, "Failed to grow the L1 table: File too large");
             }
             flushLocked();
             if (need > l1.length) {
                 growL1((int) need);
             }
+            long oldSize = size;
+            if (prealloc != null && prealloc != Preallocation.OFF) {
+                preallocateLocked(oldSize, newSize, prealloc);
+            } else if (external) {
+                data.truncateTo(newSize, exact);
+            }
             file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
             file.flush();
-            long oldSize = size;
             size = newSize;
             if (bitmaps != null) {
                 bitmaps.resize(newSize);
-            }
-            if (prealloc != null && prealloc != Preallocation.OFF) {
-                preallocateLocked(oldSize, newSize, prealloc);
             }
         } finally {
             lock.unlock();
@@ -1002,7 +1015,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
 
     /**
      * Shrinking (the caller asked for it, as qemu-img's --shrink): every cluster wholly past the new
-     * end is released, L2 tables that map only such clusters too; the L1 table keeps its size.
+     * end is released, L2 tables that map only such clusters too; the L1 table keeps its size. A
+     * table shared with a snapshot is copied before it changes (or, when dropped whole, loses only
+     * the active reference), so snapshots keep everything they map. The file then ends after its
+     * last used cluster, as qemu leaves it.
      */
     private void shrink(long newSize) throws BlockException {
         long firstDropped = (newSize + clusterSize - 1) & -clusterSize;
@@ -1032,6 +1048,14 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
         file.flush();
         size = newSize;
+        long end = (refcounts.highestUsedCluster() + 1) << clusterBits;
+        if (end < file.size()) {
+            try {
+                file.truncateTo(end, false);
+            } catch (BlockException e) {
+                // the image is complete without it: a longer file only wastes space (qemu just warns)
+            }
+        }
     }
 
     /** Moves the L1 table to a bigger, contiguous place; the old one is freed afterwards. */
@@ -1114,7 +1138,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
         }
         if (external) {
-            data.ensureSize(to);
+            // the data file grows with the mode asked for (metadata alone reserves nothing there)
+            data.growWith(to, mode == Preallocation.METADATA ? Preallocation.OFF : mode);
         } else if (oneRun) {
             file.growWith(last, mode);
         } else {
