@@ -3,6 +3,7 @@ package org.blockhaus.shell.impl;
 import java.io.PrintStream;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -13,6 +14,7 @@ import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.BlockStatus;
 import org.blockhaus.api.ConvertOptions;
 import org.blockhaus.api.Image;
+import org.blockhaus.api.spi.BitmapNode;
 import org.blockhaus.api.Options;
 import org.blockhaus.api.Sizes;
 import org.blockhaus.api.spi.OptionSpec;
@@ -61,7 +63,7 @@ final class Img {
         this.err = err;
     }
 
-    static final Set<String> OWN = Set.of("drivers", "create", "info", "convert", "compare", "map");
+    static final Set<String> OWN = Set.of("drivers", "create", "info", "convert", "compare", "map", "bitmap");
     static final Set<String> SUBCOMMANDS;
 
     static {
@@ -82,7 +84,15 @@ final class Img {
     }
 
     Object run(String command, String[] args) throws UsageException, BlockException, CommandException {
-        for (String arg : args) {
+        String[] options = args;
+        if (command.equals("resize")) {
+            // qemu-img resize takes its size off the end first: "-1G" there is a size, not an option
+            if (args.length < 2) {
+                throw new UsageException("Not enough arguments");
+            }
+            options = Arrays.copyOf(args, args.length - 1);
+        }
+        for (String arg : options) {
             if (arg.equals("--")) {
                 break;
             }
@@ -94,7 +104,7 @@ final class Img {
         // --object definitions last as long as the command, as they do in a qemu-img process
         List<String> objectIds = new ArrayList<>();
         try {
-            applyObjects(args, objectIds);
+            applyObjects(options, objectIds);
             return runCommand(command, args);
         } finally {
             objectIds.forEach(core::removeObject);
@@ -103,6 +113,9 @@ final class Img {
 
     private Object runCommand(String command, String[] args) throws UsageException, BlockException,
             CommandException {
+        if (command.equals("bitmap")) {
+            return new ImgBitmap(this).run(args);
+        }
         if (ImgMaintenance.COMMANDS.contains(command)) {
             return new ImgMaintenance(core, this, out).run(command, args);
         }
@@ -839,8 +852,14 @@ final class Img {
     Object convert(String[] argv) throws UsageException, BlockException, CommandException {
         Args a = Args.parse(argv, "fOoSmtTBFlr", "hpqncUWC", Set.of("object"),
                 Set.of("force-share", "image-opts", "target-image-opts", "help", "target-is-zero", "salvage",
-                        "bitmaps"));
+                        "bitmaps", "skip-broken-bitmaps"));
         List<String> pos = a.positional();
+        if (a.has("skip-broken-bitmaps") && !a.has("bitmaps")) {
+            throw BlockException.invalid("Use of --skip-broken-bitmaps requires --bitmaps");
+        }
+        if (a.has("bitmaps") && pos.size() > 2) {
+            throw BlockException.invalid("Copying bitmaps only possible with single source");
+        }
         String outFmt = a.get("O", "raw");
         checkRateLimit(a);
         String optText = String.join(",", a.all("o"));
@@ -914,6 +933,8 @@ final class Img {
             if (a.has("l")) {
                 loadSnapshot(sources.get(0), a.get("l"));
             }
+            List<BitmapNode.Bitmap> bitmaps = a.has("bitmaps") && !sources.isEmpty()
+                    ? ImgBitmap.bitmapsToCopy(this, sources.get(0), a.has("skip-broken-bitmaps")) : List.of();
             if (!noCreate) {
                 List<OptionSpec> specs = core.createOptions(outFmt, target);
                 Options o = Options.parseKeyValue(optText, null);
@@ -966,6 +987,9 @@ final class Img {
             if (noCreate && dst.size() < total) {
                 throw BlockException.invalid("output file is smaller than input file");
             }
+            if (a.has("bitmaps")) {
+                ImgBitmap.checkTargetSupportsBitmaps(dst, bitmaps);
+            }
             Progress p = new Progress(a.has("p") && !a.has("q") ? out : null);
             if (backing != null && sources.size() == 1) {
                 copyTopLayer(sources.get(0), dst, p, minSparse);
@@ -974,6 +998,9 @@ final class Img {
                 ConvertOptions copts = ConvertOptions.DEFAULT.withMinSparse(minSparse).withCompress(a.has("c"))
                         .withTargetIsZero(zero).withParallel(parallel).withOutOfOrder(a.has("W"));
                 core.convert(sources, dst, copts, a.has("p") && !a.has("q") ? dataProgress(sources, p) : p::update);
+            }
+            if (!bitmaps.isEmpty()) {
+                ImgBitmap.copyBitmaps(sources.get(0), dst, bitmaps);
             }
             p.finish();
             return new Converted(total);
@@ -1257,15 +1284,16 @@ final class Img {
 
     private Image open(String filename, String fmt, boolean imageOpts, OpenMode mode, boolean withBacking)
             throws BlockException {
+        if (imageOpts && fmt != null) {
+            // qemu-img refuses the pair before it tries to open anything
+            throw BlockException.invalid("--image-opts and --format are mutually exclusive");
+        }
         try {
             Options o = Options.empty();
             String name = filename;
             if (imageOpts) {
                 o = Options.parseKeyValue(filename, "file");
                 name = null;
-                if (fmt != null) {
-                    throw BlockException.invalid("--image-opts and --format are mutually exclusive");
-                }
             } else if (fmt != null) {
                 o = Options.of("driver", fmt);
             }

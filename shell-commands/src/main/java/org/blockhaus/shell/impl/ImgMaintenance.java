@@ -3,6 +3,7 @@ package org.blockhaus.shell.impl;
 import java.io.PrintStream;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Set;
 import java.util.concurrent.ExecutorService;
@@ -15,7 +16,6 @@ import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
 import org.blockhaus.api.Options;
 import org.blockhaus.api.Preallocation;
-import org.blockhaus.api.Sizes;
 import org.blockhaus.api.spi.AmendableNode;
 import org.blockhaus.api.spi.CheckResult;
 import org.blockhaus.api.spi.CheckableNode;
@@ -109,18 +109,23 @@ final class ImgMaintenance {
 
     // ---- resize -------------------------------------------------------------------------
 
+    /**
+     * qemu-img resize: the size is always the last argument, taken before the options are read, so
+     * "-1G" needs no "--"; it is parsed (and refused) before the image is opened. A relative size
+     * is added with qemu's 64-bit wrap-around, then checked to be positive.
+     */
     Object resize(String[] argv) throws UsageException, BlockException {
-        Args a = Args.parse(argv, "f", "hqU", Set.of("object", "preallocation"), Set.of("image-opts", "shrink",
-                "help"));
-        List<String> pos = a.positional();
-        if (pos.size() < 2) {
+        if (argv.length < 2) {
             throw new UsageException("Not enough arguments");
         }
-        if (pos.size() > 2) {
+        String sizeText = argv[argv.length - 1];
+        Args a = Args.parse(Arrays.copyOf(argv, argv.length - 1), "f", "hq", Set.of("object",
+                "preallocation"), Set.of("image-opts", "shrink", "help"));
+        List<String> pos = a.positional();
+        if (pos.size() != 1) {
             throw new UsageException("Expecting image file name and size");
         }
         String filename = pos.get(0);
-        String sizeText = pos.get(1);
         Preallocation prealloc = Preallocation.OFF;
         if (a.has("preallocation")) {
             try {
@@ -129,32 +134,16 @@ final class ImgMaintenance {
                 throw BlockException.invalid("Invalid preallocation mode '" + a.get("preallocation") + "'");
             }
         }
+        int relative = sizeText.startsWith("+") ? 1 : sizeText.startsWith("-") ? -1 : 0;
+        long n = SizeArg.parse(relative == 0 ? sizeText : sizeText.substring(1), "size", img::warn);
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), true, false);
         try {
             long current = image.size();
-            long size;
-            try {
-                if (sizeText.startsWith("+") || sizeText.startsWith("-")) {
-                    long delta = Sizes.parse(sizeText.substring(1));
-                    size = sizeText.startsWith("+") ? Math.addExact(current, delta) : current - delta;
-                } else {
-                    size = Sizes.parse(sizeText);
-                }
-            } catch (BlockException | ArithmeticException e) {
-                java.math.BigInteger exact = exactSize(sizeText.replaceFirst("^[+-]", ""));
-                if (exact != null && exact.bitLength() > 64) {
-                    throw BlockException.invalid("Value '" + sizeText.replaceFirst("^[+-]", "")
-                            + "' is out of range for parameter 'size'");
-                }
-                if (exact != null) {
-                    // below 2^64 but past 2^63 - 1: qemu-img's signed size turns negative
-                    throw BlockException.invalid("New image size must be positive");
-                }
-                throw BlockException.invalid("Parameter 'size' expects a non-negative number below 2^64\n"
-                        + "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                        + "and exabytes, respectively.");
+            long size = current + relative * n; // n is unsigned: this wraps as qemu-img's int64_t sum does
+            if (relative == 0) {
+                size = n;
             }
-            if (size <= 0 && !(sizeText.startsWith("+") || sizeText.startsWith("-")) || size < 0) {
+            if (size <= 0) {
                 throw BlockException.invalid("New image size must be positive");
             }
             if (size <= current && prealloc != Preallocation.OFF) {
@@ -413,17 +402,33 @@ final class ImgMaintenance {
         }
         Image top = core.open(filename, o, new OpenMode(true, false, img::warn));
         try {
+            // qemu empties the top with the format's make_empty, which its dirty bitmaps do not see
+            List<String> paused = new ArrayList<>();
+            if (top.driverNode() instanceof org.blockhaus.api.spi.BitmapNode bn) {
+                for (org.blockhaus.api.spi.BitmapNode.Bitmap b : bn.bitmaps()) {
+                    if (b.enabled() && !b.inconsistent()) {
+                        bn.enableBitmap(b.name(), false);
+                        paused.add(b.name());
+                    }
+                }
+            }
+            boolean emptied = false;
             if (top.driverNode() instanceof org.blockhaus.api.spi.AmendableNode amendable) {
                 try {
                     amendable.makeEmpty(); // qemu's make_empty: unallocated, not zero clusters
-                    return;
+                    emptied = true;
                 } catch (BlockException e) {
                     if (e.reason() != BlockException.Reason.UNSUPPORTED) {
                         throw e;
                     }
                 }
             }
-            top.discard(0, top.size());
+            if (!emptied) {
+                top.discard(0, top.size());
+            }
+            for (String name : paused) {
+                ((org.blockhaus.api.spi.BitmapNode) top.driverNode()).enableBitmap(name, true);
+            }
         } finally {
             top.close();
         }
@@ -544,16 +549,6 @@ final class ImgMaintenance {
     }
 
     /** The value of a size written as qemu-img reads it, or null if it is not a size at all. */
-    private static java.math.BigInteger exactSize(String text) {
-        var m = java.util.regex.Pattern.compile("([0-9]+(?:\\.[0-9]*)?)([bBkKmMgGtTpPeE]?)").matcher(text.trim());
-        if (!m.matches()) {
-            return null;
-        }
-        int shift = m.group(2).isEmpty() ? 0 : "BKMGTPE".indexOf(Character.toUpperCase(m.group(2).charAt(0))) * 10;
-        return new java.math.BigDecimal(m.group(1)).multiply(new java.math.BigDecimal(
-                java.math.BigInteger.ONE.shiftLeft(shift))).toBigInteger();
-    }
-
     private static boolean samePath(String a, String b) {
         try {
             return java.nio.file.Path.of(a).toAbsolutePath().normalize()

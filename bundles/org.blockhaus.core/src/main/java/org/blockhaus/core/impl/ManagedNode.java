@@ -28,6 +28,8 @@ final class ManagedNode implements Image {
     /** How long close waits for requests in flight before closing anyway. */
     private static final long CLOSE_WAIT_SECONDS = 30;
     private static final int ZERO_CHUNK = 1 << 20;
+    /** qemu's BDRV_MAX_LENGTH: the largest size a node may be given (2^63 - 1, rounded down to 1 GiB). */
+    static final long MAX_LENGTH = Long.MAX_VALUE & -(1L << 30);
 
     private final String driverName;
     private final String filename;
@@ -398,6 +400,9 @@ final class ManagedNode implements Image {
             checkWritable();
             if (size < 0) {
                 throw BlockException.invalid("Image size cannot be negative");
+            }
+            if (size > MAX_LENGTH) {
+                throw BlockException.invalid("offset(" + size + ") exceeds maximum(" + MAX_LENGTH + ")");
             }
             node.truncate(size, exact, prealloc);
         } finally {

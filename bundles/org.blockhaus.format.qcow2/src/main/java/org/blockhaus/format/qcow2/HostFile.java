@@ -85,6 +85,12 @@ final class HostFile {
         }
     }
 
+    /** Sets the file's length to {@code end} (a resize of the data file, or dropping a freed tail). */
+    void truncateTo(long end, boolean exact) throws BlockException {
+        file.truncate(end, exact, Preallocation.OFF);
+        size = file.size();
+    }
+
     void flush() throws BlockException {
         file.flush();
     }

@@ -18,6 +18,7 @@ import org.blockhaus.api.Options;
 import org.blockhaus.api.Preallocation;
 import org.blockhaus.api.spi.CheckResult;
 import org.blockhaus.api.spi.AmendableNode;
+import org.blockhaus.api.spi.BitmapNode;
 import org.blockhaus.api.spi.CheckableNode;
 import org.blockhaus.api.spi.SnapshotNode;
 
@@ -29,7 +30,7 @@ import org.blockhaus.api.spi.SnapshotNode;
  * which writes them in the order that survives a crash: refcount increases, then L2 tables, then
  * the L1 table, then refcount decreases (see {@link Refcounts}). One lock serialises requests.
  */
-final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
+final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, BitmapNode {
     static final long L1_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
     static final long L2_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
     static final long OFLAG_COPIED = 1L << 63;
@@ -72,6 +73,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     private long cachedCompressedGuest = -1;
     private final byte[] cachedCompressed;
     private boolean closed;
+    /** Persistent dirty bitmaps; null until {@link #openBitmaps} (the driver calls it after open). */
+    private PersistentBitmaps bitmaps;
 
     Qcow2Node(HostFile file, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes)
             throws BlockException {
@@ -146,9 +149,21 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     // ---- opening-time fixes -----------------------------------------------------------------
 
+    /** Reads the bitmap directory; read-write, also marks the bitmaps in use (see {@link PersistentBitmaps}). */
+    void openBitmaps() throws BlockException {
+        lock.lock();
+        try {
+            bitmaps = PersistentBitmaps.open(this, readOnly);
+        } finally {
+            lock.unlock();
+        }
+    }
+
     /** Clears autoclear bits we do not maintain (the spec requires it before writing). */
     void clearUnknownAutoclear() throws BlockException {
-        long keep = header.autoclearFeatures() & Qcow2Header.AUTOCLEAR_KNOWN;
+        long known = Qcow2Header.AUTOCLEAR_KNOWN
+                | (bitmaps != null && !bitmaps.isEmpty() ? Qcow2Header.AUTOCLEAR_BITMAPS : 0);
+        long keep = header.autoclearFeatures() & known;
         if (header.version() >= 3 && keep != header.autoclearFeatures()) {
             file.write(88, ByteBuffer.allocate(8).putLong(0, keep));
             file.flush();
@@ -559,6 +574,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    /** Enabled persistent bitmaps record every guest change (write, zeroes, discard). */
+    private void trackWrite(long offset, long length) throws BlockException {
+        if (bitmaps != null && !bitmaps.isEmpty()) {
+            bitmaps.guestWrite(offset, length);
+        }
+    }
+
     private void checkOpen() throws BlockException {
         if (closed) {
             throw new BlockException(Reason.CLOSED, "qcow2 node is closed");
@@ -629,6 +651,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            trackWrite(offset, src.remaining());
             writeLocked(offset, src);
             if ((flags & FUA) != 0) {
                 flushLocked();
@@ -665,6 +688,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            trackWrite(offset, len);
             for (int k = 0; k < clusters; k++) {
                 long guest = offset + (long) k * clusterSize;
                 int n = Math.min(clusterSize, len - k * clusterSize);
@@ -859,6 +883,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             prepareWrite();
             boolean unmap = (flags & MAY_UNMAP) != 0;
             int unit = extL2 ? 1 << subclusterBits : clusterSize;
+            trackWrite(offset, length);
             long guest = offset;
             long end = offset + length;
             while (guest < end) {
@@ -1065,6 +1090,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            trackWrite(offset, length);
             if (rawExternal) {
                 return; // the data file must keep the guest's view
             }
@@ -1169,36 +1195,55 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         l2.write(t);
     }
 
+    /**
+     * qemu-img resize. Internal snapshots keep their own L1 table and disk size: growing or shrinking
+     * changes only the active state (qemu 7.2 does the same for version 3 images; version 2 snapshot
+     * entries need not record a disk size, so applying one after a resize could not restore it).
+     */
     @Override
     public void truncate(long newSize, boolean exact, Preallocation prealloc) throws BlockException {
         lock.lock();
         try {
             prepareWrite();
-            if (header.nbSnapshots() > 0) {
-                throw BlockException.unsupported("Resizing qcow2 images with internal snapshots");
+            if ((newSize & 511) != 0) {
+                throw BlockException.invalid("The new size must be a multiple of 512");
             }
-            newSize = (newSize + 511) & ~511L;
+            if (header.nbSnapshots() > 0 && header.version() < 3) {
+                throw new BlockException(Reason.UNSUPPORTED, "Can't resize a v2 image which has snapshots");
+            }
             if (newSize < size) {
                 if (prealloc != null && prealloc != Preallocation.OFF) {
                     throw BlockException.invalid("Preallocation can't be used for shrinking an image");
                 }
                 shrink(newSize);
+                if (external) {
+                    data.truncateTo(newSize, exact);
+                }
+                if (bitmaps != null) {
+                    bitmaps.resize(newSize);
+                }
                 return;
             }
             long need = Qcow2Header.l1EntriesFor(newSize, clusterBits, extL2);
             if (need * 8 > Qcow2Header.MAX_L1_BYTES) {
-                throw BlockException.invalid("qcow2: the image size is too large for the cluster size");
+                // qemu's wording (EFBIG from growing the L1 table)
+                throw new BlockException(Reason.NO_SPACE, "Failed to grow the L1 table: File too large");
             }
             flushLocked();
             if (need > l1.length) {
                 growL1((int) need);
             }
-            file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
-            file.flush();
             long oldSize = size;
-            size = newSize;
             if (prealloc != null && prealloc != Preallocation.OFF) {
                 preallocateLocked(oldSize, newSize, prealloc);
+            } else if (external) {
+                data.truncateTo(newSize, exact);
+            }
+            file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
+            file.flush();
+            size = newSize;
+            if (bitmaps != null) {
+                bitmaps.resize(newSize);
             }
         } finally {
             lock.unlock();
@@ -1207,7 +1252,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     /**
      * Shrinking (the caller asked for it, as qemu-img's --shrink): every cluster wholly past the new
-     * end is released, L2 tables that map only such clusters too; the L1 table keeps its size.
+     * end is released, L2 tables that map only such clusters too; the L1 table keeps its size. A
+     * table shared with a snapshot is copied before it changes (or, when dropped whole, loses only
+     * the active reference), so snapshots keep everything they map. The file then ends after its
+     * last used cluster, as qemu leaves it.
      */
     private void shrink(long newSize) throws BlockException {
         long firstDropped = (newSize + clusterSize - 1) & -clusterSize;
@@ -1237,6 +1285,14 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
         file.flush();
         size = newSize;
+        long end = (refcounts.highestUsedCluster() + 1) << clusterBits;
+        if (end < file.size()) {
+            try {
+                file.truncateTo(end, false);
+            } catch (BlockException e) {
+                // the image is complete without it: a longer file only wastes space (qemu just warns)
+            }
+        }
     }
 
     /** Moves the L1 table to a bigger, contiguous place; the old one is freed afterwards. */
@@ -1319,7 +1375,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             }
         }
         if (external) {
-            data.ensureSize(to);
+            // the data file grows with the mode asked for (metadata alone reserves nothing there)
+            data.growWith(to, mode == Preallocation.METADATA ? Preallocation.OFF : mode);
         } else if (oneRun) {
             file.growWith(last, mode);
         } else {
@@ -1479,6 +1536,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         if (header.version() >= 3) {
             data.put("lazy-refcounts", header.lazyRefcounts());
         }
+        if (bitmaps != null && !bitmaps.isEmpty()) {
+            data.put("bitmaps", bitmaps.info());
+        }
         data.put("refcount-bits", (long) header.refcountBits());
         if (external) {
             if (header.dataFile() != null) {
@@ -1592,6 +1652,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            if (bitmaps != null && !bitmaps.isEmpty()) {
+                throw BlockException.invalid("Device has active dirty bitmaps");
+            }
             flushLocked();
             new SnapshotOps(this).apply(nameOrId);
             cachedCompressedGuest = -1;
@@ -1643,6 +1706,116 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    // ---- persistent dirty bitmaps (PersistentBitmaps does the work) -------------------------------
+
+    private PersistentBitmaps bitmapsOrFail() throws BlockException {
+        checkOpen();
+        if (bitmaps == null) {
+            throw new IllegalStateException("bitmaps not opened");
+        }
+        return bitmaps;
+    }
+
+    @Override
+    public List<Bitmap> bitmaps() throws BlockException {
+        lock.lock();
+        try {
+            return bitmapsOrFail().list();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void addBitmap(String name, long granularity, boolean disabled) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().add(name, granularity, disabled);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void removeBitmap(String name) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().remove(name);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void clearBitmap(String name) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().clear(name);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void enableBitmap(String name, boolean enabled) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().setEnabled(name, enabled);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void setBitmapDirty(String name, long offset, long length) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().setDirty(name, offset, length);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public DirtyRange nextDirty(String name, long offset) throws BlockException {
+        lock.lock();
+        try {
+            return bitmapsOrFail().nextDirty(name, offset);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    /**
+     * For PersistentBitmaps (lock held): a header with {@code ext} as its bitmaps extension (null:
+     * none) and the bitmaps autoclear bit set to match.
+     */
+    void replaceBitmapsExtension(byte[] ext) throws BlockException {
+        Qcow2Header h = header;
+        List<Qcow2Header.Extension> exts = new ArrayList<>();
+        for (Qcow2Header.Extension e : h.unknownExtensions()) {
+            if (e.type() != Qcow2Header.EXT_BITMAPS) {
+                exts.add(e);
+            }
+        }
+        if (ext != null) {
+            exts.add(new Qcow2Header.Extension(Qcow2Header.EXT_BITMAPS, ext));
+        }
+        long autoclear = ext != null ? h.autoclearFeatures() | Qcow2Header.AUTOCLEAR_BITMAPS
+                : h.autoclearFeatures() & ~Qcow2Header.AUTOCLEAR_BITMAPS;
+        header = new Qcow2Header(h.version(), h.backingFileOffset(), h.backingFileSize(), clusterBits, size,
+                h.cryptMethod(), l1.length, l1Offset, refcounts.tableOffset(), refcounts.tableClusters(),
+                h.nbSnapshots(), h.snapshotsOffset(), h.incompatibleFeatures(), h.compatibleFeatures(), autoclear,
+                h.refcountOrder(), h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(),
+                h.dataFile(), h.featureNames(), List.copyOf(exts));
+        rewriteHeader(h.version(), h.backingFile(), h.backingFormat(), h.compatibleFeatures());
+    }
+
     // ---- for SnapshotOps (callers hold the lock) ------------------------------------------------
 
     long[] readTable(long offset, int entries) throws BlockException {
@@ -1677,6 +1850,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             }
             if (!readOnly) {
                 flushLocked();
+                if (bitmaps != null) {
+                    bitmaps.store();
+                }
                 if (header.dirty()) {
                     // everything is on disk and consistent: a clean close clears the dirty bit
                     writeIncompatible(header.incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);

@@ -77,7 +77,7 @@ class ResizeAndConcurrencyTest {
         Qemu.io("-f", "qcow2", "-c", "write -P 1 0 16M", img.toString()).ok();
         BlockCore core = Fixtures.core();
         try (Image i = Fixtures.openRw(core, img)) {
-            i.truncate(3 * (1 << 20) + 1000, false, Preallocation.OFF);
+            i.truncate(3 * (1 << 20) + 1024, false, Preallocation.OFF);
             assertEquals(3 * (1 << 20) + 1024, i.size());
         }
         Qemu.Result check = Qemu.img("check", "--output=json", img.toString());
@@ -89,6 +89,25 @@ class ResizeAndConcurrencyTest {
         }
         Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0 3149824 1M", img.toString()).ok();
         assertEquals(0, Qemu.img("check", img.toString()).exit());
+    }
+
+    /** qemu's qcow2 refuses sizes that are not whole sectors (it does not round them). */
+    @Test
+    void refusesASizeThatIsNotAMultipleOf512AndChangesNothing() throws Exception {
+        Path img = dir.resolve("u.qcow2");
+        Qemu.img("create", "-f", "qcow2", img.toString(), "1M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 7 0 1M", img.toString()).ok();
+        byte[] before = Files.readAllBytes(img);
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            for (long bad : new long[] {(1 << 20) + 1, (1 << 20) + 511, 1000, (3L << 40) + 100}) {
+                BlockException e = assertThrows(BlockException.class,
+                        () -> i.truncate(bad, false, Preallocation.OFF));
+                assertEquals("The new size must be a multiple of 512", e.getMessage());
+                assertEquals(1 << 20, i.size());
+            }
+        }
+        assertArrayEquals(before, Files.readAllBytes(img));
     }
 
     @Test

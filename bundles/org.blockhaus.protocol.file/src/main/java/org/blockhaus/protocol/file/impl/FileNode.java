@@ -382,7 +382,6 @@ final class FileNode implements org.blockhaus.api.spi.PermissionAwareNode {
     /** Shared by resize and create: grows or shrinks the file behind {@code fd}. */
     static void resize(Native nat, int fd, FileChannel channel, Path path, long cur, long size,
             Preallocation prealloc) throws BlockException {
-        String name = path.toString();
         try {
             switch (prealloc) {
                 case OFF -> setLength(nat, fd, channel, size);
@@ -408,7 +407,7 @@ final class FileNode implements org.blockhaus.api.spi.PermissionAwareNode {
             }
         } catch (IOException e) {
             throw new BlockException(e.getMessage() != null && e.getMessage().contains("No space")
-                    ? Reason.NO_SPACE : Reason.IO, "Could not resize file '" + name + "': " + e.getMessage(), e);
+                    ? Reason.NO_SPACE : Reason.IO, "Could not resize file: " + e.getMessage(), e);
         }
     }
 
