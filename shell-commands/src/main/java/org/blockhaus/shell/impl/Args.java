@@ -14,9 +14,20 @@ import java.util.Set;
  */
 final class Args {
     /** A usage error: qemu-img prints the message and exits 1. */
-    static final class UsageException extends Exception {
+    static class UsageException extends Exception {
         UsageException(String message) {
             super(message);
+        }
+    }
+
+    /**
+     * {@code -h} or {@code --help} met as an option (not as another option's argument): every
+     * qemu-img command then prints the whole help and exits 0, ignoring the rest of the line;
+     * options before it are still parsed, so an unknown one fails first.
+     */
+    static final class HelpRequested extends UsageException {
+        HelpRequested() {
+            super("help");
         }
     }
 
@@ -51,6 +62,13 @@ final class Args {
                     value = name.substring(eq + 1);
                     name = name.substring(0, eq);
                 }
+                name = longName(name, longWithArg, longFlags);
+                if (name == null) {
+                    throw new UsageException("unrecognized option '" + arg + "'");
+                }
+                if (name.equals("help") && value == null) {
+                    throw new HelpRequested();
+                }
                 if (longWithArg.contains(name)) {
                     if (value == null) {
                         if (i + 1 >= argv.length) {
@@ -61,7 +79,8 @@ final class Args {
                     a.add(name, value);
                 } else if (longFlags.contains(name)) {
                     if (value != null) {
-                        throw new UsageException("option '--" + name + "' doesn't allow an argument");
+                        // qemu-img reports every getopt complaint but a missing argument this way
+                        throw new UsageException("unrecognized option '" + arg + "'");
                     }
                     a.add(name, "");
                 } else {
@@ -72,6 +91,9 @@ final class Args {
             for (int j = 1; j < arg.length(); j++) {
                 char c = arg.charAt(j);
                 String key = String.valueOf(c);
+                if (c == 'h' && shortWithArg.indexOf(c) < 0) {
+                    throw new HelpRequested();
+                }
                 if (shortWithArg.indexOf(c) >= 0) {
                     String value;
                     if (j + 1 < arg.length()) {
@@ -91,6 +113,21 @@ final class Args {
             }
         }
         return a;
+    }
+
+    /**
+     * getopt_long's matching: an exact name, else an unambiguous abbreviation ({@code --out=json});
+     * null when nothing or more than one option matches.
+     */
+    private static String longName(String given, Set<String> withArg, Set<String> flags) {
+        Set<String> all = new java.util.TreeSet<>(withArg);
+        all.addAll(flags);
+        all.add("help");
+        if (all.contains(given)) {
+            return given;
+        }
+        List<String> matches = all.stream().filter(n -> n.startsWith(given)).toList();
+        return matches.size() == 1 && !given.isEmpty() ? matches.get(0) : null;
     }
 
     private void add(String key, String value) {

@@ -82,19 +82,19 @@ final class Img {
     }
 
     Object run(String command, String[] args) throws UsageException, BlockException, CommandException {
-        for (String arg : args) {
-            if (arg.equals("--")) {
-                break;
+        try {
+            applyObjects(args);
+            if (ImgMaintenance.COMMANDS.contains(command)) {
+                return new ImgMaintenance(core, this, out).run(command, args);
             }
-            if (arg.equals("-h") || arg.equals("--help")) {
-                // qemu-img answers -h after any command with its help, exit code 0
-                return new Text(Usage.TEXT);
-            }
+            return runOwn(command, args);
+        } catch (Args.HelpRequested e) {
+            // qemu-img answers -h after any command with its whole help, exit code 0
+            return new Text(Usage.TEXT);
         }
-        applyObjects(args);
-        if (ImgMaintenance.COMMANDS.contains(command)) {
-            return new ImgMaintenance(core, this, out).run(command, args);
-        }
+    }
+
+    private Object runOwn(String command, String[] args) throws UsageException, BlockException, CommandException {
         return switch (command) {
             case "drivers" -> new Drivers(core.drivers());
             case "create" -> create(args);
@@ -117,7 +117,8 @@ final class Img {
                 def = args[++i];
             } else if (args[i].startsWith("--object=")) {
                 def = args[i].substring("--object=".length());
-            } else if (args[i].equals("--")) {
+            } else if (args[i].equals("--") || args[i].equals("-h") || args[i].equals("--help")) {
+                // qemu-img creates objects as its option parser meets them: none after a help request
                 return;
             }
             if (def != null) {
@@ -198,20 +199,20 @@ final class Img {
             throw e.prepend(filename + ": ");
         }
         String backingFile = o.get("backing_file");
-        if (backingFile != null && a.has("u") && !o.has("size")) {
-            // unsafe mode does not open the backing file, so it cannot lend its size
-            throw BlockException.invalid(filename + ": Image creation needs a size parameter");
-        }
+        boolean unsafe = a.has("u");
         if (backingFile != null) {
             if (specs.stream().noneMatch(sp -> sp.name().equals("backing_file"))) {
                 throw BlockException.invalid(filename + ": Backing file not supported for file format '" + fmt + "'");
             }
-            checkBacking(filename, backingFile, o.get("backing_fmt"), a.has("u"));
+            if (!unsafe) {
+                // with -u the core neither opens it nor takes its size (and says so in qemu-img's words)
+                checkBacking(filename, backingFile, o.get("backing_fmt"));
+            }
         }
         boolean quiet = a.has("q");
         String[] summary = new String[1];
         try {
-            core.create(filename, fmt, o, s -> {
+            core.create(filename, fmt, o, unsafe, s -> {
                 summary[0] = normalizeSummary(s, specs);
                 if (!quiet) {
                     // qemu-img shows what it will create before it tries, so a late failure follows it
@@ -229,14 +230,8 @@ final class Img {
      * qemu-img create opens the backing file before it formats anything (unless -u): a missing
      * backing file or format is reported first, in qemu-img's words.
      */
-    private void checkBacking(String filename, String backing, String backingFmt, boolean unsafe)
+    private void checkBacking(String filename, String backing, String backingFmt)
             throws BlockException, CommandException {
-        if (unsafe) {
-            if (backingFmt == null) {
-                throw BlockException.invalid(filename + ": Backing file specified without backing format");
-            }
-            return;
-        }
         String name = backing;
         java.nio.file.Path parent = java.nio.file.Path.of(filename).getParent();
         if (!backing.startsWith("/") && !backing.contains(":") && parent != null) {
@@ -374,45 +369,17 @@ final class Img {
         return sb.toString();
     }
 
-    /** Create options that only apply when an image is made; amend refuses them. */
-    private static final Set<String> CREATION_ONLY = Set.of("cluster_size", "extended_l2", "preallocation",
-            "compression_type", "encryption", "encrypt.*", "nocow", "extent_size_hint");
-
-    /** What an existing image's encryption accepts instead of the creation options (qemu's amend). */
-    private static final List<OptionSpec> ENCRYPT_AMEND_OPTIONS = List.of(
-            OptionSpec.of("encrypt.iter-time", OptionSpec.OptionType.NUMBER, "Time to spend in PBKDF in milliseconds"),
-            OptionSpec.of("encrypt.keyslot", OptionSpec.OptionType.NUMBER,
-                    "Select a single keyslot to modify explicitly"),
-            OptionSpec.of("encrypt.new-secret", OptionSpec.OptionType.STRING,
-                    "New secret to set in the matching keyslots. Empty string to erase"),
-            OptionSpec.of("encrypt.old-secret", OptionSpec.OptionType.STRING,
-                    "Select all keyslots that match this password"),
-            OptionSpec.of("encrypt.state", OptionSpec.OptionType.STRING,
-                    "Select new state of affected keyslots (active/inactive)"));
-
     /**
-     * The options amend takes for a format: its create options less those that only apply to
-     * creation (the driver API has no list of its own for amend yet).
+     * The options amend takes for a format, as its driver declares them ({@code -o help} lists
+     * them); a format that declares none cannot be amended, in qemu-img's words.
      */
     List<OptionSpec> amendOptions(String fmt) throws BlockException {
-        List<OptionSpec> specs = core.createOptions(fmt, null);
-        List<OptionSpec> protocol;
-        try {
-            protocol = core.createOptions("file", null);
-        } catch (BlockException e) {
-            protocol = List.of();
+        List<OptionSpec> specs = core.amendOptions(fmt);
+        if (specs.isEmpty()) {
+            throw new BlockException(BlockException.Reason.UNSUPPORTED, "Format driver '" + fmt
+                    + "' does not support option amendment");
         }
-        List<OptionSpec> out = new ArrayList<>();
-        for (OptionSpec s : specs) {
-            boolean fromProtocol = protocol.stream().anyMatch(p -> p.name().equals(s.name())
-                    && p.help().equals(s.help())) && !s.name().equals("size");
-            if (s.name().equals("encrypt.*")) {
-                out.addAll(ENCRYPT_AMEND_OPTIONS);
-            } else if (!CREATION_ONLY.contains(s.name()) && !fromProtocol) {
-                out.add(s);
-            }
-        }
-        return out;
+        return specs;
     }
 
     // ---- info ---------------------------------------------------------------------------

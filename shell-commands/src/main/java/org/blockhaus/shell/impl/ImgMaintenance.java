@@ -275,25 +275,26 @@ final class ImgMaintenance {
             throw new UsageException("Must specify options (-o)");
         }
         Img.checkCacheModes(a, true, false);
+        if (a.has("f") && !a.has("image-opts") && Img.isHelp(optText)) {
+            // with the format named, qemu-img lists its options without opening the image
+            return amendHelp(a.get("f"));
+        }
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), true, false);
         try {
+            if (Img.isHelp(optText)) {
+                return amendHelp(image.driverName());
+            }
+            List<org.blockhaus.api.spi.OptionSpec> amendOptions = img.amendOptions(image.driverName());
             if (!(image.driverNode() instanceof AmendableNode amendable)) {
                 throw new BlockException(Reason.UNSUPPORTED, "Format driver '" + image.driverName()
                         + "' does not support option amendment");
             }
-            List<org.blockhaus.api.spi.OptionSpec> amendOptions = img.amendOptions(image.driverName());
-            if (Img.isHelp(optText)) {
-                return new Text("Amend options for '" + image.driverName() + "':\n" + Img.helpLines(amendOptions));
-            }
             Options given = Options.parseKeyValue(optText, null);
             List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(image.driverName(), null);
             for (String key : given.asMap().keySet()) {
-                if (specs.stream().noneMatch(sp -> sp.matches(key))) {
-                    throw BlockException.invalid("Invalid parameter '" + key + "'");
-                }
-                if (amendOptions.stream().noneMatch(sp -> sp.matches(key)) && !key.startsWith("encrypt.")) {
-                    throw BlockException.invalid("Invalid parameter '" + key + "'\nThis option is only supported for"
-                            + " image creation");
+                if (amendOptions.stream().noneMatch(sp -> sp.matches(key))) {
+                    throw BlockException.invalid("Invalid parameter '" + key + "'" + (specs.stream().anyMatch(
+                            sp -> sp.matches(key)) ? "\nThis option is only supported for image creation" : ""));
                 }
             }
             Object current = image.info().get("backing-filename");
@@ -309,6 +310,10 @@ final class ImgMaintenance {
             image.close();
         }
         return new Text("");
+    }
+
+    private Text amendHelp(String fmt) throws BlockException {
+        return new Text("Amend options for '" + fmt + "':\n" + Img.helpLines(img.amendOptions(fmt)));
     }
 
     // ---- commit -------------------------------------------------------------------------
