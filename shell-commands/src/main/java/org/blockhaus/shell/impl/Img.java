@@ -454,10 +454,25 @@ final class Img {
         Image backing = img.backing();
         if (backing != null) {
             m.put("full-backing-filename", backing.filename());
-        } else if (extra.get("backing-filename") instanceof String b && !displayName(img).startsWith("json:")) {
-            m.put("full-backing-filename", fullBackingName(displayName(img), b));
+        } else if (extra.get("backing-filename") instanceof String b && storageName(img) != null) {
+            m.put("full-backing-filename", fullBackingName(storageName(img), b));
         }
         return m;
+    }
+
+    /**
+     * The name relative backing names resolve against: the image's own, or for an image named
+     * json:{...} the first plain name down its file children (QEMU's directory of a node); null
+     * when there is none.
+     */
+    static String storageName(Image img) {
+        for (Image i = img; i != null; i = i.file()) {
+            String name = i == img ? displayName(i) : i.filename();
+            if (!name.startsWith("json:")) {
+                return name;
+            }
+        }
+        return null;
     }
 
     /**

@@ -379,18 +379,14 @@ final class ImgMaintenance {
         }
         // -b implies -d: the layers above the base keep their data
         if (!a.has("d") && !a.has("b")) {
-            emptyImage(filename, a.get("f"));
+            emptyImage(filename, a.get("f"), a.has("image-opts"));
         }
         return new Text(a.has("q") ? "" : "Image committed.\n");
     }
 
     /** After a commit the top's data lives in the base: discard it so reads go through again. */
-    private void emptyImage(String filename, String fmt) throws BlockException {
-        Options o = Options.of("backing", null);
-        if (fmt != null) {
-            o = o.with("driver", fmt);
-        }
-        Image top = core.open(filename, o, new OpenMode(true, false, img::warn));
+    private void emptyImage(String filename, String fmt, boolean imageOpts) throws BlockException {
+        Image top = img.open(filename, fmt, imageOpts, true, false, false);
         try {
             top.discard(0, top.size());
         } finally {
