@@ -15,8 +15,16 @@ import java.util.Set;
 final class Args {
     /** A usage error: qemu-img prints the message and exits 1. */
     static class UsageException extends Exception {
+        /** The same complaint as glibc's getopt words it (measure lets getopt speak, see there). */
+        final String getoptMessage;
+
         UsageException(String message) {
+            this(message, null);
+        }
+
+        UsageException(String message, String getoptMessage) {
             super(message);
+            this.getoptMessage = getoptMessage;
         }
     }
 
@@ -62,9 +70,11 @@ final class Args {
                     value = name.substring(eq + 1);
                     name = name.substring(0, eq);
                 }
+                String given = name;
                 name = longName(name, longWithArg, longFlags);
                 if (name == null) {
-                    throw new UsageException("unrecognized option '" + arg + "'");
+                    throw new UsageException("unrecognized option '" + arg + "'",
+                            "unrecognized option '--" + given + "'");
                 }
                 if (name.equals("help") && value == null) {
                     throw new HelpRequested();
@@ -72,7 +82,8 @@ final class Args {
                 if (longWithArg.contains(name)) {
                     if (value == null) {
                         if (i + 1 >= argv.length) {
-                            throw new UsageException("missing argument for option '" + arg + "'");
+                            throw new UsageException("missing argument for option '" + arg + "'",
+                                    "option '--" + name + "' requires an argument");
                         }
                         value = argv[++i];
                     }
@@ -80,11 +91,13 @@ final class Args {
                 } else if (longFlags.contains(name)) {
                     if (value != null) {
                         // qemu-img reports every getopt complaint but a missing argument this way
-                        throw new UsageException("unrecognized option '" + arg + "'");
+                        throw new UsageException("unrecognized option '" + arg + "'",
+                                "option '--" + name + "' doesn't allow an argument");
                     }
                     a.add(name, "");
                 } else {
-                    throw new UsageException("unrecognized option '" + arg + "'");
+                    throw new UsageException("unrecognized option '" + arg + "'",
+                            "unrecognized option '" + arg + "'");
                 }
                 continue;
             }
@@ -101,14 +114,15 @@ final class Args {
                     } else if (i + 1 < argv.length) {
                         value = argv[++i];
                     } else {
-                        throw new UsageException("missing argument for option '" + arg + "'");
+                        throw new UsageException("missing argument for option '" + arg + "'",
+                                "option requires an argument -- '" + c + "'");
                     }
                     a.add(key, value);
                     break;
                 } else if (shortFlags.indexOf(c) >= 0) {
                     a.add(key, "");
                 } else {
-                    throw new UsageException("unrecognized option '" + arg + "'");
+                    throw new UsageException("unrecognized option '" + arg + "'", "invalid option -- '" + c + "'");
                 }
             }
         }

@@ -165,7 +165,7 @@ final class Img {
     Object create(String[] argv) throws UsageException, BlockException, CommandException {
         Args a = Args.parse(argv, "foFb", "quh", Set.of("object"), Set.of("help"));
         String fmt = a.get("f", "raw");
-        String optText = String.join(",", a.all("o"));
+        String optText = Img.optionList(a);
         List<String> pos = a.positional();
         if (isHelp(optText)) {
             return new Text(optionHelp(fmt, pos.isEmpty() ? null : pos.get(0)));
@@ -204,8 +204,9 @@ final class Img {
             if (specs.stream().noneMatch(sp -> sp.name().equals("backing_file"))) {
                 throw BlockException.invalid(filename + ": Backing file not supported for file format '" + fmt + "'");
             }
-            if (!unsafe) {
-                // with -u the core neither opens it nor takes its size (and says so in qemu-img's words)
+            // with -u the core neither opens it nor takes its size; an empty name or the image's own
+            // name the core refuses in qemu-img's words before anything is opened
+            if (!unsafe && !backingFile.isEmpty() && !backingFile.equals(filename)) {
                 checkBacking(filename, backingFile, o.get("backing_fmt"));
             }
         }
@@ -289,6 +290,23 @@ final class Img {
             sb.append(sb.isEmpty() ? "" : " ").append(token);
         }
         return sb.toString();
+    }
+
+    /**
+     * Every {@code -o} joined by commas, each first checked as qemu-img checks it: not empty, not
+     * starting with a comma, not ending in an unescaped one (",," is an escaped comma).
+     */
+    static String optionList(Args a) throws BlockException {
+        for (String o : a.all("o")) {
+            int trailing = 0;
+            while (trailing < o.length() && o.charAt(o.length() - 1 - trailing) == ',') {
+                trailing++;
+            }
+            if (o.isEmpty() || o.charAt(0) == ',' || trailing % 2 == 1) {
+                throw BlockException.invalid("Invalid option list: " + o);
+            }
+        }
+        return String.join(",", a.all("o"));
     }
 
     static boolean isHelp(String optText) {
@@ -779,7 +797,7 @@ final class Img {
         List<String> pos = a.positional();
         String outFmt = a.get("O", "raw");
         checkRateLimit(a);
-        String optText = String.join(",", a.all("o"));
+        String optText = Img.optionList(a);
         long minSparse = 4096;
         if (a.has("S")) {
             long s;
@@ -1148,6 +1166,12 @@ final class Img {
     /** An error qemu-img reports without failing. */
     void error(String message) {
         err.print("qemu-img: " + message + "\n");
+        err.flush();
+    }
+
+    /** A line on stderr as it is, without qemu-img's name before it. */
+    void errorLine(String line) {
+        err.print(line + "\n");
         err.flush();
     }
 

@@ -95,17 +95,19 @@ final class ImgMaintenance {
     // ---- resize -------------------------------------------------------------------------
 
     Object resize(String[] argv) throws UsageException, BlockException {
-        Args a = Args.parse(argv, "f", "hqU", Set.of("object", "preallocation"), Set.of("image-opts", "shrink",
-                "help"));
-        List<String> pos = a.positional();
-        if (pos.size() < 2) {
+        // As qemu-img: the last argument is the size, taken away before options are parsed, so
+        // "-1M" is never mistaken for an option (and nothing is parsed when it is all there is)
+        if (argv.length < 2) {
             throw new UsageException("Not enough arguments");
         }
-        if (pos.size() > 2) {
+        String sizeText = argv[argv.length - 1];
+        Args a = Args.parse(java.util.Arrays.copyOf(argv, argv.length - 1), "f", "hqU",
+                Set.of("object", "preallocation"), Set.of("image-opts", "shrink", "help"));
+        List<String> pos = a.positional();
+        if (pos.size() != 1) {
             throw new UsageException("Expecting image file name and size");
         }
         String filename = pos.get(0);
-        String sizeText = pos.get(1);
         Preallocation prealloc = Preallocation.OFF;
         if (a.has("preallocation")) {
             try {
@@ -161,8 +163,18 @@ final class ImgMaintenance {
     // ---- measure ------------------------------------------------------------------------
 
     Object measure(String[] argv) throws UsageException, BlockException {
-        Args a = Args.parse(argv, "fOol", "hU", Set.of("output", "object", "size"), Set.of("image-opts",
-                "force-share", "help"));
+        Args a;
+        try {
+            a = Args.parse(argv, "fOol", "hU", Set.of("output", "object", "size"), Set.of("image-opts",
+                    "force-share", "help"));
+        } catch (Args.HelpRequested e) {
+            throw e;
+        } catch (UsageException e) {
+            // qemu-img 7.2's measure alone lets getopt print the complaint (named after the
+            // command), then shows the whole help and exits 0
+            img.errorLine("measure: " + e.getoptMessage);
+            return new Text(Usage.TEXT);
+        }
         Output output = Img.output(a);
         List<String> pos = a.positional();
         if (a.has("size") == !pos.isEmpty()) {
@@ -173,7 +185,7 @@ final class ImgMaintenance {
             throw new UsageException("Expecting one image file name");
         }
         String outFmt = a.get("O", "raw");
-        String optText = String.join(",", a.all("o"));
+        String optText = Img.optionList(a);
         Options o = Options.parseKeyValue(optText, null);
         List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(outFmt, null);
         for (String key : o.asMap().keySet()) {
@@ -270,7 +282,7 @@ final class ImgMaintenance {
             throw BlockException.invalid("Expecting one image file name");
         }
         String filename = a.positional().get(0);
-        String optText = String.join(",", a.all("o"));
+        String optText = Img.optionList(a);
         if (optText.isEmpty()) {
             throw new UsageException("Must specify options (-o)");
         }
@@ -297,8 +309,12 @@ final class ImgMaintenance {
                             sp -> sp.matches(key)) ? "\nThis option is only supported for image creation" : ""));
                 }
             }
+            // qemu's rule: naming the backing file or format at all means both must stay as they are
             Object current = image.info().get("backing-filename");
-            if (given.has("backing_file") && !given.get("backing_file").equals(current)) {
+            Object currentFmt = image.info().get("backing-filename-format");
+            if ((given.has("backing_file") || given.has("backing_fmt"))
+                    && (!java.util.Objects.equals(given.get("backing_file"), current)
+                    || !java.util.Objects.equals(given.get("backing_fmt"), currentFmt))) {
                 throw BlockException.invalid("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
             }
             Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
@@ -397,13 +413,15 @@ final class ImgMaintenance {
     // ---- rebase -------------------------------------------------------------------------
 
     Object rebase(String[] argv) throws UsageException, BlockException {
-        Args a = Args.parse(argv, "fFbtT", "hqpuUc", Set.of("object"), Set.of("image-opts", "force-share", "help"));
+        // qemu-img 7.2's rebase has no -c (compression came with 8.0)
+        Args a = Args.parse(argv, "fFbtT", "hqpuU", Set.of("object"), Set.of("image-opts", "force-share", "help"));
         String filename = Img.single(a, "Expecting one image file name");
         Img.checkCacheModes(a, true, true);
-        if (!a.has("b")) {
+        if (!a.has("b") && !a.has("u")) {
             throw new UsageException("Must specify backing file (-b) or use unsafe mode (-u)");
         }
-        String newBacking = a.get("b").isEmpty() ? null : a.get("b");
+        // -u without -b drops the backing file, as -b "" does
+        String newBacking = a.get("b", "").isEmpty() ? null : a.get("b");
         String newFmt = a.get("F");
         if (a.has("u")) {
             // unsafe: only the header changes, so the old backing file need not even exist
@@ -571,7 +589,9 @@ final class ImgMaintenance {
         long count = parseNum(a.get("c", "75000"), "request count");
         int depth = (int) parseNum(a.get("d", "64"), "queue depth");
         long sizeArg = Img.parseSize(a.get("s", "4096"), "buffer size", Integer.MAX_VALUE);
-        long step = a.has("S") ? Img.parseSize(a.get("S"), "step_size", Integer.MAX_VALUE) : sizeArg;
+        long stepArg = a.has("S") ? Img.parseSize(a.get("S"), "step_size", Integer.MAX_VALUE) : 0;
+        // qemu-img: no step (or -S 0) means one buffer after the other
+        long step = stepArg == 0 ? sizeArg : stepArg;
         long start = a.has("o") ? benchSize(a.get("o"), "offset") : 0;
         boolean write = a.has("w");
         if (a.has("t") && !Img.isCacheMode(a.get("t"))) {
@@ -601,20 +621,23 @@ final class ImgMaintenance {
             if (interval < depth) {
                 throw BlockException.invalid("Flush interval can't be smaller than depth");
             }
-        } else if (a.has("no-drain") && !write) {
-            throw BlockException.invalid("--no-drain is only available in write tests");
         }
         if (depth < 1 || sizeArg > (64 << 20)) {
             throw BlockException.invalid("Invalid queue depth or buffer size specified");
         }
-        if (a.has("n") && !"none".equals(a.get("t")) && !"directsync".equals(a.get("t"))) {
+        boolean nativeAio = a.has("n") || "native".equals(a.get("i"));
+        if (nativeAio && !"none".equals(a.get("t")) && !"directsync".equals(a.get("t"))) {
             throw BlockException.invalid("Could not open '" + filename + "': aio=native was specified, but it"
                     + " requires cache.direct=on, which was not specified.");
         }
         int size = (int) sizeArg;
         final int fill = pattern;
-        Image image = img.open(filename, a.get("f"), a.has("image-opts"), write, !write && (a.has("U")
-                || a.has("force-share")));
+        boolean share = a.has("U") || a.has("force-share");
+        if (write && share) {
+            throw BlockException.invalid("Could not open '" + filename + "': force-share=on can only be used with"
+                    + " read-only images");
+        }
+        Image image = img.open(filename, a.get("f"), a.has("image-opts"), write, share);
         String header = String.format("Sending %d %s requests, %d bytes each, %d in parallel (starting at offset %d,"
                 + " step size %d)", count, write ? "write" : "read", size, depth, start, step)
                 + (flushInterval > 0 ? "\nSending flush every " + flushInterval + " requests" : "");
@@ -735,16 +758,17 @@ final class ImgMaintenance {
             if (core.drivers().stream().noneMatch(d -> d.name().equals(outFmt))) {
                 throw BlockException.invalid("Unknown file format");
             }
-            boolean skipBeyond = from > inSize;
-            if (skipBeyond) {
-                // qemu-img reports it, leaves an empty output file and exits 0
-                img.error(in + ": cannot skip to specified offset");
-                from = inSize;
-            }
             // qemu-img dd counts "count" from the start of the input, skipped blocks included
             long end = inSize;
             if (count >= 0 && Math.multiplyHigh(count, bs) == 0 && count * bs <= inSize) {
                 end = count * bs;
+            }
+            // so a skip is "beyond the input" when it passes that end, not only the image's
+            boolean skipBeyond = from > end;
+            if (skipBeyond) {
+                // qemu-img reports it, leaves an empty output file and exits 0
+                img.error(in + ": cannot skip to specified offset");
+                from = end;
             }
             long size = skipBeyond ? 0 : Math.max(0, end - from);
             core.create(outName, outFmt, Options.of("size", Long.toString(size)), s -> { }, img::warn);

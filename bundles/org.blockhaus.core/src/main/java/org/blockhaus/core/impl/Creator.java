@@ -91,6 +91,14 @@ final class Creator {
             }
         }
         Options opts = given;
+        String backingName = opts.get("backing_file");
+        if (backingName != null && backingName.equals(filename)) {
+            throw BlockException.invalid(filename + ": Error: Trying to create an image with the same filename as the"
+                    + " backing file");
+        }
+        if (backingName != null && backingName.isEmpty()) {
+            throw BlockException.invalid(filename + ": Expected backing file name, got empty string");
+        }
         boolean unopenedBacking = unsafeBacking && opts.get("backing_file") != null;
         if (unopenedBacking && opts.get("backing_fmt") == null) {
             // nothing is opened to detect the format, and qemu-img no longer records a guess
