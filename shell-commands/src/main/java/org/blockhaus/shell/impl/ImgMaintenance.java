@@ -32,6 +32,8 @@ import org.blockhaus.shell.impl.Results.Text;
  */
 final class ImgMaintenance {
     private static final int CHUNK = 2 << 20;
+    /** The most a QEMU mirror job (qemu-img commit) copies in one operation. */
+    private static final int COMMIT_OP = 1 << 20;
 
     private final BlockCore core;
     private final Img img;
@@ -368,22 +370,36 @@ final class ImgMaintenance {
             if (base.size() < size) {
                 base.truncate(size, false, Preallocation.OFF);
             }
-            Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
-            ByteBuffer buf = ByteBuffer.allocateDirect(CHUNK);
+            // What the layers above the base hold is what gets committed; qemu-img's commit (a
+            // mirror job) counts its progress in those bytes, one copy operation at a time.
+            List<Results.MapEntry> work = new ArrayList<>();
+            long total = 0;
             for (long off = 0; off < size; ) {
                 Results.MapEntry e = Img.mapEntry(top, off, Math.min(CHUNK, size - off));
                 if (e.present() && e.depth() < baseDepth) {
+                    work.add(e);
+                    total += e.length();
+                }
+                off += e.length();
+            }
+            Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
+            ByteBuffer buf = ByteBuffer.allocateDirect(COMMIT_OP);
+            long done = 0;
+            for (Results.MapEntry e : work) {
+                for (long off = e.start(); off < e.start() + e.length(); ) {
+                    int n = (int) Math.min(COMMIT_OP, e.start() + e.length() - off);
                     if (e.zero()) {
-                        base.writeZeroes(off, e.length(), 0);
+                        base.writeZeroes(off, n, 0);
                     } else {
-                        buf.clear().limit((int) e.length());
+                        buf.clear().limit(n);
                         top.read(off, buf);
                         buf.flip();
                         base.write(off, buf, 0);
                     }
+                    off += n;
+                    done += n;
+                    p.update(100.0 * done / total);
                 }
-                off += e.length();
-                p.update(100.0 * off / size);
             }
             base.flush();
             p.finish();
