@@ -672,12 +672,12 @@ final class Img {
         for (long off = 0; off < common; ) {
             // zero ranges are skipped whole, data is read at most a buffer at a time
             BlockStatus s1 = statusOfChain(a, off, common - off);
-            BlockStatus s2 = statusOfChain(b, off, s1.length());
+            BlockStatus s2 = statusOfChain(b, off, common - off);
             long n = Math.min(s1.length(), s2.length());
             if (!(s1.isZero() && s2.isZero())) {
                 n = Math.min(n, chunk);
             }
-            if (strict && s1.isAllocated() != s2.isAllocated()) {
+            if (strict && qemuStatus(s1, sa) != qemuStatus(s2, sb)) {
                 lines.add("Strict mode: Offset " + off + " block status mismatch!");
                 return 1;
             }
@@ -738,7 +738,18 @@ final class Img {
         MapEntry e = mapEntry(top, off, len);
         int flags = (e.zero() ? BlockStatus.ZERO : 0) | (e.data() ? BlockStatus.DATA : 0)
                 | (e.present() ? BlockStatus.ALLOCATED : 0);
-        return new BlockStatus(off, e.length(), flags, -1, null);
+        return new BlockStatus(off, e.length(), flags, e.offset(), null);
+    }
+
+    /**
+     * What compare -s holds against each other, as qemu-img does: the whole block status, so
+     * besides allocation also data, zero, whether a host offset is known, and whether the extent
+     * runs to the end of its image (a fully allocated raw file differs from a sparse one there).
+     */
+    private static int qemuStatus(BlockStatus s, long imageSize) {
+        int offsetValid = s.hostOffset() >= 0 ? 8 : 0;
+        int eof = s.offset() + s.length() == imageSize ? 16 : 0;
+        return s.flags() | offsetValid | eof;
     }
 
     // ---- convert ------------------------------------------------------------------------
