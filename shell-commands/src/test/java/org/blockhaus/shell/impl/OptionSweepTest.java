@@ -90,6 +90,7 @@ class OptionSweepTest extends QemuComparison {
         {"map", "-U", "--output=json", "s.qcow2"},
         {"map", "--start-offset=1k", "--max-length=1k", "odd.raw"},
         {"map", "--image-opts", "driver=qcow2,file.filename=top.qcow2"},
+        {"map", "--start-offset=0x10000", "--max-length=0x20000", "c.qcow2"},
     };
 
     private static final String[][] COMPARE = {
@@ -154,6 +155,11 @@ class OptionSweepTest extends QemuComparison {
         {"create", "-Z", "-h"},
         {"create", "-h", "-Z"},
         {"create", "-o", "-h", "x.raw", "1M"},
+        {"create", "-f", "raw", "x.raw", "0x1b"},
+        {"create", "-f", "raw", "x.raw", "0X1E"},
+        {"create", "-f", "raw", "x.raw", "0x1.5"},
+        {"create", "-f", "raw", "x.raw", "0xffffffffffffffffff"},
+        {"create", "-f", "qcow2", "-o", "cluster_size=0x1000", "x.qcow2", "0x100000"},
     };
 
     private static final String[][] AMEND = {
@@ -196,6 +202,7 @@ class OptionSweepTest extends QemuComparison {
         {"measure", "-O", "qcow2", "--size", "0"},
         {"measure", "-o", "", "--size", "1M"},
         {"measure", "-O", "qcow2", "--image-opts", "driver=qcow2,file.filename=top.qcow2"},
+        {"measure", "-O", "qcow2", "--size", "0x40000000"},
     };
 
     private static final String[][] RESIZE = {
@@ -214,6 +221,7 @@ class OptionSweepTest extends QemuComparison {
         {"resize", "c.qcow2", "-f"},
         {"resize", "c.qcow2", "1M", "--shrink"},
         {"resize", "c.qcow2", "c.qcow2", "1M"},
+        {"resize", "-f", "raw", "small.raw", "+0x100000"},
     };
 
     private static final String[][] DD = {
@@ -346,6 +354,8 @@ class OptionSweepTest extends QemuComparison {
             {"compare", "--image-opts", top, "driver=qcow2,file.filename=" + rel + "/base.qcow2"},
             {"convert", "--image-opts", top, "-O", "raw", rel + "/o.raw"},
             {"rebase", "--image-opts", "-b", "", top},
+            {"commit", "--image-opts", top},
+            {"commit", "-d", "--image-opts", top + ",cache.direct=off"},
             {"info", "--image-opts", "driver=file,filename=" + rel + "/top.qcow2"},
             {"info", "--output=json", rel + "/top.qcow2"},
         };
@@ -361,6 +371,10 @@ class OptionSweepTest extends QemuComparison {
             Qemu.Run ours = blkRelative(c);
             try {
                 assertSame(strip(theirs, rel), strip(ours, rel));
+                if (c[0].equals("commit")) {
+                    assertEquals(0, Qemu.run(dir, "qemu-img", "compare", "base.qcow2", "pristine/top.qcow2")
+                            .exitCode(), "the base holds the top's content");
+                }
                 if (c[0].equals("convert")) {
                     assertEquals(0, Qemu.run(dir, "qemu-img", "compare", "-f", "raw", "o.raw", "top.qcow2")
                             .exitCode(), "content converted");
