@@ -309,8 +309,8 @@ class OptionSweepTest extends QemuComparison {
         for (String[][] group : new String[][][] {INFO, MAP, COMPARE, CONVERT, CREATE, AMEND, MEASURE, RESIZE, DD,
                 REBASE, COMMIT, SNAPSHOT, BENCH}) {
             for (String[] c : group) {
+                Twin t = twin(FIXTURES, c);
                 try {
-                    Twin t = twin(FIXTURES, c);
                     assertSame(normalise(t.theirs()), normalise(t.ours()));
                     assertSameImages(t);
                 } catch (AssertionError e) {
