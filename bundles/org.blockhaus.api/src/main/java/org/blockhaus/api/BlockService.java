@@ -24,8 +24,18 @@ public interface BlockService {
      * {@code formatting} hears qemu-img's "fmt=... size=..." summary after the options were checked
      * and before anything is written.
      */
-    CreateResult create(String filename, String format, Options createOptions, Consumer<String> formatting,
-            Consumer<String> warnings) throws BlockException;
+    default CreateResult create(String filename, String format, Options createOptions, Consumer<String> formatting,
+            Consumer<String> warnings) throws BlockException {
+        return create(filename, format, createOptions, false, formatting, warnings);
+    }
+
+    /**
+     * As {@link #create(String, String, Options, Consumer, Consumer)}; with {@code unsafeBacking}
+     * ({@code qemu-img create -u}) the backing file is recorded without being opened, so it need
+     * not exist, and the size and backing format must be given.
+     */
+    CreateResult create(String filename, String format, Options createOptions, boolean unsafeBacking,
+            Consumer<String> formatting, Consumer<String> warnings) throws BlockException;
 
     /** Copies {@code sources} (concatenated) into {@code target}, as qemu-img convert does. */
     void convert(List<Image> sources, Image target, ConvertOptions options, Progress progress) throws BlockException;

@@ -7,18 +7,32 @@ import java.math.RoundingMode;
 /** Sizes as QEMU writes and reads them. */
 public final class Sizes {
     private static final String SUFFIXES = "BKMGTPE";
+    private static final java.util.regex.Pattern HEX = java.util.regex.Pattern.compile(
+            "0[xX]([0-9a-fA-F]+)([kKmMgGtTpP]?)");
 
     private Sizes() {
     }
 
     /**
      * Parses a size: a non-negative decimal number (a fraction allowed) with an optional suffix
-     * b, k, M, G, T, P or E (either case; powers of 1024). No suffix means bytes.
+     * b, k, M, G, T, P or E (either case; powers of 1024), or a hexadecimal one ({@code 0x...}).
+     * No suffix means bytes.
      */
     public static long parse(String text) throws BlockException {
         String t = text == null ? "" : text.trim();
         if (t.isEmpty()) {
             throw BlockException.invalid("empty size");
+        }
+        java.util.regex.Matcher hex = HEX.matcher(t);
+        if (hex.matches()) {
+            // QEMU takes hexadecimal too: the digits run as far as they go (so "0x1b" is 27), no
+            // fraction; a suffix after them is deprecated there but still works
+            int hexShift = hex.group(2).isEmpty() ? 0 : SUFFIXES.indexOf(hex.group(2).toUpperCase()) * 10;
+            java.math.BigInteger v = new java.math.BigInteger(hex.group(1), 16).shiftLeft(hexShift);
+            if (v.bitLength() > 63) {
+                throw new BlockException(BlockException.Reason.OUT_OF_RANGE, "size too large: '" + text + "'");
+            }
+            return v.longValueExact();
         }
         int shift = 0;
         char last = Character.toUpperCase(t.charAt(t.length() - 1));

@@ -28,6 +28,12 @@ public interface BlockCore extends BlockService {
     List<OptionSpec> createOptions(String format, String filename) throws BlockException;
 
     /**
+     * The options qemu-img amend takes for a format's images, as its driver declares them; empty
+     * when the format cannot be amended. Fails with "Unknown file format" for an unknown one.
+     */
+    List<OptionSpec> amendOptions(String format) throws BlockException;
+
+    /**
      * qemu-img measure: space a {@code format} image needs for {@code source}'s content (or for
      * an empty image of {@code size} bytes when source is null).
      */

@@ -14,9 +14,28 @@ import java.util.Set;
  */
 final class Args {
     /** A usage error: qemu-img prints the message and exits 1. */
-    static final class UsageException extends Exception {
+    static class UsageException extends Exception {
+        /** The same complaint as glibc's getopt words it (measure lets getopt speak, see there). */
+        final String getoptMessage;
+
         UsageException(String message) {
+            this(message, null);
+        }
+
+        UsageException(String message, String getoptMessage) {
             super(message);
+            this.getoptMessage = getoptMessage;
+        }
+    }
+
+    /**
+     * {@code -h} or {@code --help} met as an option (not as another option's argument): every
+     * qemu-img command then prints the whole help and exits 0, ignoring the rest of the line;
+     * options before it are still parsed, so an unknown one fails first.
+     */
+    static final class HelpRequested extends UsageException {
+        HelpRequested() {
+            super("help");
         }
     }
 
@@ -51,27 +70,43 @@ final class Args {
                     value = name.substring(eq + 1);
                     name = name.substring(0, eq);
                 }
+                String given = name;
+                name = longName(name, longWithArg, longFlags);
+                if (name == null) {
+                    throw new UsageException("unrecognized option '" + arg + "'",
+                            "unrecognized option '--" + given + "'");
+                }
+                if (name.equals("help") && value == null) {
+                    throw new HelpRequested();
+                }
                 if (longWithArg.contains(name)) {
                     if (value == null) {
                         if (i + 1 >= argv.length) {
-                            throw new UsageException("missing argument for option '" + arg + "'");
+                            throw new UsageException("missing argument for option '" + arg + "'",
+                                    "option '--" + name + "' requires an argument");
                         }
                         value = argv[++i];
                     }
                     a.add(name, value);
                 } else if (longFlags.contains(name)) {
                     if (value != null) {
-                        throw new UsageException("option '--" + name + "' doesn't allow an argument");
+                        // qemu-img reports every getopt complaint but a missing argument this way
+                        throw new UsageException("unrecognized option '" + arg + "'",
+                                "option '--" + name + "' doesn't allow an argument");
                     }
                     a.add(name, "");
                 } else {
-                    throw new UsageException("unrecognized option '" + arg + "'");
+                    throw new UsageException("unrecognized option '" + arg + "'",
+                            "unrecognized option '" + arg + "'");
                 }
                 continue;
             }
             for (int j = 1; j < arg.length(); j++) {
                 char c = arg.charAt(j);
                 String key = String.valueOf(c);
+                if (c == 'h' && shortWithArg.indexOf(c) < 0) {
+                    throw new HelpRequested();
+                }
                 if (shortWithArg.indexOf(c) >= 0) {
                     String value;
                     if (j + 1 < arg.length()) {
@@ -79,18 +114,34 @@ final class Args {
                     } else if (i + 1 < argv.length) {
                         value = argv[++i];
                     } else {
-                        throw new UsageException("missing argument for option '" + arg + "'");
+                        throw new UsageException("missing argument for option '" + arg + "'",
+                                "option requires an argument -- '" + c + "'");
                     }
                     a.add(key, value);
                     break;
                 } else if (shortFlags.indexOf(c) >= 0) {
                     a.add(key, "");
                 } else {
-                    throw new UsageException("unrecognized option '" + arg + "'");
+                    throw new UsageException("unrecognized option '" + arg + "'", "invalid option -- '" + c + "'");
                 }
             }
         }
         return a;
+    }
+
+    /**
+     * getopt_long's matching: an exact name, else an unambiguous abbreviation ({@code --out=json});
+     * null when nothing or more than one option matches.
+     */
+    private static String longName(String given, Set<String> withArg, Set<String> flags) {
+        Set<String> all = new java.util.TreeSet<>(withArg);
+        all.addAll(flags);
+        all.add("help");
+        if (all.contains(given)) {
+            return given;
+        }
+        List<String> matches = all.stream().filter(n -> n.startsWith(given)).toList();
+        return matches.size() == 1 && !given.isEmpty() ? matches.get(0) : null;
     }
 
     private void add(String key, String value) {

@@ -84,41 +84,28 @@ final class Img {
     }
 
     Object run(String command, String[] args) throws UsageException, BlockException, CommandException {
-        String[] options = args;
-        if (command.equals("resize")) {
-            // qemu-img resize takes its size off the end first: "-1G" there is a size, not an option
-            if (args.length < 2) {
-                throw new UsageException("Not enough arguments");
-            }
-            options = Arrays.copyOf(args, args.length - 1);
-        }
-        for (String arg : options) {
-            if (arg.equals("--")) {
-                break;
-            }
-            if (arg.equals("-h") || arg.equals("--help")) {
-                // qemu-img answers -h after any command with its help, exit code 0
-                return new Text(Usage.TEXT);
-            }
-        }
-        // --object definitions last as long as the command, as they do in a qemu-img process
+        // --object definitions last as long as the command, as they do in a qemu-img process;
+        // resize's last argument is its size (maybe "-1G"), never an option
+        String[] options = command.equals("resize") && args.length > 0 ? Arrays.copyOf(args, args.length - 1) : args;
         List<String> objectIds = new ArrayList<>();
         try {
             applyObjects(options, objectIds);
-            return runCommand(command, args);
+            if (command.equals("bitmap")) {
+                return new ImgBitmap(this).run(args);
+            }
+            if (ImgMaintenance.COMMANDS.contains(command)) {
+                return new ImgMaintenance(core, this, out).run(command, args);
+            }
+            return runOwn(command, args);
+        } catch (Args.HelpRequested e) {
+            // qemu-img answers -h after any command with its whole help, exit code 0
+            return new Text(Usage.TEXT);
         } finally {
             objectIds.forEach(core::removeObject);
         }
     }
 
-    private Object runCommand(String command, String[] args) throws UsageException, BlockException,
-            CommandException {
-        if (command.equals("bitmap")) {
-            return new ImgBitmap(this).run(args);
-        }
-        if (ImgMaintenance.COMMANDS.contains(command)) {
-            return new ImgMaintenance(core, this, out).run(command, args);
-        }
+    private Object runOwn(String command, String[] args) throws UsageException, BlockException, CommandException {
         return switch (command) {
             case "drivers" -> new Drivers(core.drivers());
             case "create" -> create(args);
@@ -146,7 +133,8 @@ final class Img {
                 def = args[++i];
             } else if (args[i].startsWith("--object=")) {
                 def = args[i].substring("--object=".length());
-            } else if (args[i].equals("--")) {
+            } else if (args[i].equals("--") || args[i].equals("-h") || args[i].equals("--help")) {
+                // qemu-img creates objects as its option parser meets them: none after a help request
                 return;
             }
             if (def != null) {
@@ -223,7 +211,7 @@ final class Img {
     Object create(String[] argv) throws UsageException, BlockException, CommandException {
         Args a = Args.parse(argv, "foFb", "quh", Set.of("object"), Set.of("help"));
         String fmt = a.get("f", "raw");
-        String optText = String.join(",", a.all("o"));
+        String optText = Img.optionList(a);
         List<String> pos = a.positional();
         if (isHelp(optText)) {
             return new Text(optionHelp(fmt, pos.isEmpty() ? null : pos.get(0)));
@@ -257,20 +245,21 @@ final class Img {
             throw e.prepend(filename + ": ");
         }
         String backingFile = o.get("backing_file");
-        if (backingFile != null && a.has("u") && !o.has("size")) {
-            // unsafe mode does not open the backing file, so it cannot lend its size
-            throw BlockException.invalid(filename + ": Image creation needs a size parameter");
-        }
+        boolean unsafe = a.has("u");
         if (backingFile != null) {
             if (specs.stream().noneMatch(sp -> sp.name().equals("backing_file"))) {
                 throw BlockException.invalid(filename + ": Backing file not supported for file format '" + fmt + "'");
             }
-            checkBacking(filename, backingFile, o.get("backing_fmt"), a.has("u"));
+            // with -u the core neither opens it nor takes its size; an empty name or the image's own
+            // name the core refuses in qemu-img's words before anything is opened
+            if (!unsafe && !backingFile.isEmpty() && !backingFile.equals(filename)) {
+                checkBacking(filename, backingFile, o.get("backing_fmt"));
+            }
         }
         boolean quiet = a.has("q");
         String[] summary = new String[1];
         try {
-            core.create(filename, fmt, o, s -> {
+            core.create(filename, fmt, o, unsafe, s -> {
                 summary[0] = normalizeSummary(s, specs);
                 if (!quiet) {
                     // qemu-img shows what it will create before it tries, so a late failure follows it
@@ -288,14 +277,8 @@ final class Img {
      * qemu-img create opens the backing file before it formats anything (unless -u): a missing
      * backing file or format is reported first, in qemu-img's words.
      */
-    private void checkBacking(String filename, String backing, String backingFmt, boolean unsafe)
+    private void checkBacking(String filename, String backing, String backingFmt)
             throws BlockException, CommandException {
-        if (unsafe) {
-            if (backingFmt == null) {
-                throw BlockException.invalid(filename + ": Backing file specified without backing format");
-            }
-            return;
-        }
         String name = backing;
         java.nio.file.Path parent = java.nio.file.Path.of(filename).getParent();
         if (!backing.startsWith("/") && !backing.contains(":") && parent != null) {
@@ -353,6 +336,23 @@ final class Img {
             sb.append(sb.isEmpty() ? "" : " ").append(token);
         }
         return sb.toString();
+    }
+
+    /**
+     * Every {@code -o} joined by commas, each first checked as qemu-img checks it: not empty, not
+     * starting with a comma, not ending in an unescaped one (",," is an escaped comma).
+     */
+    static String optionList(Args a) throws BlockException {
+        for (String o : a.all("o")) {
+            int trailing = 0;
+            while (trailing < o.length() && o.charAt(o.length() - 1 - trailing) == ',') {
+                trailing++;
+            }
+            if (o.isEmpty() || o.charAt(0) == ',' || trailing % 2 == 1) {
+                throw BlockException.invalid("Invalid option list: " + o);
+            }
+        }
+        return String.join(",", a.all("o"));
     }
 
     static boolean isHelp(String optText) {
@@ -433,45 +433,17 @@ final class Img {
         return sb.toString();
     }
 
-    /** Create options that only apply when an image is made; amend refuses them. */
-    private static final Set<String> CREATION_ONLY = Set.of("cluster_size", "extended_l2", "preallocation",
-            "compression_type", "encryption", "encrypt.*", "nocow", "extent_size_hint");
-
-    /** What an existing image's encryption accepts instead of the creation options (qemu's amend). */
-    private static final List<OptionSpec> ENCRYPT_AMEND_OPTIONS = List.of(
-            OptionSpec.of("encrypt.iter-time", OptionSpec.OptionType.NUMBER, "Time to spend in PBKDF in milliseconds"),
-            OptionSpec.of("encrypt.keyslot", OptionSpec.OptionType.NUMBER,
-                    "Select a single keyslot to modify explicitly"),
-            OptionSpec.of("encrypt.new-secret", OptionSpec.OptionType.STRING,
-                    "New secret to set in the matching keyslots. Empty string to erase"),
-            OptionSpec.of("encrypt.old-secret", OptionSpec.OptionType.STRING,
-                    "Select all keyslots that match this password"),
-            OptionSpec.of("encrypt.state", OptionSpec.OptionType.STRING,
-                    "Select new state of affected keyslots (active/inactive)"));
-
     /**
-     * The options amend takes for a format: its create options less those that only apply to
-     * creation (the driver API has no list of its own for amend yet).
+     * The options amend takes for a format, as its driver declares them ({@code -o help} lists
+     * them); a format that declares none cannot be amended, in qemu-img's words.
      */
     List<OptionSpec> amendOptions(String fmt) throws BlockException {
-        List<OptionSpec> specs = core.createOptions(fmt, null);
-        List<OptionSpec> protocol;
-        try {
-            protocol = core.createOptions("file", null);
-        } catch (BlockException e) {
-            protocol = List.of();
+        List<OptionSpec> specs = core.amendOptions(fmt);
+        if (specs.isEmpty()) {
+            throw new BlockException(BlockException.Reason.UNSUPPORTED, "Format driver '" + fmt
+                    + "' does not support option amendment");
         }
-        List<OptionSpec> out = new ArrayList<>();
-        for (OptionSpec s : specs) {
-            boolean fromProtocol = protocol.stream().anyMatch(p -> p.name().equals(s.name())
-                    && p.help().equals(s.help())) && !s.name().equals("size");
-            if (s.name().equals("encrypt.*")) {
-                out.addAll(ENCRYPT_AMEND_OPTIONS);
-            } else if (!CREATION_ONLY.contains(s.name()) && !fromProtocol) {
-                out.add(s);
-            }
-        }
-        return out;
+        return specs;
     }
 
     // ---- info ---------------------------------------------------------------------------
@@ -546,10 +518,25 @@ final class Img {
         Image backing = img.backing();
         if (backing != null) {
             m.put("full-backing-filename", backing.filename());
-        } else if (extra.get("backing-filename") instanceof String b && !displayName(img).startsWith("json:")) {
-            m.put("full-backing-filename", fullBackingName(displayName(img), b));
+        } else if (extra.get("backing-filename") instanceof String b && storageName(img) != null) {
+            m.put("full-backing-filename", fullBackingName(storageName(img), b));
         }
         return m;
+    }
+
+    /**
+     * The name relative backing names resolve against: the image's own, or for an image named
+     * json:{...} the first plain name down its file children (QEMU's directory of a node); null
+     * when there is none.
+     */
+    static String storageName(Image img) {
+        for (Image i = img; i != null; i = i.file()) {
+            String name = i == img ? displayName(i) : i.filename();
+            if (!name.startsWith("json:")) {
+                return name;
+            }
+        }
+        return null;
     }
 
     /**
@@ -731,12 +718,12 @@ final class Img {
         for (long off = 0; off < common; ) {
             // zero ranges are skipped whole, data is read at most a buffer at a time
             BlockStatus s1 = statusOfChain(a, off, common - off);
-            BlockStatus s2 = statusOfChain(b, off, s1.length());
+            BlockStatus s2 = statusOfChain(b, off, common - off);
             long n = Math.min(s1.length(), s2.length());
             if (!(s1.isZero() && s2.isZero())) {
                 n = Math.min(n, chunk);
             }
-            if (strict && s1.isAllocated() != s2.isAllocated()) {
+            if (strict && qemuStatus(s1, sa) != qemuStatus(s2, sb)) {
                 lines.add("Strict mode: Offset " + off + " block status mismatch!");
                 return 1;
             }
@@ -797,7 +784,18 @@ final class Img {
         MapEntry e = mapEntry(top, off, len);
         int flags = (e.zero() ? BlockStatus.ZERO : 0) | (e.data() ? BlockStatus.DATA : 0)
                 | (e.present() ? BlockStatus.ALLOCATED : 0);
-        return new BlockStatus(off, e.length(), flags, -1, null);
+        return new BlockStatus(off, e.length(), flags, e.offset(), null);
+    }
+
+    /**
+     * What compare -s holds against each other, as qemu-img does: the whole block status, so
+     * besides allocation also data, zero, whether a host offset is known, and whether the extent
+     * runs to the end of its image (a fully allocated raw file differs from a sparse one there).
+     */
+    private static int qemuStatus(BlockStatus s, long imageSize) {
+        int offsetValid = s.hostOffset() >= 0 ? 8 : 0;
+        int eof = s.offset() + s.length() == imageSize ? 16 : 0;
+        return s.flags() | offsetValid | eof;
     }
 
     // ---- convert ------------------------------------------------------------------------
@@ -862,7 +860,7 @@ final class Img {
         }
         String outFmt = a.get("O", "raw");
         checkRateLimit(a);
-        String optText = String.join(",", a.all("o"));
+        String optText = Img.optionList(a);
         long minSparse = 4096;
         if (a.has("S")) {
             long s;
@@ -1312,8 +1310,8 @@ final class Img {
         err.flush();
     }
 
-    /** One finding of check, on stderr as qemu-img prints it (no prefix). */
-    void finding(String line) {
+    /** A line on stderr as it is, without qemu-img's name before it. */
+    void errorLine(String line) {
         err.print(line + "\n");
         err.flush();
     }

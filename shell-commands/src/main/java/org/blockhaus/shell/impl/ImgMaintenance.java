@@ -32,6 +32,8 @@ import org.blockhaus.shell.impl.Results.Text;
  */
 final class ImgMaintenance {
     private static final int CHUNK = 2 << 20;
+    /** The most a QEMU mirror job (qemu-img commit) copies in one operation. */
+    private static final int COMMIT_OP = 1 << 20;
 
     private final BlockCore core;
     private final Img img;
@@ -85,7 +87,7 @@ final class ImgMaintenance {
                 throw new CommandException("This image format does not support checks", 63);
             }
             // findings go to stderr as they come, as qemu-img prints them
-            java.util.function.Consumer<String> findings = img::finding;
+            java.util.function.Consumer<String> findings = img::errorLine;
             CheckResult result;
             try {
                 result = checkable.check(repair, findings);
@@ -119,8 +121,8 @@ final class ImgMaintenance {
             throw new UsageException("Not enough arguments");
         }
         String sizeText = argv[argv.length - 1];
-        Args a = Args.parse(Arrays.copyOf(argv, argv.length - 1), "f", "hq", Set.of("object",
-                "preallocation"), Set.of("image-opts", "shrink", "help"));
+        Args a = Args.parse(java.util.Arrays.copyOf(argv, argv.length - 1), "f", "hqU",
+                Set.of("object", "preallocation"), Set.of("image-opts", "shrink", "help"));
         List<String> pos = a.positional();
         if (pos.size() != 1) {
             throw new UsageException("Expecting image file name and size");
@@ -165,8 +167,18 @@ final class ImgMaintenance {
     // ---- measure ------------------------------------------------------------------------
 
     Object measure(String[] argv) throws UsageException, BlockException {
-        Args a = Args.parse(argv, "fOol", "hU", Set.of("output", "object", "size"), Set.of("image-opts",
-                "force-share", "help"));
+        Args a;
+        try {
+            a = Args.parse(argv, "fOol", "hU", Set.of("output", "object", "size"), Set.of("image-opts",
+                    "force-share", "help"));
+        } catch (Args.HelpRequested e) {
+            throw e;
+        } catch (UsageException e) {
+            // qemu-img 7.2's measure alone lets getopt print the complaint (named after the
+            // command), then shows the whole help and exits 0
+            img.errorLine("measure: " + e.getoptMessage);
+            return new Text(Usage.TEXT);
+        }
         Output output = Img.output(a);
         List<String> pos = a.positional();
         if (a.has("size") == !pos.isEmpty()) {
@@ -177,7 +189,7 @@ final class ImgMaintenance {
             throw new UsageException("Expecting one image file name");
         }
         String outFmt = a.get("O", "raw");
-        String optText = String.join(",", a.all("o"));
+        String optText = Img.optionList(a);
         Options o = Options.parseKeyValue(optText, null);
         List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(outFmt, null);
         for (String key : o.asMap().keySet()) {
@@ -285,34 +297,39 @@ final class ImgMaintenance {
             throw BlockException.invalid("Expecting one image file name");
         }
         String filename = a.positional().get(0);
-        String optText = String.join(",", a.all("o"));
+        String optText = Img.optionList(a);
         if (optText.isEmpty()) {
             throw new UsageException("Must specify options (-o)");
         }
         Img.checkCacheModes(a, true, false);
+        if (a.has("f") && !a.has("image-opts") && Img.isHelp(optText)) {
+            // with the format named, qemu-img lists its options without opening the image
+            return amendHelp(a.get("f"));
+        }
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), true, false);
         try {
+            if (Img.isHelp(optText)) {
+                return amendHelp(image.driverName());
+            }
+            List<org.blockhaus.api.spi.OptionSpec> amendOptions = img.amendOptions(image.driverName());
             if (!(image.driverNode() instanceof AmendableNode amendable)) {
                 throw new BlockException(Reason.UNSUPPORTED, "Format driver '" + image.driverName()
                         + "' does not support option amendment");
             }
-            List<org.blockhaus.api.spi.OptionSpec> amendOptions = img.amendOptions(image.driverName());
-            if (Img.isHelp(optText)) {
-                return new Text("Amend options for '" + image.driverName() + "':\n" + Img.helpLines(amendOptions));
-            }
             Options given = Options.parseKeyValue(optText, null);
             List<org.blockhaus.api.spi.OptionSpec> specs = core.createOptions(image.driverName(), null);
             for (String key : given.asMap().keySet()) {
-                if (specs.stream().noneMatch(sp -> sp.matches(key))) {
-                    throw BlockException.invalid("Invalid parameter '" + key + "'");
-                }
-                if (amendOptions.stream().noneMatch(sp -> sp.matches(key)) && !key.startsWith("encrypt.")) {
-                    throw BlockException.invalid("Invalid parameter '" + key + "'\nThis option is only supported for"
-                            + " image creation");
+                if (amendOptions.stream().noneMatch(sp -> sp.matches(key))) {
+                    throw BlockException.invalid("Invalid parameter '" + key + "'" + (specs.stream().anyMatch(
+                            sp -> sp.matches(key)) ? "\nThis option is only supported for image creation" : ""));
                 }
             }
+            // qemu's rule: naming the backing file or format at all means both must stay as they are
             Object current = image.info().get("backing-filename");
-            if (given.has("backing_file") && !given.get("backing_file").equals(current)) {
+            Object currentFmt = image.info().get("backing-filename-format");
+            if ((given.has("backing_file") || given.has("backing_fmt"))
+                    && (!java.util.Objects.equals(given.get("backing_file"), current)
+                    || !java.util.Objects.equals(given.get("backing_fmt"), currentFmt))) {
                 throw BlockException.invalid("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
             }
             Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
@@ -324,6 +341,10 @@ final class ImgMaintenance {
             image.close();
         }
         return new Text("");
+    }
+
+    private Text amendHelp(String fmt) throws BlockException {
+        return new Text("Amend options for '" + fmt + "':\n" + Img.helpLines(img.amendOptions(fmt)));
     }
 
     // ---- commit -------------------------------------------------------------------------
@@ -362,22 +383,36 @@ final class ImgMaintenance {
             if (base.size() < size) {
                 base.truncate(size, false, Preallocation.OFF);
             }
-            Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
-            ByteBuffer buf = ByteBuffer.allocateDirect(CHUNK);
+            // What the layers above the base hold is what gets committed; qemu-img's commit (a
+            // mirror job) counts its progress in those bytes, one copy operation at a time.
+            List<Results.MapEntry> work = new ArrayList<>();
+            long total = 0;
             for (long off = 0; off < size; ) {
                 Results.MapEntry e = Img.mapEntry(top, off, Math.min(CHUNK, size - off));
                 if (e.present() && e.depth() < baseDepth) {
+                    work.add(e);
+                    total += e.length();
+                }
+                off += e.length();
+            }
+            Img.Progress p = new Img.Progress(a.has("p") && !a.has("q") ? out : null);
+            ByteBuffer buf = ByteBuffer.allocateDirect(COMMIT_OP);
+            long done = 0;
+            for (Results.MapEntry e : work) {
+                for (long off = e.start(); off < e.start() + e.length(); ) {
+                    int n = (int) Math.min(COMMIT_OP, e.start() + e.length() - off);
                     if (e.zero()) {
-                        base.writeZeroes(off, e.length(), 0);
+                        base.writeZeroes(off, n, 0);
                     } else {
-                        buf.clear().limit((int) e.length());
+                        buf.clear().limit(n);
                         top.read(off, buf);
                         buf.flip();
                         base.write(off, buf, 0);
                     }
+                    off += n;
+                    done += n;
+                    p.update(100.0 * done / total);
                 }
-                off += e.length();
-                p.update(100.0 * off / size);
             }
             base.flush();
             p.finish();
@@ -389,18 +424,14 @@ final class ImgMaintenance {
         }
         // -b implies -d: the layers above the base keep their data
         if (!a.has("d") && !a.has("b")) {
-            emptyImage(filename, a.get("f"));
+            emptyImage(filename, a.get("f"), a.has("image-opts"));
         }
         return new Text(a.has("q") ? "" : "Image committed.\n");
     }
 
     /** After a commit the top's data lives in the base: discard it so reads go through again. */
-    private void emptyImage(String filename, String fmt) throws BlockException {
-        Options o = Options.of("backing", null);
-        if (fmt != null) {
-            o = o.with("driver", fmt);
-        }
-        Image top = core.open(filename, o, new OpenMode(true, false, img::warn));
+    private void emptyImage(String filename, String fmt, boolean imageOpts) throws BlockException {
+        Image top = img.open(filename, fmt, imageOpts, true, false, false);
         try {
             // qemu empties the top with the format's make_empty, which its dirty bitmaps do not see
             List<String> paused = new ArrayList<>();
@@ -437,13 +468,15 @@ final class ImgMaintenance {
     // ---- rebase -------------------------------------------------------------------------
 
     Object rebase(String[] argv) throws UsageException, BlockException {
-        Args a = Args.parse(argv, "fFbtT", "hqpuUc", Set.of("object"), Set.of("image-opts", "force-share", "help"));
+        // qemu-img 7.2's rebase has no -c (compression came with 8.0)
+        Args a = Args.parse(argv, "fFbtT", "hqpuU", Set.of("object"), Set.of("image-opts", "force-share", "help"));
         String filename = Img.single(a, "Expecting one image file name");
         Img.checkCacheModes(a, true, true);
-        if (!a.has("b")) {
+        if (!a.has("b") && !a.has("u")) {
             throw new UsageException("Must specify backing file (-b) or use unsafe mode (-u)");
         }
-        String newBacking = a.get("b").isEmpty() ? null : a.get("b");
+        // -u without -b drops the backing file, as -b "" does
+        String newBacking = a.get("b", "").isEmpty() ? null : a.get("b");
         String newFmt = a.get("F");
         if (a.has("u")) {
             // unsafe: only the header changes, so the old backing file need not even exist
@@ -601,7 +634,9 @@ final class ImgMaintenance {
         long count = parseNum(a.get("c", "75000"), "request count");
         int depth = (int) parseNum(a.get("d", "64"), "queue depth");
         long sizeArg = Img.parseSize(a.get("s", "4096"), "buffer size", Integer.MAX_VALUE);
-        long step = a.has("S") ? Img.parseSize(a.get("S"), "step_size", Integer.MAX_VALUE) : sizeArg;
+        long stepArg = a.has("S") ? Img.parseSize(a.get("S"), "step_size", Integer.MAX_VALUE) : 0;
+        // qemu-img: no step (or -S 0) means one buffer after the other
+        long step = stepArg == 0 ? sizeArg : stepArg;
         long start = a.has("o") ? benchSize(a.get("o"), "offset") : 0;
         boolean write = a.has("w");
         if (a.has("t") && !Img.isCacheMode(a.get("t"))) {
@@ -631,20 +666,23 @@ final class ImgMaintenance {
             if (interval < depth) {
                 throw BlockException.invalid("Flush interval can't be smaller than depth");
             }
-        } else if (a.has("no-drain") && !write) {
-            throw BlockException.invalid("--no-drain is only available in write tests");
         }
         if (depth < 1 || sizeArg > (64 << 20)) {
             throw BlockException.invalid("Invalid queue depth or buffer size specified");
         }
-        if (a.has("n") && !"none".equals(a.get("t")) && !"directsync".equals(a.get("t"))) {
+        boolean nativeAio = a.has("n") || "native".equals(a.get("i"));
+        if (nativeAio && !"none".equals(a.get("t")) && !"directsync".equals(a.get("t"))) {
             throw BlockException.invalid("Could not open '" + filename + "': aio=native was specified, but it"
                     + " requires cache.direct=on, which was not specified.");
         }
         int size = (int) sizeArg;
         final int fill = pattern;
-        Image image = img.open(filename, a.get("f"), a.has("image-opts"), write, !write && (a.has("U")
-                || a.has("force-share")));
+        boolean share = a.has("U") || a.has("force-share");
+        if (write && share) {
+            throw BlockException.invalid("Could not open '" + filename + "': force-share=on can only be used with"
+                    + " read-only images");
+        }
+        Image image = img.open(filename, a.get("f"), a.has("image-opts"), write, share);
         String header = String.format("Sending %d %s requests, %d bytes each, %d in parallel (starting at offset %d,"
                 + " step size %d)", count, write ? "write" : "read", size, depth, start, step)
                 + (flushInterval > 0 ? "\nSending flush every " + flushInterval + " requests" : "");
@@ -765,16 +803,17 @@ final class ImgMaintenance {
             if (core.drivers().stream().noneMatch(d -> d.name().equals(outFmt))) {
                 throw BlockException.invalid("Unknown file format");
             }
-            boolean skipBeyond = from > inSize;
-            if (skipBeyond) {
-                // qemu-img reports it, leaves an empty output file and exits 0
-                img.error(in + ": cannot skip to specified offset");
-                from = inSize;
-            }
             // qemu-img dd counts "count" from the start of the input, skipped blocks included
             long end = inSize;
             if (count >= 0 && Math.multiplyHigh(count, bs) == 0 && count * bs <= inSize) {
                 end = count * bs;
+            }
+            // so a skip is "beyond the input" when it passes that end, not only the image's
+            boolean skipBeyond = from > end;
+            if (skipBeyond) {
+                // qemu-img reports it, leaves an empty output file and exits 0
+                img.error(in + ": cannot skip to specified offset");
+                from = end;
             }
             long size = skipBeyond ? 0 : Math.max(0, end - from);
             core.create(outName, outFmt, Options.of("size", Long.toString(size)), s -> { }, img::warn);

@@ -107,13 +107,33 @@ abstract class QemuComparison {
      * compares what they left behind. Images that name backing files must name them relatively.
      */
     protected Twin twin(List<String> files, String... args) throws Exception {
+        // Files.copy writes sparse images out in full: only the latest twin stays on disk, so a
+        // test of hundreds of cases never holds more than two copies of its images
+        if (lastTwin != null) {
+            deleteTree(lastTwin.q());
+            deleteTree(lastTwin.b());
+        }
         Path q = Files.createTempDirectory(dir, "q");
         Path b = Files.createTempDirectory(dir, "b");
         for (String f : files) {
             Files.copy(dir.resolve(f), q.resolve(f));
             Files.copy(dir.resolve(f), b.resolve(f));
         }
-        return new Twin(q, b, qemuIn(q, args), blkIn(b, args));
+        lastTwin = new Twin(q, b, qemuIn(q, args), blkIn(b, args));
+        return lastTwin;
+    }
+
+    private Twin lastTwin;
+
+    private static void deleteTree(Path root) throws java.io.IOException {
+        if (!Files.exists(root)) {
+            return;
+        }
+        try (var paths = Files.walk(root)) {
+            for (Path p : paths.sorted(java.util.Comparator.reverseOrder()).toList()) {
+                Files.deleteIfExists(p);
+            }
+        }
     }
 
     /** The two sides of {@link #twin}. */

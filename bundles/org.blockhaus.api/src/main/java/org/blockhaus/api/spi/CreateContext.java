@@ -30,6 +30,15 @@ public interface CreateContext {
      */
     BlockNode createFile(String filename, Options protocolOptions) throws BlockException;
 
+    /**
+     * {@code qemu-img create -u}: the backing file is recorded as given but never opened (it need
+     * not exist yet), so a driver must not call {@link #openBacking}. The core has then already
+     * made sure a size and a backing format were given.
+     */
+    default boolean unsafeBacking() {
+        return false;
+    }
+
     /** Opens a backing image read-only, to check it and to learn its size. */
     BlockNode openBacking(String backingFilename, String backingFormat) throws BlockException;
 

@@ -15,9 +15,13 @@ import java.util.Objects;
  * @param createOptions options accepted by create ({@code -o})
  * @param compressedWrites whether the format stores writes flagged
  *                      {@link org.blockhaus.api.BlockNode#COMPRESSED} compressed (convert -c)
+ * @param amendOptions  options its images take in place ({@code qemu-img amend -o}); a format's
+ *                      list differs from its create options (qcow2 cannot change its cluster
+ *                      size, but takes keyslot changes). Empty: the format does not amend.
  */
 public record DriverDescriptor(String name, Kind kind, String description, List<String> protocols,
-        List<OptionSpec> openOptions, List<OptionSpec> createOptions, boolean compressedWrites) {
+        List<OptionSpec> openOptions, List<OptionSpec> createOptions, boolean compressedWrites,
+        List<OptionSpec> amendOptions) {
     public enum Kind {
         FORMAT, PROTOCOL, FILTER;
 
@@ -32,12 +36,19 @@ public record DriverDescriptor(String name, Kind kind, String description, List<
         protocols = List.copyOf(protocols);
         openOptions = List.copyOf(openOptions);
         createOptions = List.copyOf(createOptions);
+        amendOptions = List.copyOf(amendOptions);
+    }
+
+    /** A driver whose images cannot be amended. */
+    public DriverDescriptor(String name, Kind kind, String description, List<String> protocols,
+            List<OptionSpec> openOptions, List<OptionSpec> createOptions, boolean compressedWrites) {
+        this(name, kind, description, protocols, openOptions, createOptions, compressedWrites, List.of());
     }
 
     /** A driver that does not write compressed data. */
     public DriverDescriptor(String name, Kind kind, String description, List<String> protocols,
             List<OptionSpec> openOptions, List<OptionSpec> createOptions) {
-        this(name, kind, description, protocols, openOptions, createOptions, false);
+        this(name, kind, description, protocols, openOptions, createOptions, false, List.of());
     }
 
     public OptionSpec openOption(String key) {
@@ -46,6 +57,10 @@ public record DriverDescriptor(String name, Kind kind, String description, List<
 
     public OptionSpec createOption(String key) {
         return find(createOptions, key);
+    }
+
+    public OptionSpec amendOption(String key) {
+        return find(amendOptions, key);
     }
 
     private static OptionSpec find(List<OptionSpec> specs, String key) {

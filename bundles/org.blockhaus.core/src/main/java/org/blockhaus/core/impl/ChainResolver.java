@@ -113,20 +113,36 @@ final class ChainResolver {
             }
             return openFormat(entry, filename, opts, null, req, perm, shared, depth, chain, false);
         }
-        if (filename == null) {
+        Options fileTree = opts.subtree("file");
+        // No name, but the storage described by file.* options: probe the format on it (QEMU
+        // does the same for --image-opts file.filename=x)
+        boolean storageByOptions = filename == null && probe && (fileTree.has("filename") || fileTree.has("driver"));
+        if (filename == null && !storageByOptions) {
             throw BlockException.invalid("A block device must be specified for \"file\"");
         }
-        DriverRegistry.Entry protocol = protocolFor(filename);
+        DriverRegistry.Entry protocol;
+        if (storageByOptions) {
+            String d = fileTree.get("driver");
+            protocol = d != null ? registry.find(d) : protocolFor(fileTree.get("filename"));
+            if (protocol == null) {
+                throw new BlockException(Reason.NOT_FOUND, "Unknown driver '" + d + "'");
+            }
+        } else {
+            protocol = protocolFor(filename);
+        }
         if (!probe) {
             return openProtocol(protocol, filename, opts, req, perm, shared);
         }
         // No format given: open the protocol layer claiming only a read, probe, then tell it the
         // permissions the chosen format needs (a remote export is connected to once, and a
         // file's lock bytes end up exactly as QEMU's would).
-        ManagedNode file = openProtocol(protocol, filename, inherit(opts, opts.subtree("file")), req,
+        ManagedNode file = openProtocol(protocol, filename, inherit(opts, fileTree), req,
                 EnumSet.of(Permission.CONSISTENT_READ), Permission.all());
+        if (storageByOptions) {
+            filename = null; // named by its options once open
+        }
         try {
-            DriverRegistry.Entry fmt = probeFormat(file, filename);
+            DriverRegistry.Entry fmt = probeFormat(file, file.filename());
             if (fmt == null) {
                 throw new BlockException(Reason.NOT_FOUND, "Could not determine the image format: no format driver"
                         + " is installed");
@@ -136,7 +152,7 @@ final class ChainResolver {
                         req.forceShare() ? Permission.all() : childShared(fmt.descriptor(), shared));
             }
             if (fmt.descriptor().name().equals("raw") && !req.readOnly()) {
-                req.warnings().accept("WARNING: Image format was not specified for '" + filename
+                req.warnings().accept("WARNING: Image format was not specified for '" + file.filename()
                         + "' and probing guessed raw.\n"
                         + "         Automatically detecting the format is dangerous for raw images, write operations"
                         + " on block 0 will be restricted.\n"
@@ -222,10 +238,11 @@ final class ChainResolver {
 
     private ManagedNode openProtocol(DriverRegistry.Entry entry, String filename, Options opts, Request req,
             Set<Permission> perm, Set<Permission> shared) throws BlockException {
-        Options own = opts;
+        // backing=null (open the image alone) holds trivially for storage without backing files
+        Options own = opts.isNull("backing") ? opts.without("backing") : opts;
         if (filename != null) {
             Options parsed = entry.driver().parseFilename(filename);
-            own = parsed.merge(opts.without("filename"));
+            own = parsed.merge(own.without("filename"));
         }
         checkOptions(entry.descriptor(), own, false);
         String exact = entry.driver().exactFilename(own);
@@ -233,7 +250,8 @@ final class ChainResolver {
                 : own.get("filename") != null ? own.get("filename") : describe(own);
         final Options nodeOpts = own.without("driver");
         OpenContext ctx = new Context(entry, shownName, nodeOpts, req, perm, shared, 0, Set.of(), List.of());
-        return finish(entry, shownName, ctx, req, List.of(), false);
+        boolean named = filename != null || own.get("filename") != null;
+        return finish(entry, named ? shownName : null, ctx, req, List.of(), false, nodeOpts, own.get("filename"));
     }
 
     private ManagedNode openFormat(DriverRegistry.Entry entry, String filename, Options opts, ManagedNode file,
@@ -250,7 +268,7 @@ final class ChainResolver {
         Context ctx = new Context(entry, shown, own, req, perm, shared, depth, chain, children);
         ctx.fileHint = filename;
         try {
-            return finish(entry, shown, ctx, req, children, guardSectorZero);
+            return finish(entry, filename, ctx, req, children, guardSectorZero, own, null);
         } catch (BlockException | RuntimeException e) {
             for (Image.Child c : children) {
                 closeQuietly((ManagedNode) c.image());
@@ -259,8 +277,14 @@ final class ChainResolver {
         }
     }
 
-    private ManagedNode finish(DriverRegistry.Entry entry, String shown, OpenContext ctx, Request req,
-            List<Image.Child> children, boolean guardSectorZero) throws BlockException {
+    /**
+     * @param given    the name the node was opened by, or null when only options name it (its
+     *                 name is then QEMU's, worked out once its children are open)
+     * @param own      the node's options, for its json: name
+     * @param filename its filename option (protocols), for the same
+     */
+    private ManagedNode finish(DriverRegistry.Entry entry, String given, OpenContext ctx, Request req,
+            List<Image.Child> children, boolean guardSectorZero, Options own, String filename) throws BlockException {
         BlockNode node;
         try {
             node = entry.driver().open(ctx);
@@ -269,6 +293,25 @@ final class ChainResolver {
         }
         if (node == null) {
             throw new BlockException(Reason.IO, "Driver '" + entry.descriptor().name() + "' returned no node");
+        }
+        String driver = entry.descriptor().name();
+        java.util.Map<String, Object> full = NodeNames.fullOptions(driver, own,
+                entry.descriptor().kind() == Kind.PROTOCOL ? filename != null ? filename : given : null, children);
+        String shown = given;
+        if (shown == null) {
+            ManagedNode file = null;
+            boolean onlyFile = true;
+            for (Image.Child c : children) {
+                if (c.role().equals("file")) {
+                    file = (ManagedNode) c.image();
+                } else if (!c.role().equals("backing")) {
+                    onlyFile = false;
+                }
+            }
+            boolean overProtocol = file != null && registry.find(file.driverName()) != null
+                    && registry.find(file.driverName()).descriptor().kind() == Kind.PROTOCOL
+                    && entry.descriptor().kind() != Kind.FILTER;
+            shown = NodeNames.name(full, overProtocol, file == null ? null : file.filename(), onlyFile);
         }
         if (guardSectorZero) {
             node = new SectorZeroGuard(node, registry);
@@ -280,6 +323,7 @@ final class ChainResolver {
         ManagedNode m = new ManagedNode(entry.descriptor().name(), shown, node, req.readOnly(), noFlush, children,
                 () -> registry.untrack(entry.driver(), self[0]));
         self[0] = m;
+        m.fullOpenOptions(full);
         try {
             registry.track(entry.driver(), m);
         } catch (BlockException e) {
@@ -502,6 +546,14 @@ final class ChainResolver {
                 return child;
             }
             String base = fileHint != null ? fileHint : filename;
+            if (base == null || base.startsWith("json:")) {
+                // opened from options: QEMU takes the directory from the storage below (its file)
+                for (Image.Child c : children) {
+                    if (c.role().equals("file") && !c.image().filename().startsWith("json:")) {
+                        base = c.image().filename();
+                    }
+                }
+            }
             if (base == null || base.startsWith("json:")) {
                 throw BlockException.invalid("Cannot use relative backing file names for '" + filename + "'");
             }

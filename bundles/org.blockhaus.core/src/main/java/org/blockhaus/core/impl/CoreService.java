@@ -63,15 +63,20 @@ public class CoreService implements BlockCore {
     }
 
     @Override
-    public CreateResult create(String filename, String format, Options createOptions, Consumer<String> formatting,
-            Consumer<String> warnings) throws BlockException {
-        return creator.create(filename, format, createOptions == null ? Options.empty() : createOptions,
+    public CreateResult create(String filename, String format, Options createOptions, boolean unsafeBacking,
+            Consumer<String> formatting, Consumer<String> warnings) throws BlockException {
+        return creator.create(filename, format, createOptions == null ? Options.empty() : createOptions, unsafeBacking,
                 formatting == null ? s -> { } : formatting, warnings == null ? s -> { } : warnings);
     }
 
     @Override
     public List<OptionSpec> createOptions(String format, String filename) throws BlockException {
         return creator.createOptions(format, filename);
+    }
+
+    @Override
+    public List<OptionSpec> amendOptions(String format) throws BlockException {
+        return creator.requireFormat(format).descriptor().amendOptions();
     }
 
     @Override

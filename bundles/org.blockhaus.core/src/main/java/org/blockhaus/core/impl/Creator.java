@@ -61,8 +61,12 @@ final class Creator {
         return fmt;
     }
 
-    CreateResult create(String filename, String format, Options given, Consumer<String> formatting,
-            Consumer<String> warnings) throws BlockException {
+    /**
+     * @param unsafeBacking qemu-img create -u: the backing file is named in the image but not
+     *                      opened, so its format and the size must be given
+     */
+    CreateResult create(String filename, String format, Options given, boolean unsafeBacking,
+            Consumer<String> formatting, Consumer<String> warnings) throws BlockException {
         DriverRegistry.Entry fmt;
         try {
             fmt = requireFormat(format);
@@ -87,11 +91,24 @@ final class Creator {
             }
         }
         Options opts = given;
+        String backingName = opts.get("backing_file");
+        if (backingName != null && backingName.equals(filename)) {
+            throw BlockException.invalid(filename + ": Error: Trying to create an image with the same filename as the"
+                    + " backing file");
+        }
+        if (backingName != null && backingName.isEmpty()) {
+            throw BlockException.invalid(filename + ": Expected backing file name, got empty string");
+        }
+        boolean unopenedBacking = unsafeBacking && opts.get("backing_file") != null;
+        if (unopenedBacking && opts.get("backing_fmt") == null) {
+            // nothing is opened to detect the format, and qemu-img no longer records a guess
+            throw BlockException.invalid(filename + ": Backing file specified without backing format");
+        }
         long size;
         if (opts.has("size")) {
             size = Sizes.parse(opts.get("size"));
             opts = opts.with("size", Long.toString(size));
-        } else if (opts.get("backing_file") != null) {
+        } else if (opts.get("backing_file") != null && !unopenedBacking) {
             size = backingSize(filename, opts.get("backing_file"), opts.get("backing_fmt"), warnings);
             opts = opts.with("size", Long.toString(size));
         } else {
@@ -111,6 +128,7 @@ final class Creator {
             @Override public long size() { return finalSize; }
             @Override public byte[] secret(String id) throws BlockException { return secrets.get(id); }
             @Override public void warn(String message) { warnings.accept(message); }
+            @Override public boolean unsafeBacking() { return unopenedBacking; }
 
             @Override
             public BlockNode createFile(Options protocolOptions) throws BlockException {
@@ -140,6 +158,9 @@ final class Creator {
 
             @Override
             public BlockNode openBacking(String backingFilename, String backingFormat) throws BlockException {
+                if (unopenedBacking) {
+                    throw new IllegalStateException("create -u: the driver must not open the backing file");
+                }
                 BlockNode n = openBackingForCreate(filename, backingFilename, backingFormat, warnings);
                 opened.add(n);
                 return n;

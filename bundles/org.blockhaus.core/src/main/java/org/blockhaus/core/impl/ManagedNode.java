@@ -51,6 +51,8 @@ final class ManagedNode implements Image {
     private final ReentrantReadWriteLock rmw = new ReentrantReadWriteLock();
     private final Runnable onClosed;
     private volatile boolean closed;
+    /** What defines this node, for the json: names of the nodes above it (see NodeNames). */
+    private volatile Map<String, Object> fullOpenOptions = Map.of();
 
     ManagedNode(String driverName, String filename, BlockNode node, boolean readOnly, boolean noFlush,
             List<Child> children, Runnable onClosed) {
@@ -78,6 +80,8 @@ final class ManagedNode implements Image {
     @Override public Limits limits() { return limits; }
     @Override public boolean hasZeroInit() { return node.hasZeroInit(); }
     boolean readOnly() { return readOnly; }
+    Map<String, Object> fullOpenOptions() { return fullOpenOptions; }
+    void fullOpenOptions(Map<String, Object> options) { this.fullOpenOptions = Map.copyOf(options); }
 
     @Override
     public Capabilities capabilities() {

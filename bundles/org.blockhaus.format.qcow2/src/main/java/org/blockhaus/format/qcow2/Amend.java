@@ -34,7 +34,26 @@ final class Amend {
                         header.compressionType() == Qcow2Header.COMPRESSION_ZSTD ? "zstd" : "zlib"),
                         "compression type");
                 case "preallocation" -> throw BlockException.invalid("Cannot change preallocation mode");
-                default -> throw new BlockException(Reason.UNSUPPORTED, "Changing the option '" + key
+                case "data_file" -> {
+                    if ((header.incompatibleFeatures() & Qcow2Header.INCOMPAT_DATA_FILE) == 0) {
+                        throw BlockException.invalid("data-file can only be set for images that use an external"
+                                + " data file");
+                    }
+                    throw new BlockException(Reason.UNSUPPORTED, "Changing the option '" + key + "' is not supported");
+                }
+                case "data_file_raw" -> {
+                    if (o.getBool(key, false)) {
+                        throw BlockException.invalid("data-file-raw cannot be set on existing images");
+                    }
+                    if ((header.autoclearFeatures() & Qcow2Header.AUTOCLEAR_DATA_FILE_RAW) != 0) {
+                        throw new BlockException(Reason.UNSUPPORTED, "Changing the option '" + key
+                                + "' is not supported");
+                    }
+                }
+                default -> throw key.startsWith("encrypt.")
+                        // this driver opens no encrypted image, so none it amends has encryption
+                        ? BlockException.invalid("Can't amend encryption options - encryption not present")
+                        : new BlockException(Reason.UNSUPPORTED, "Changing the option '" + key
                         + "' is not supported");
             }
         }

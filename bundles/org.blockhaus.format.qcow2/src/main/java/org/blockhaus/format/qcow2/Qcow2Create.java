@@ -92,8 +92,9 @@ final class Qcow2Create {
         if (backingFmt != null && backingFile == null) {
             throw BlockException.invalid("Backing format cannot be used without backing file");
         }
-        if (backingFile != null) {
-            // Opening it proves it exists and is readable with the named format.
+        if (backingFile != null && !ctx.unsafeBacking()) {
+            // Opening it proves it exists and is readable with the named format (not with -u,
+            // where it may not exist yet).
             try (BlockNode b = ctx.openBacking(backingFile, backingFmt)) {
                 if (backingFmt == null) {
                     // qemu-img 7.2 no longer records a probed format: the user must name it (-F)

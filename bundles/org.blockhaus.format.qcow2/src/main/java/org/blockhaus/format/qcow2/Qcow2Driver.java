@@ -69,8 +69,30 @@ public final class Qcow2Driver implements BlockDriver {
             OptionSpec.of("overlap-check.*", OptionType.STRING,
                     "Accepted for compatibility; allocation never overwrites known metadata"));
 
+    /**
+     * What qemu-img amend takes for an existing image: the layout options are creation-only, and
+     * an encrypted image's keyslots replace the encryption creation options. The encrypt.* ones
+     * are listed as qemu lists them; this driver has no encryption, so amending them fails.
+     */
+    private static final List<OptionSpec> AMEND_OPTIONS = List.of(
+            createOption("backing_file"), createOption("backing_fmt"), createOption("compat"),
+            createOption("data_file"), createOption("data_file_raw"),
+            OptionSpec.of("encrypt.iter-time", OptionType.NUMBER, "Time to spend in PBKDF in milliseconds"),
+            OptionSpec.of("encrypt.keyslot", OptionType.NUMBER, "Select a single keyslot to modify explicitly"),
+            OptionSpec.of("encrypt.new-secret", OptionType.STRING,
+                    "New secret to set in the matching keyslots. Empty string to erase"),
+            OptionSpec.of("encrypt.old-secret", OptionType.STRING, "Select all keyslots that match this password"),
+            OptionSpec.of("encrypt.state", OptionType.STRING,
+                    "Select new state of affected keyslots (active/inactive)"),
+            createOption("lazy_refcounts"), createOption("refcount_bits"), createOption("size"));
+
     private static final DriverDescriptor DESCRIPTOR = new DriverDescriptor("qcow2", DriverDescriptor.Kind.FORMAT,
-            "QEMU copy-on-write image, version 2 and 3", List.of(), OPEN_OPTIONS, CREATE_OPTIONS, true);
+            "QEMU copy-on-write image, version 2 and 3", List.of(), OPEN_OPTIONS, CREATE_OPTIONS, true,
+            AMEND_OPTIONS);
+
+    private static OptionSpec createOption(String name) {
+        return CREATE_OPTIONS.stream().filter(s -> s.name().equals(name)).findFirst().orElseThrow();
+    }
 
     @Override
     public DriverDescriptor descriptor() {

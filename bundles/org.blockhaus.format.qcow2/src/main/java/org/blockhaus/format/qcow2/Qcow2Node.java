@@ -1566,8 +1566,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             List<Object> list = new ArrayList<>();
             for (Snapshot s : snaps) {
                 Map<String, Object> e = new LinkedHashMap<>();
-                e.put("icount", s.icount());
-                e.put("vm-clock-nsec", s.vmClockNsec());
+                if (s.icount() != -1) {
+                    e.put("icount", s.icount()); // -1: recorded without one, and qemu leaves it out
+                }
+                e.put("vm-clock-nsec", s.vmClockNsec() % 1_000_000_000L);
                 e.put("name", s.name());
                 e.put("date-sec", s.dateSec());
                 e.put("date-nsec", s.dateNsec());
