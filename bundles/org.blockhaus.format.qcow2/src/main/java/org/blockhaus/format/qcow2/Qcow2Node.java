@@ -996,9 +996,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             if (need > l1.length) {
                 growL1((int) need);
             }
-            long oldSize = size;
-            if (prealloc != null && prealloc != Preallocation.OFF) {
-                preallocateLocked(oldSize, newSize, prealloc);
+            Preallocation mode = prealloc == null ? Preallocation.OFF : prealloc;
+            if (rawExternal && mode == Preallocation.OFF) {
+                mode = Preallocation.METADATA; // a raw data file stays mapped 1:1, as qemu keeps it
+            }
+            if (mode != Preallocation.OFF) {
+                preallocateLocked(size, newSize, mode);
             } else if (external) {
                 data.truncateTo(newSize, exact);
             }
@@ -1048,6 +1051,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
         file.flush();
         size = newSize;
+        refcounts.dropUnusedBlocks();
         long end = (refcounts.highestUsedCluster() + 1) << clusterBits;
         if (end < file.size()) {
             try {
@@ -1132,13 +1136,21 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                     continue;
                 }
                 long h = external ? guest : host; // a data file maps 1:1
-                setEntry(t, idx, h | OFLAG_COPIED, ALL_SUBCLUSTERS);
+                // with subclusters, qemu gives the cluster a host offset but leaves every subcluster
+                // unallocated (it still reads as zeroes or from the backing file)
+                setEntry(t, idx, h | OFLAG_COPIED, extL2 ? 0 : ALL_SUBCLUSTERS);
                 host += clusterSize;
                 last = Math.max(last, h + clusterSize);
             }
         }
         if (external) {
-            // the data file grows with the mode asked for (metadata alone reserves nothing there)
+            // As qemu: a newly mapped last cluster that the guest uses only in part gets zeroes
+            // written past the guest's end (the data file then ends on a cluster boundary); the
+            // data file grows to the end with the mode asked for (metadata reserves nothing there).
+            long clusterEnd = (to + clusterSize - 1) & -clusterSize;
+            if (clusterEnd > to && last == clusterEnd) {
+                data.write(to, ByteBuffer.allocate((int) (clusterEnd - to)));
+            }
             data.growWith(to, mode == Preallocation.METADATA ? Preallocation.OFF : mode);
         } else if (oneRun) {
             file.growWith(last, mode);
