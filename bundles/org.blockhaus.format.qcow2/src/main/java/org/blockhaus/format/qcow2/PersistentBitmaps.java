@@ -290,6 +290,15 @@ final class PersistentBitmaps {
         words[wt] |= lastMask;
     }
 
+    /** qemu refuses to resize while a bitmap is inconsistent (it could not follow the new size). */
+    void checkResizable() throws BlockException {
+        for (Bitmap b : list) {
+            if (b.inconsistent) {
+                usable(b.entry.name()); // throws qemu's message for the first one
+            }
+        }
+    }
+
     /** The bitmap follows a resize: the table gets the new size, bits past the new end are dropped. */
     void resize(long newSize) throws BlockException {
         for (Bitmap b : list) {

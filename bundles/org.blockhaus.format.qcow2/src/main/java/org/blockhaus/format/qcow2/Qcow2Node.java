@@ -967,13 +967,19 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     public void truncate(long newSize, boolean exact, Preallocation prealloc) throws BlockException {
         lock.lock();
         try {
-            prepareWrite();
+            checkOpen();
+            checkWritable();
+            // refused sizes change nothing: the checks come before the first write's preparations
             if ((newSize & 511) != 0) {
                 throw BlockException.invalid("The new size must be a multiple of 512");
             }
             if (header.nbSnapshots() > 0 && header.version() < 3) {
                 throw new BlockException(Reason.UNSUPPORTED, "Can't resize a v2 image which has snapshots");
             }
+            if (bitmaps != null) {
+                bitmaps.checkResizable();
+            }
+            prepareWrite();
             if (newSize < size) {
                 if (prealloc != null && prealloc != Preallocation.OFF) {
                     throw BlockException.invalid("Preallocation can't be used for shrinking an image");
