@@ -30,7 +30,11 @@ class ResizeInteropTest extends QemuComparison {
         EXTENDED_L2("img.qcow2", "qcow2", "extended_l2=on"),
         DATA_FILE("img.qcow2", "qcow2", "data_file=img.data"),
         DATA_FILE_RAW("img.qcow2", "qcow2", "data_file=img.data,data_file_raw=on"),
-        BACKING("img.qcow2", "qcow2", "backing_file=base.qcow2,backing_fmt=qcow2");
+        BACKING("img.qcow2", "qcow2", "backing_file=base.qcow2,backing_fmt=qcow2"),
+        COMPRESSED_SNAPSHOTS("img.qcow2", "qcow2", "cluster_size=4k"),
+        /** The backing file is longer than the image: growing must not uncover its data. */
+        LONGER_BACKING("img.qcow2", "qcow2", "backing_file=base.qcow2,backing_fmt=qcow2"),
+        V2_LONGER_BACKING("img.qcow2", "qcow2", "compat=0.10,backing_file=base.qcow2,backing_fmt=qcow2");
 
         final String image;
         final String format;
@@ -47,14 +51,14 @@ class ResizeInteropTest extends QemuComparison {
             if (options.contains("data_file")) {
                 f.add("img.data");
             }
-            if (this == BACKING) {
+            if (options.contains("backing_file")) {
                 f.add(0, "base.qcow2");
             }
             return f;
         }
 
         boolean hasSnapshots() {
-            return this == SNAPSHOTS || this == V2_SNAPSHOT;
+            return this == SNAPSHOTS || this == V2_SNAPSHOT || this == COMPRESSED_SNAPSHOTS;
         }
     }
 
@@ -93,9 +97,10 @@ class ResizeInteropTest extends QemuComparison {
     }
 
     private void make(Kind k) throws Exception {
-        if (k == Kind.BACKING) {
-            sh("qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "4M");
-            sh("qemu-io", "-c", "write -P 7 0 4M", "base.qcow2");
+        if (k.options.contains("backing_file")) {
+            String baseSize = k == Kind.BACKING ? "4M" : "8M";
+            sh("qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", baseSize);
+            sh("qemu-io", "-c", "write -P 7 0 " + baseSize, "base.qcow2");
         }
         List<String> create = new ArrayList<>(List.of("qemu-img", "create", "-q", "-f", k.format));
         if (!k.options.isEmpty()) {
@@ -104,6 +109,9 @@ class ResizeInteropTest extends QemuComparison {
         create.addAll(List.of(k.image, "4M"));
         sh(create.toArray(String[]::new));
         sh("qemu-io", "-f", k.format, "-c", "write -P 1 0 3M", k.image);
+        if (k == Kind.COMPRESSED_SNAPSHOTS) {
+            sh("qemu-io", "-f", k.format, "-c", "write -c -P 4 3M 512k", "-c", "write -c -P 5 3670016 12k", k.image);
+        }
         if (k == Kind.EXTENDED_L2) {
             sh("qemu-io", "-f", k.format, "-c", "write -P 2 3149824 8k", "-c", "write -z 3215360 2k", k.image);
         }

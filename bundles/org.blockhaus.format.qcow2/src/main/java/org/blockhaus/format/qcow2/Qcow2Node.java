@@ -1011,6 +1011,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             } else if (external) {
                 data.truncateTo(newSize, exact);
             }
+            // falloc and full give fresh clusters from a file that reads as zeroes: nothing to do
+            boolean freshClusters = !external && (mode == Preallocation.FALLOC || mode == Preallocation.FULL);
+            if (backing != null && backing.size() > size && !freshClusters) {
+                zeroGrownArea(size, newSize);
+            }
             file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
             file.flush();
             size = newSize;
@@ -1020,6 +1025,28 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         } finally {
             lock.unlock();
         }
+    }
+
+    /**
+     * Growing over a backing file that is longer than the old size: the new area must read as
+     * zeroes, not as what the backing file holds there. As qemu: zero clusters from the first
+     * cluster boundary on (version 2 has none: refused with qemu's message, the size unchanged),
+     * real zeroes for the rest of the old last cluster.
+     */
+    private void zeroGrownArea(long oldSize, long newSize) throws BlockException {
+        long zeroStart = (oldSize + clusterSize - 1) & -clusterSize;
+        if (newSize > zeroStart && header.version() < 3) {
+            throw new BlockException(Reason.UNSUPPORTED, "Failed to zero out new clusters: Operation not supported");
+        }
+        for (long guest = zeroStart; guest < newSize; guest += clusterSize) {
+            if (!zeroCluster(guest, false)) {
+                writeLocked(guest, ByteBuffer.allocate((int) Math.min(clusterSize, newSize - guest)));
+            }
+        }
+        if (zeroStart > oldSize) {
+            writeLocked(oldSize, ByteBuffer.allocate((int) (Math.min(zeroStart, newSize) - oldSize)));
+        }
+        flushLocked();
     }
 
     /**
