@@ -435,6 +435,9 @@ final class PersistentBitmaps {
         if (readOnly || list.isEmpty() || node.header().version() < 3) {
             return; // amended down to version 2, which cannot keep bitmaps: they stay behind as qemu leaves them
         }
+        if (list.stream().allMatch(b -> b.inconsistent)) {
+            return; // nothing was tracked and the directory on disk says so already (qemu writes nothing)
+        }
         List<long[]> frees = new ArrayList<>();
         for (Bitmap b : list) {
             if (b.inconsistent) {

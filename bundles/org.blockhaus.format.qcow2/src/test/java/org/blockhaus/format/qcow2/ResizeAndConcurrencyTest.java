@@ -121,25 +121,23 @@ class ResizeAndConcurrencyTest {
         Image crashed = Fixtures.openRw(core, img);
         crashed.write(0, ByteBuffer.allocate(512), 0);
         crashed.flush(); // the bitmaps are marked in use on disk and never stored: a writer that died now
-        for (String name : new String[] {"ours.qcow2", "theirs.qcow2", "control.qcow2"}) {
-            Files.copy(img, dir.resolve(name));
-        }
-        crashed.close();
         Path ours = dir.resolve("ours.qcow2");
-        Path control = dir.resolve("control.qcow2");
+        Path theirs = dir.resolve("theirs.qcow2");
+        Files.copy(img, ours);
+        Files.copy(img, theirs);
+        crashed.close();
+        byte[] before = Files.readAllBytes(ours);
         for (String size : new String[] {"8M", "2M"}) {
-            Qemu.Result q = Qemu.img("resize", "--shrink", dir.resolve("theirs.qcow2").toString(), size);
+            Qemu.Result q = Qemu.img("resize", "--shrink", theirs.toString(), size);
             assertEquals(1, q.exit(), q.out());
             try (Image i = Fixtures.openRw(core, ours)) {
                 BlockException e = assertThrows(BlockException.class,
                         () -> i.truncate(Long.parseLong(size.replace("M", "")) << 20, false, Preallocation.OFF));
                 assertEquals(q.err(), "qemu-img: " + e.getMessage() + "\n");
             }
-            try (Image i = Fixtures.openRw(core, control)) {
-                assertEquals(4 << 20, i.size());
-            }
-            // the refused resize wrote nothing that opening and closing the image would not
-            assertArrayEquals(Files.readAllBytes(control), Files.readAllBytes(ours));
+            // neither tool wrote anything: not the refused resize, not opening and closing
+            assertArrayEquals(before, Files.readAllBytes(theirs));
+            assertArrayEquals(before, Files.readAllBytes(ours));
         }
         assertEquals(0, Qemu.img("check", ours.toString()).exit());
     }
