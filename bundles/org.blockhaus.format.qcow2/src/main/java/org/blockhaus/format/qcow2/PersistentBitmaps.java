@@ -290,6 +290,15 @@ final class PersistentBitmaps {
         words[wt] |= lastMask;
     }
 
+    /** qemu refuses to resize while a bitmap is inconsistent (it could not follow the new size). */
+    void checkResizable() throws BlockException {
+        for (Bitmap b : list) {
+            if (b.inconsistent) {
+                usable(b.entry.name()); // throws qemu's message for the first one
+            }
+        }
+    }
+
     /** The bitmap follows a resize: the table gets the new size, bits past the new end are dropped. */
     void resize(long newSize) throws BlockException {
         for (Bitmap b : list) {
@@ -425,6 +434,9 @@ final class PersistentBitmaps {
     void store() throws BlockException {
         if (readOnly || list.isEmpty() || node.header().version() < 3) {
             return; // amended down to version 2, which cannot keep bitmaps: they stay behind as qemu leaves them
+        }
+        if (list.stream().allMatch(b -> b.inconsistent)) {
+            return; // nothing was tracked and the directory on disk says so already (qemu writes nothing)
         }
         List<long[]> frees = new ArrayList<>();
         for (Bitmap b : list) {

@@ -1204,13 +1204,19 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     public void truncate(long newSize, boolean exact, Preallocation prealloc) throws BlockException {
         lock.lock();
         try {
-            prepareWrite();
+            checkOpen();
+            checkWritable();
+            // refused sizes change nothing: the checks come before the first write's preparations
             if ((newSize & 511) != 0) {
                 throw BlockException.invalid("The new size must be a multiple of 512");
             }
             if (header.nbSnapshots() > 0 && header.version() < 3) {
                 throw new BlockException(Reason.UNSUPPORTED, "Can't resize a v2 image which has snapshots");
             }
+            if (bitmaps != null) {
+                bitmaps.checkResizable();
+            }
+            prepareWrite();
             if (newSize < size) {
                 if (prealloc != null && prealloc != Preallocation.OFF) {
                     throw BlockException.invalid("Preallocation can't be used for shrinking an image");
@@ -1233,11 +1239,19 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             if (need > l1.length) {
                 growL1((int) need);
             }
-            long oldSize = size;
-            if (prealloc != null && prealloc != Preallocation.OFF) {
-                preallocateLocked(oldSize, newSize, prealloc);
+            Preallocation mode = prealloc == null ? Preallocation.OFF : prealloc;
+            if (rawExternal && mode == Preallocation.OFF) {
+                mode = Preallocation.METADATA; // a raw data file stays mapped 1:1, as qemu keeps it
+            }
+            if (mode != Preallocation.OFF) {
+                preallocateLocked(size, newSize, mode);
             } else if (external) {
                 data.truncateTo(newSize, exact);
+            }
+            // falloc and full give fresh clusters from a file that reads as zeroes: nothing to do
+            boolean freshClusters = !external && (mode == Preallocation.FALLOC || mode == Preallocation.FULL);
+            if (backing != null && backing.size() > size && !freshClusters) {
+                zeroGrownArea(size, newSize);
             }
             file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
             file.flush();
@@ -1248,6 +1262,28 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         } finally {
             lock.unlock();
         }
+    }
+
+    /**
+     * Growing over a backing file that is longer than the old size: the new area must read as
+     * zeroes, not as what the backing file holds there. As qemu: zero clusters from the first
+     * cluster boundary on (version 2 has none: refused with qemu's message, the size unchanged),
+     * real zeroes for the rest of the old last cluster.
+     */
+    private void zeroGrownArea(long oldSize, long newSize) throws BlockException {
+        long zeroStart = (oldSize + clusterSize - 1) & -clusterSize;
+        if (newSize > zeroStart && header.version() < 3) {
+            throw new BlockException(Reason.UNSUPPORTED, "Failed to zero out new clusters: Operation not supported");
+        }
+        for (long guest = zeroStart; guest < newSize; guest += clusterSize) {
+            if (!zeroCluster(guest, false)) {
+                writeLocked(guest, ByteBuffer.allocate((int) Math.min(clusterSize, newSize - guest)));
+            }
+        }
+        if (zeroStart > oldSize) {
+            writeLocked(oldSize, ByteBuffer.allocate((int) (Math.min(zeroStart, newSize) - oldSize)));
+        }
+        flushLocked();
     }
 
     /**
@@ -1285,6 +1321,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
         file.flush();
         size = newSize;
+        refcounts.dropUnusedBlocks();
         long end = (refcounts.highestUsedCluster() + 1) << clusterBits;
         if (end < file.size()) {
             try {
@@ -1369,13 +1406,21 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                     continue;
                 }
                 long h = external ? guest : host; // a data file maps 1:1
-                setEntry(t, idx, h | OFLAG_COPIED, ALL_SUBCLUSTERS);
+                // with subclusters, qemu gives the cluster a host offset but leaves every subcluster
+                // unallocated (it still reads as zeroes or from the backing file)
+                setEntry(t, idx, h | OFLAG_COPIED, extL2 ? 0 : ALL_SUBCLUSTERS);
                 host += clusterSize;
                 last = Math.max(last, h + clusterSize);
             }
         }
         if (external) {
-            // the data file grows with the mode asked for (metadata alone reserves nothing there)
+            // As qemu: a newly mapped last cluster that the guest uses only in part gets zeroes
+            // written past the guest's end (the data file then ends on a cluster boundary); the
+            // data file grows to the end with the mode asked for (metadata reserves nothing there).
+            long clusterEnd = (to + clusterSize - 1) & -clusterSize;
+            if (clusterEnd > to && last == clusterEnd) {
+                data.write(to, ByteBuffer.allocate((int) (clusterEnd - to)));
+            }
             data.growWith(to, mode == Preallocation.METADATA ? Preallocation.OFF : mode);
         } else if (oneRun) {
             file.growWith(last, mode);

@@ -525,6 +525,47 @@ final class Refcounts {
         }
     }
 
+    /**
+     * After a shrink, as qemu does: refcount blocks that count nothing but themselves leave the
+     * table and their clusters become free, so the file can end after the last used cluster. The
+     * table reaches the disk first; a crash before the blocks' own counts drop leaks them at worst.
+     * Callers have flushed everything else.
+     */
+    void dropUnusedBlocks() throws BlockException {
+        List<Long> dropped = new ArrayList<>();
+        for (int ti = 0; ti < table.length; ti++) {
+            Block b = block(ti);
+            if (b == null) {
+                continue;
+            }
+            long self = b.offset >>> clusterBits;
+            byte[] others = b.data.clone();
+            if (self >>> blockEntryBits == ti) {
+                setEntry(others, (int) (self & (blockEntries - 1)), 0);
+            }
+            if (!java.util.Arrays.equals(others, new byte[clusterSize])) {
+                continue;
+            }
+            table[ti] = 0;
+            blocks.remove(b.offset);
+            dropped.add(self);
+        }
+        if (dropped.isEmpty()) {
+            return;
+        }
+        writeTable();
+        file.flush();
+        freeGeneration++;
+        for (long c : dropped) {
+            if (hasBlock(c)) { // counted by a block that stays
+                set(c, 0);
+            }
+            freeHint = Math.min(freeHint, c);
+        }
+        writeBlocks();
+        file.flush();
+    }
+
     /** Sets a refcount directly (check repair); creates no blocks. Returns false if the block is missing. */
     boolean repairSet(long index, long value) throws BlockException {
         if (!hasBlock(index)) {

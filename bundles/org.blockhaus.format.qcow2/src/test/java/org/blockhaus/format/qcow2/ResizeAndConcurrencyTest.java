@@ -110,6 +110,38 @@ class ResizeAndConcurrencyTest {
         assertArrayEquals(before, Files.readAllBytes(img));
     }
 
+    /** Bitmaps left in use by a writer that died cannot follow a new size: qemu refuses, so do we. */
+    @Test
+    void refusesWhileABitmapIsInconsistentWithQemusMessage() throws Exception {
+        Path img = dir.resolve("b.qcow2");
+        Qemu.img("create", "-q", "-f", "qcow2", img.toString(), "4M").ok();
+        Qemu.img("bitmap", "--add", img.toString(), "first").ok();
+        Qemu.img("bitmap", "--add", img.toString(), "second").ok();
+        BlockCore core = Fixtures.core();
+        Image crashed = Fixtures.openRw(core, img);
+        crashed.write(0, ByteBuffer.allocate(512), 0);
+        crashed.flush(); // the bitmaps are marked in use on disk and never stored: a writer that died now
+        Path ours = dir.resolve("ours.qcow2");
+        Path theirs = dir.resolve("theirs.qcow2");
+        Files.copy(img, ours);
+        Files.copy(img, theirs);
+        crashed.close();
+        byte[] before = Files.readAllBytes(ours);
+        for (String size : new String[] {"8M", "2M"}) {
+            Qemu.Result q = Qemu.img("resize", "--shrink", theirs.toString(), size);
+            assertEquals(1, q.exit(), q.out());
+            try (Image i = Fixtures.openRw(core, ours)) {
+                BlockException e = assertThrows(BlockException.class,
+                        () -> i.truncate(Long.parseLong(size.replace("M", "")) << 20, false, Preallocation.OFF));
+                assertEquals(q.err(), "qemu-img: " + e.getMessage() + "\n");
+            }
+            // neither tool wrote anything: not the refused resize, not opening and closing
+            assertArrayEquals(before, Files.readAllBytes(theirs));
+            assertArrayEquals(before, Files.readAllBytes(ours));
+        }
+        assertEquals(0, Qemu.img("check", ours.toString()).exit());
+    }
+
     @Test
     void concurrentWritersToDisjointRangesAllLand() throws Exception {
         Path img = dir.resolve("c.qcow2");
