@@ -121,7 +121,7 @@ final class ImgMaintenance {
             throw new UsageException("Not enough arguments");
         }
         String sizeText = argv[argv.length - 1];
-        Args a = Args.parse(java.util.Arrays.copyOf(argv, argv.length - 1), "f", "hqU",
+        Args a = Args.parse(java.util.Arrays.copyOf(argv, argv.length - 1), "f", "hq",
                 Set.of("object", "preallocation"), Set.of("image-opts", "shrink", "help"));
         List<String> pos = a.positional();
         if (pos.size() != 1) {

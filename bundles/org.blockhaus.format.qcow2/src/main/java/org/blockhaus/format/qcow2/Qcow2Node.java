@@ -1276,8 +1276,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             throw new BlockException(Reason.UNSUPPORTED, "Failed to zero out new clusters: Operation not supported");
         }
         for (long guest = zeroStart; guest < newSize; guest += clusterSize) {
-            if (!zeroCluster(guest, false)) {
+            if (rawExternal) { // the data file must read as the guest sees it: real zeroes
                 writeLocked(guest, ByteBuffer.allocate((int) Math.min(clusterSize, newSize - guest)));
+            } else {
+                zeroWholeCluster(guest, false);
             }
         }
         if (zeroStart > oldSize) {
