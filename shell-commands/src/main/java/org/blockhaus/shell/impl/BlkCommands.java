@@ -21,7 +21,7 @@ import org.osgi.service.component.annotations.Reference;
         "osgi.command.function=check", "osgi.command.function=resize", "osgi.command.function=measure",
         "osgi.command.function=snapshot", "osgi.command.function=amend", "osgi.command.function=commit",
         "osgi.command.function=rebase", "osgi.command.function=bench", "osgi.command.function=dd",
-        "osgi.command.function=formats"})
+        "osgi.command.function=formats", "osgi.command.function=bitmap"})
 public class BlkCommands {
     @Reference
     BlockCore core;
@@ -74,6 +74,11 @@ public class BlkCommands {
     @Descriptor("space an image needs: measure [--output=human|json] [-O fmt] [-o options] (--size N | [-f fmt] filename)")
     public Object measure(CommandSession session, @Descriptor("qemu-img measure arguments") String... args) throws Exception {
         return run(session, "measure", args);
+    }
+
+    @Descriptor("persistent dirty bitmaps: bitmap [-f fmt] {--add [-g granularity] | --remove | --clear | --enable | --disable | --merge source [-b src_file [-F src_fmt]]}... filename bitmap")
+    public Object bitmap(CommandSession session, @Descriptor("qemu-img bitmap arguments") String... args) throws Exception {
+        return run(session, "bitmap", args);
     }
 
     @Descriptor("internal snapshots: snapshot [-l | -a name | -c name | -d name] [-f fmt] [-U] filename")

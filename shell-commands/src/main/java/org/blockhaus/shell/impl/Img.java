@@ -13,6 +13,7 @@ import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.BlockStatus;
 import org.blockhaus.api.ConvertOptions;
 import org.blockhaus.api.Image;
+import org.blockhaus.api.spi.BitmapNode;
 import org.blockhaus.api.Options;
 import org.blockhaus.api.Sizes;
 import org.blockhaus.api.spi.OptionSpec;
@@ -61,7 +62,7 @@ final class Img {
         this.err = err;
     }
 
-    static final Set<String> OWN = Set.of("drivers", "create", "info", "convert", "compare", "map");
+    static final Set<String> OWN = Set.of("drivers", "create", "info", "convert", "compare", "map", "bitmap");
     static final Set<String> SUBCOMMANDS;
 
     static {
@@ -103,6 +104,9 @@ final class Img {
 
     private Object runCommand(String command, String[] args) throws UsageException, BlockException,
             CommandException {
+        if (command.equals("bitmap")) {
+            return new ImgBitmap(this).run(args);
+        }
         if (ImgMaintenance.COMMANDS.contains(command)) {
             return new ImgMaintenance(core, this, out).run(command, args);
         }
@@ -839,8 +843,14 @@ final class Img {
     Object convert(String[] argv) throws UsageException, BlockException, CommandException {
         Args a = Args.parse(argv, "fOoSmtTBFlr", "hpqncUWC", Set.of("object"),
                 Set.of("force-share", "image-opts", "target-image-opts", "help", "target-is-zero", "salvage",
-                        "bitmaps"));
+                        "bitmaps", "skip-broken-bitmaps"));
         List<String> pos = a.positional();
+        if (a.has("skip-broken-bitmaps") && !a.has("bitmaps")) {
+            throw BlockException.invalid("Use of --skip-broken-bitmaps requires --bitmaps");
+        }
+        if (a.has("bitmaps") && pos.size() > 2) {
+            throw BlockException.invalid("Copying bitmaps only possible with single source");
+        }
         String outFmt = a.get("O", "raw");
         checkRateLimit(a);
         String optText = String.join(",", a.all("o"));
@@ -911,6 +921,8 @@ final class Img {
             if (a.has("l")) {
                 loadSnapshot(sources.get(0), a.get("l"));
             }
+            List<BitmapNode.Bitmap> bitmaps = a.has("bitmaps") && !sources.isEmpty()
+                    ? ImgBitmap.bitmapsToCopy(this, sources.get(0), a.has("skip-broken-bitmaps")) : List.of();
             if (!noCreate) {
                 List<OptionSpec> specs = core.createOptions(outFmt, target);
                 Options o = Options.parseKeyValue(optText, null);
@@ -963,6 +975,9 @@ final class Img {
             if (noCreate && dst.size() < total) {
                 throw BlockException.invalid("output file is smaller than input file");
             }
+            if (a.has("bitmaps")) {
+                ImgBitmap.checkTargetSupportsBitmaps(dst, bitmaps);
+            }
             Progress p = new Progress(a.has("p") && !a.has("q") ? out : null);
             if (backing != null && sources.size() == 1) {
                 copyTopLayer(sources.get(0), dst, p, minSparse);
@@ -971,6 +986,9 @@ final class Img {
                 ConvertOptions copts = ConvertOptions.DEFAULT.withMinSparse(minSparse).withCompress(a.has("c"))
                         .withTargetIsZero(zero).withParallel(parallel).withOutOfOrder(a.has("W"));
                 core.convert(sources, dst, copts, a.has("p") && !a.has("q") ? dataProgress(sources, p) : p::update);
+            }
+            if (!bitmaps.isEmpty()) {
+                ImgBitmap.copyBitmaps(sources.get(0), dst, bitmaps);
             }
             p.finish();
             return new Converted(total);

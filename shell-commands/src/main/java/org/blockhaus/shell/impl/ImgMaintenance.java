@@ -387,7 +387,20 @@ final class ImgMaintenance {
         }
         Image top = core.open(filename, o, new OpenMode(true, false, img::warn));
         try {
+            // qemu empties the top with the format's make_empty, which its dirty bitmaps do not see
+            List<String> paused = new ArrayList<>();
+            if (top.driverNode() instanceof org.blockhaus.api.spi.BitmapNode bn) {
+                for (org.blockhaus.api.spi.BitmapNode.Bitmap b : bn.bitmaps()) {
+                    if (b.enabled() && !b.inconsistent()) {
+                        bn.enableBitmap(b.name(), false);
+                        paused.add(b.name());
+                    }
+                }
+            }
             top.discard(0, top.size());
+            for (String name : paused) {
+                ((org.blockhaus.api.spi.BitmapNode) top.driverNode()).enableBitmap(name, true);
+            }
         } finally {
             top.close();
         }

@@ -33,7 +33,9 @@ final class Json {
             sb.append('}');
         } else if (v instanceof List<?> l) {
             if (l.isEmpty()) {
-                sb.append("[]");
+                sb.append("[\n"); // qemu's pretty printer breaks the line even for an empty list
+                pad(sb, indent);
+                sb.append(']');
                 return;
             }
             sb.append("[\n");

@@ -133,11 +133,12 @@ final class Render {
             } else if (v instanceof List<?> list) {
                 sb.append('\n');
                 for (int n = 0; n < list.size(); n++) {
-                    sb.append("    ".repeat(indent + 1)).append('[').append(n).append("]:\n");
+                    sb.append("    ".repeat(indent + 1)).append('[').append(n).append("]:");
                     if (list.get(n) instanceof Map<?, ?> item) {
+                        sb.append('\n');
                         tree(sb, (Map<String, Object>) item, indent + 2);
                     } else {
-                        sb.append("    ".repeat(indent + 2)).append(list.get(n)).append('\n');
+                        sb.append(' ').append(list.get(n)).append('\n'); // scalars stay on the line, as qemu's
                     }
                 }
             } else {

@@ -14,6 +14,8 @@ final class Usage {
               amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [--force] -o options filename
               bench [-c count] [-d depth] [-f fmt] [--flush-interval=n] [-i aio] [-n] [--no-drain] [-o offset]
                     [--pattern=byte] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
+              bitmap [--object objectdef] [--image-opts | -f fmt] {--add [-g granularity] | --remove | --clear |
+                     --enable | --disable | --merge source [-b src_file [-F src_fmt]]}... filename bitmap
               check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r leaks|all] [-U] filename
               commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-b base] [-d] [-p] filename
               compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2

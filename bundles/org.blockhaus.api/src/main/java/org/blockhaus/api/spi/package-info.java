@@ -33,7 +33,7 @@
  * format (as in QEMU), not a filter.</li>
  * <li>Checks, snapshots, amend and measure are optional node interfaces
  * ({@link org.blockhaus.api.spi.CheckableNode}, {@link org.blockhaus.api.spi.SnapshotNode},
- * {@link org.blockhaus.api.spi.AmendableNode}) and an optional driver method
+ * {@link org.blockhaus.api.spi.AmendableNode}, {@link org.blockhaus.api.spi.BitmapNode}) and an optional driver method
  * ({@link org.blockhaus.api.spi.BlockDriver#measure}).</li>
  * </ul></li>
  * <li><b>vvfat</b> is a protocol whose node synthesises a FAT disk from a directory: reads are

@@ -54,7 +54,27 @@ final class Measure {
             required = virtualSize;
         }
         long full = preallocSize(virtualSize, clusterSize, Long.numberOfTrailingZeros(refcountBits), extL2);
-        return new MeasureResult(full - virtualSize + required, full, 0);
+        return new MeasureResult(full - virtualSize + required, full, bitmapsSize(source, sourceSize, clusterSize));
+    }
+
+    /**
+     * Room the source's persistent bitmaps take when copied (convert --bitmaps), as qemu counts it:
+     * per bitmap all its data clusters and its table, plus the directory.
+     */
+    private static long bitmapsSize(BlockNode source, long size, long clusterSize) throws BlockException {
+        if (!(source instanceof Image img) || !(img.driverNode() instanceof org.blockhaus.api.spi.BitmapNode bn)) {
+            return 0;
+        }
+        long total = 0;
+        long directory = 0;
+        for (org.blockhaus.api.spi.BitmapNode.Bitmap b : bn.bitmaps()) {
+            long bits = (size + b.granularity() - 1) / b.granularity();
+            long clusters = ((bits + 7) / 8 + clusterSize - 1) / clusterSize;
+            total += clusters * clusterSize + roundUp(clusters * 8, clusterSize);
+            directory += BitmapDirectory.align8(BitmapDirectory.ENTRY_HEADER_BYTES
+                    + b.name().getBytes(java.nio.charset.StandardCharsets.UTF_8).length);
+        }
+        return total + roundUp(directory, clusterSize);
     }
 
     /** Block status through the backing chain, as qemu's bdrv_block_status_above answers it. */

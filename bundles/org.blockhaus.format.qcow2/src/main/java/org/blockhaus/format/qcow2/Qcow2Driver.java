@@ -124,6 +124,12 @@ public final class Qcow2Driver implements BlockDriver {
                 node.writeIncompatible(node.header().incompatibleFeatures() & ~Qcow2Header.INCOMPAT_DIRTY);
             }
         }
+        try {
+            node.openBitmaps();
+        } catch (BlockException e) {
+            node.close();
+            throw e;
+        }
         return node;
     }
 

@@ -468,6 +468,17 @@ record Qcow2Header(
         if (version >= 3 && !hasFeatureTable) {
             keep.add(standardFeatureTable());
         }
+        // The feature name table is only informative: it goes when the first cluster is too small
+        // for it and the extensions that matter (small clusters with bitmaps, as qemu does).
+        int room = clusterSize - hdrLen - 8 - (backingFile == null ? 0
+                : backingFile.getBytes(StandardCharsets.UTF_8).length);
+        int need = 0;
+        for (Extension e : keep) {
+            need += 8 + ((e.data().length + 7) & ~7);
+        }
+        if (need > room) {
+            keep.removeIf(e -> e.type() == EXT_FEATURE_TABLE);
+        }
         for (Extension e : keep) {
             putExtension(b, e.type(), e.data());
         }

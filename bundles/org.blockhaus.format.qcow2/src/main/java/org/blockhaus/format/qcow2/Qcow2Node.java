@@ -18,6 +18,7 @@ import org.blockhaus.api.Options;
 import org.blockhaus.api.Preallocation;
 import org.blockhaus.api.spi.CheckResult;
 import org.blockhaus.api.spi.AmendableNode;
+import org.blockhaus.api.spi.BitmapNode;
 import org.blockhaus.api.spi.CheckableNode;
 import org.blockhaus.api.spi.SnapshotNode;
 
@@ -29,7 +30,7 @@ import org.blockhaus.api.spi.SnapshotNode;
  * which writes them in the order that survives a crash: refcount increases, then L2 tables, then
  * the L1 table, then refcount decreases (see {@link Refcounts}). One lock serialises requests.
  */
-final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
+final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, BitmapNode {
     static final long L1_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
     static final long L2_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
     static final long OFLAG_COPIED = 1L << 63;
@@ -72,6 +73,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     private long cachedCompressedGuest = -1;
     private final byte[] cachedCompressed;
     private boolean closed;
+    /** Persistent dirty bitmaps; null until {@link #openBitmaps} (the driver calls it after open). */
+    private PersistentBitmaps bitmaps;
 
     Qcow2Node(HostFile file, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes)
             throws BlockException {
@@ -144,9 +147,21 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     // ---- opening-time fixes -----------------------------------------------------------------
 
+    /** Reads the bitmap directory; read-write, also marks the bitmaps in use (see {@link PersistentBitmaps}). */
+    void openBitmaps() throws BlockException {
+        lock.lock();
+        try {
+            bitmaps = PersistentBitmaps.open(this, readOnly);
+        } finally {
+            lock.unlock();
+        }
+    }
+
     /** Clears autoclear bits we do not maintain (the spec requires it before writing). */
     void clearUnknownAutoclear() throws BlockException {
-        long keep = header.autoclearFeatures() & Qcow2Header.AUTOCLEAR_KNOWN;
+        long known = Qcow2Header.AUTOCLEAR_KNOWN
+                | (bitmaps != null && !bitmaps.isEmpty() ? Qcow2Header.AUTOCLEAR_BITMAPS : 0);
+        long keep = header.autoclearFeatures() & known;
         if (header.version() >= 3 && keep != header.autoclearFeatures()) {
             file.write(88, ByteBuffer.allocate(8).putLong(0, keep));
             file.flush();
@@ -484,6 +499,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    /** Enabled persistent bitmaps record every guest change (write, zeroes, discard). */
+    private void trackWrite(long offset, long length) throws BlockException {
+        if (bitmaps != null && !bitmaps.isEmpty()) {
+            bitmaps.guestWrite(offset, length);
+        }
+    }
+
     private void checkOpen() throws BlockException {
         if (closed) {
             throw new BlockException(Reason.CLOSED, "qcow2 node is closed");
@@ -554,6 +576,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            trackWrite(offset, src.remaining());
             writeLocked(offset, src);
             if ((flags & FUA) != 0) {
                 flushLocked();
@@ -590,6 +613,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            trackWrite(offset, len);
             for (int k = 0; k < clusters; k++) {
                 long guest = offset + (long) k * clusterSize;
                 int n = Math.min(clusterSize, len - k * clusterSize);
@@ -772,6 +796,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            trackWrite(offset, length);
             long guest = offset;
             long end = offset + length;
             while (guest < end) {
@@ -858,6 +883,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            trackWrite(offset, length);
             if (rawExternal) {
                 return; // the data file must keep the guest's view
             }
@@ -946,6 +972,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                     throw BlockException.invalid("Preallocation can't be used for shrinking an image");
                 }
                 shrink(newSize);
+                if (bitmaps != null) {
+                    bitmaps.resize(newSize);
+                }
                 return;
             }
             long need = Qcow2Header.l1EntriesFor(newSize, clusterBits, extL2);
@@ -960,6 +989,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             file.flush();
             long oldSize = size;
             size = newSize;
+            if (bitmaps != null) {
+                bitmaps.resize(newSize);
+            }
             if (prealloc != null && prealloc != Preallocation.OFF) {
                 preallocateLocked(oldSize, newSize, prealloc);
             }
@@ -1211,6 +1243,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         if (header.version() >= 3) {
             data.put("lazy-refcounts", header.lazyRefcounts());
         }
+        if (bitmaps != null && !bitmaps.isEmpty()) {
+            data.put("bitmaps", bitmaps.info());
+        }
         data.put("refcount-bits", (long) header.refcountBits());
         if (external) {
             if (header.dataFile() != null) {
@@ -1318,6 +1353,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            if (bitmaps != null && !bitmaps.isEmpty()) {
+                throw BlockException.invalid("Device has active dirty bitmaps");
+            }
             flushLocked();
             new SnapshotOps(this).apply(nameOrId);
             cachedCompressedGuest = -1;
@@ -1336,6 +1374,116 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         } finally {
             lock.unlock();
         }
+    }
+
+    // ---- persistent dirty bitmaps (PersistentBitmaps does the work) -------------------------------
+
+    private PersistentBitmaps bitmapsOrFail() throws BlockException {
+        checkOpen();
+        if (bitmaps == null) {
+            throw new IllegalStateException("bitmaps not opened");
+        }
+        return bitmaps;
+    }
+
+    @Override
+    public List<Bitmap> bitmaps() throws BlockException {
+        lock.lock();
+        try {
+            return bitmapsOrFail().list();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void addBitmap(String name, long granularity, boolean disabled) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().add(name, granularity, disabled);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void removeBitmap(String name) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().remove(name);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void clearBitmap(String name) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().clear(name);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void enableBitmap(String name, boolean enabled) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().setEnabled(name, enabled);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public void setBitmapDirty(String name, long offset, long length) throws BlockException {
+        lock.lock();
+        try {
+            checkWritable();
+            bitmapsOrFail().setDirty(name, offset, length);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    @Override
+    public DirtyRange nextDirty(String name, long offset) throws BlockException {
+        lock.lock();
+        try {
+            return bitmapsOrFail().nextDirty(name, offset);
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    /**
+     * For PersistentBitmaps (lock held): a header with {@code ext} as its bitmaps extension (null:
+     * none) and the bitmaps autoclear bit set to match.
+     */
+    void replaceBitmapsExtension(byte[] ext) throws BlockException {
+        Qcow2Header h = header;
+        List<Qcow2Header.Extension> exts = new ArrayList<>();
+        for (Qcow2Header.Extension e : h.unknownExtensions()) {
+            if (e.type() != Qcow2Header.EXT_BITMAPS) {
+                exts.add(e);
+            }
+        }
+        if (ext != null) {
+            exts.add(new Qcow2Header.Extension(Qcow2Header.EXT_BITMAPS, ext));
+        }
+        long autoclear = ext != null ? h.autoclearFeatures() | Qcow2Header.AUTOCLEAR_BITMAPS
+                : h.autoclearFeatures() & ~Qcow2Header.AUTOCLEAR_BITMAPS;
+        header = new Qcow2Header(h.version(), h.backingFileOffset(), h.backingFileSize(), clusterBits, size,
+                h.cryptMethod(), l1.length, l1Offset, refcounts.tableOffset(), refcounts.tableClusters(),
+                h.nbSnapshots(), h.snapshotsOffset(), h.incompatibleFeatures(), h.compatibleFeatures(), autoclear,
+                h.refcountOrder(), h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(),
+                h.dataFile(), h.featureNames(), List.copyOf(exts));
+        rewriteHeader(h.version(), h.backingFile(), h.backingFormat(), h.compatibleFeatures());
     }
 
     // ---- for SnapshotOps (callers hold the lock) ------------------------------------------------
@@ -1371,6 +1519,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             }
             if (!readOnly) {
                 flushLocked();
+                if (bitmaps != null) {
+                    bitmaps.store();
+                }
             }
             closed = true;
             l2.clear();
