@@ -131,7 +131,7 @@ final class Serving implements AutoCloseable {
                 ServedNode node = new ServedNode(img, config.offset(), config.discardUnmap(), config.detectZeroes(),
                         config.writeThrough(), config.noFlush());
                 exports.add(new NbdServer.Export(spec.exportName(), node, config.readOnly(), spec.description(),
-                        config.allocationDepth()));
+                        config.allocationDepth(), spec.bitmaps()));
             }
             NbdServer.Settings settings = new NbdServer.Settings(config.shared(), config.persistent(), 16,
                     Duration.ofSeconds(10), tls);

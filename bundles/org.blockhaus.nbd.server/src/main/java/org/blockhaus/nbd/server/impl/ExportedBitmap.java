@@ -1,0 +1,92 @@
+package org.blockhaus.nbd.server.impl;
+
+import java.util.ArrayList;
+import java.util.LinkedHashSet;
+import java.util.List;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.Image;
+import org.blockhaus.api.spi.BitmapNode;
+import org.blockhaus.nbd.server.NbdServer;
+
+/**
+ * A persistent dirty bitmap served as QEMU's {@code qemu:dirty-bitmap:NAME} meta context
+ * (qemu-nbd's {@code -B NAME}, docs/interop/nbd.rst): block status answers 1 (NBD_STATE_DIRTY)
+ * where the bitmap has bits set, 0 elsewhere. As qemu-nbd does, the bitmap is looked up in the
+ * served image and then down its backing chain; {@code shift} is qemu-nbd's {@code --offset}.
+ */
+record ExportedBitmap(String name, BitmapNode node, long shift) {
+    static final String CONTEXT_PREFIX = "qemu:dirty-bitmap:";
+    static final int STATE_DIRTY = 1;
+    /** Backing chains deeper than this are not searched (the core caps chains lower). */
+    private static final int MAX_DEPTH = 64;
+
+    String context() {
+        return CONTEXT_PREFIX + name;
+    }
+
+    /**
+     * The bitmaps an export names, found and checked when the server starts, with qemu-nbd's
+     * messages: a name found nowhere in the chain (also on formats without bitmaps, such as raw)
+     * is "not found"; one stored "in-use" (not saved after its last use) is inconsistent.
+     * A name given twice is served once.
+     */
+    static List<ExportedBitmap> resolve(NbdServer.Export export) throws BlockException {
+        List<ExportedBitmap> out = new ArrayList<>();
+        for (String name : new LinkedHashSet<>(export.bitmaps())) {
+            out.add(find(export.node(), name));
+        }
+        return List.copyOf(out);
+    }
+
+    private static ExportedBitmap find(BlockNode served, String name) throws BlockException {
+        long shift = 0;
+        BlockNode n = served;
+        if (n instanceof ServedNode s) {
+            shift = s.offset();
+            n = s.inner();
+        }
+        for (int depth = 0; n != null && depth < MAX_DEPTH; depth++) {
+            BlockNode driver = n instanceof Image img ? img.driverNode() : n;
+            if (driver instanceof BitmapNode b) {
+                for (BitmapNode.Bitmap bm : b.bitmaps()) {
+                    if (bm.name().equals(name)) {
+                        if (bm.inconsistent()) {
+                            throw BlockException.invalid("Bitmap '" + name + "' is inconsistent and cannot be used");
+                        }
+                        return new ExportedBitmap(name, b, shift);
+                    }
+                }
+            }
+            n = n instanceof Image img ? img.backing() : null;
+        }
+        throw new BlockException(BlockException.Reason.NOT_FOUND, "Bitmap '" + name + "' is not found");
+    }
+
+    /**
+     * {length, value} extents for {@code [offset, offset+length)} of the export: clean and dirty
+     * runs alternate (the bitmap gives whole runs), at most {@code max} of them, one with {@code one}
+     * (NBD_CMD_FLAG_REQ_ONE). Past the bitmap's end (a backing file smaller than the export) is clean.
+     */
+    List<long[]> extents(long offset, long length, boolean one, int max) throws BlockException {
+        long end = offset + length;
+        List<long[]> out = new ArrayList<>();
+        long pos = offset;
+        while (pos < end && out.size() < max) {
+            BitmapNode.DirtyRange d = node.nextDirty(name, Math.addExact(pos, shift));
+            long dirtyAt = d == null ? end : Math.min(end, Math.max(pos, d.offset() - shift));
+            if (dirtyAt > pos) {
+                out.add(new long[] {dirtyAt - pos, 0});
+                pos = dirtyAt;
+            } else {
+                long dirtyEnd = Math.min(end, d.offset() - shift + Math.max(1, d.length()));
+                out.add(new long[] {dirtyEnd - pos, STATE_DIRTY});
+                pos = dirtyEnd;
+            }
+            if (one) {
+                break;
+            }
+        }
+        return out;
+    }
+}
