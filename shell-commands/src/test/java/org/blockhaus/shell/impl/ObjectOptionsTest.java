@@ -51,4 +51,26 @@ class ObjectOptionsTest extends QemuComparison {
             assertSame(qemu(args), blk(args));
         }
     }
+
+    /**
+     * Objects are created when defined, used or not (here nothing uses them), so broken
+     * credentials fail at once without a "Could not open" prefix: the same stderr and exit code as
+     * qemu-img for each mistake qemu-img's users make.
+     */
+    @Test
+    void objectsAreCheckedWhenDefinedWithQemuImgsWords() throws Exception {
+        qemu("create", "-f", "raw", "a.raw", "1M");
+        java.util.List<String> cases = new java.util.ArrayList<>();
+        for (String def : org.blockhaus.testkit.TlsDirs.make(dir)) {
+            cases.add(def);
+        }
+        cases.add("secret,id=s0");
+        cases.add("secret,id=s0,file=" + dir.resolve("no-such-secret"));
+        cases.add("secret,id=s0,data=x,file=" + dir.resolve("no-such-secret"));
+        cases.add("nonesuch,id=x");
+        for (String def : cases) {
+            Qemu.Run expected = qemu("info", "--object", def, "a.raw");
+            assertSame(expected, blk("info", "--object", def, "a.raw"));
+        }
+    }
 }

@@ -1,0 +1,97 @@
+package org.blockhaus.core.impl;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.util.Base64;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.Options;
+import org.blockhaus.api.spi.ObjectType;
+import org.blockhaus.api.spi.UserObject;
+
+/**
+ * The object types {@code --object} can create: those registered as {@link ObjectType} services
+ * (TLS credentials come from the nbd bundles) and the core's own {@code secret}. Creating checks
+ * the definition with QEMU's messages and stores the result in {@link Secrets}.
+ */
+final class ObjectTypes {
+    private final Map<String, ObjectType> byName = new ConcurrentHashMap<>();
+    private final Secrets secrets;
+
+    ObjectTypes(Secrets secrets) {
+        this.secrets = secrets;
+    }
+
+    void add(ObjectType type) {
+        for (String name : type.qomTypes()) {
+            byName.put(name, type);
+        }
+    }
+
+    void remove(ObjectType type) {
+        byName.values().removeIf(t -> t == type);
+    }
+
+    /** {@code definition} is the --object text: {@code qom-type,id=ID,...}. */
+    UserObject create(Options definition) throws BlockException {
+        String type = definition.get("qom-type");
+        if (type == null) {
+            throw BlockException.invalid("Parameter 'qom-type' is missing");
+        }
+        ObjectType t = byName.get(type);
+        if (!type.equals("secret") && t == null) {
+            throw BlockException.invalid("Parameter 'qom-type' does not accept value '" + type + "'");
+        }
+        String id = definition.get("id");
+        if (id == null) {
+            throw BlockException.invalid("Parameter 'id' is missing");
+        }
+        Options props = definition.without("qom-type").without("id");
+        if (type.equals("secret")) {
+            // secrets keep their own store (bytes by id, never option text), redefinable as before
+            secrets.put(id, secret(props, id));
+            return new UserObject(type, id, Options.empty(), null);
+        }
+        secrets.requireFree(id);
+        UserObject o = new UserObject(type, id, props, t.create(type, id, props));
+        secrets.putObject(o);
+        return o;
+    }
+
+    /** QEMU's secret object: {@code data=TEXT} or {@code file=PATH}, {@code format=raw|base64}. */
+    private static byte[] secret(Options o, String id) throws BlockException {
+        if (o.has("data") && o.has("file")) {
+            throw BlockException.invalid("'file' and 'data' are mutually exclusive");
+        }
+        if (!o.has("data") && !o.has("file")) {
+            throw BlockException.invalid("Either 'file' or 'data' must be provided");
+        }
+        byte[] value;
+        if (o.has("data")) {
+            value = o.get("data").getBytes(StandardCharsets.UTF_8);
+        } else {
+            String file = o.get("file");
+            try {
+                value = Files.readAllBytes(Path.of(file));
+            } catch (NoSuchFileException e) {
+                // glib's words, which qemu passes on
+                throw BlockException.invalid("Unable to read " + file + ": Failed to open file \u201c" + file
+                        + "\u201d: No such file or directory");
+            } catch (IOException e) {
+                throw BlockException.io("Unable to read " + file + ": " + e.getMessage(), e);
+            }
+        }
+        if ("base64".equals(o.get("format"))) {
+            try {
+                value = Base64.getDecoder().decode(new String(value, StandardCharsets.US_ASCII).trim());
+            } catch (IllegalArgumentException e) {
+                throw BlockException.invalid("Invalid base64 data for secret '" + id + "'");
+            }
+        }
+        return value;
+    }
+}
