@@ -234,6 +234,22 @@ class DirtyBitmapExportTest {
         peers.qemuNbd(dir, "-r", "-B", "b2", "--socket=" + q, img.toString());
         assertEquals(map(q, "qemu:dirty-bitmap:b2"), map(sock, "qemu:dirty-bitmap:b2"));
         assertEquals("\"base:allocation\",\"qemu:dirty-bitmap:b2\"", contexts(sock));
+        running.close();
+        image.close();
+        open.remove(running);
+        open.remove(image);
+        peers.close();
+        // a writable image exported read-only: an enabled bitmap could change under the clients
+        Image writable = core.open(img.toString(), Options.empty(), OpenMode.READ_WRITE);
+        open.add(writable);
+        BlockException enabled = assertThrows(BlockException.class, () -> server.start(List.of(
+                new NbdServer.Export("", writable, true, null, false, List.of("b0"))),
+                UnixDomainSocketAddress.of(sock), NbdServer.Settings.DEFAULT));
+        assertEquals("Enabled bitmap 'b0' incompatible with readonly export", enabled.getMessage());
+        // b1 is disabled: nothing changes it while exported
+        open.add(server.start(List.of(new NbdServer.Export("", writable, true, null, false, List.of("b1"))),
+                UnixDomainSocketAddress.of(sock), NbdServer.Settings.DEFAULT));
+        assertTrue(map(sock, "qemu:dirty-bitmap:b1").contains("dirty"));
     }
 
     /** Our client's block status over x-dirty-bitmap: {start, length, data, zero}, neighbours merged. */

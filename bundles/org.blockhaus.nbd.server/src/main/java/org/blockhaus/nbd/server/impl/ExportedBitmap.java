@@ -5,6 +5,7 @@ import java.util.LinkedHashSet;
 import java.util.List;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.Capabilities;
 import org.blockhaus.api.Image;
 import org.blockhaus.api.spi.BitmapNode;
 import org.blockhaus.nbd.server.NbdServer;
@@ -28,15 +29,32 @@ record ExportedBitmap(String name, BitmapNode node, long shift) {
     /**
      * The bitmaps an export names, found and checked when the server starts, with qemu-nbd's
      * messages: a name found nowhere in the chain (also on formats without bitmaps, such as raw)
-     * is "not found"; one stored "in-use" (not saved after its last use) is inconsistent.
-     * A name given twice is served once.
+     * is "not found"; one stored "in-use" (not saved after its last use) is inconsistent; an
+     * enabled bitmap of a writable image exported read-only is refused, since writes by others
+     * would change it under the clients (qemu-nbd -r opens the image read-only, so only the API
+     * can ask for this). A name given twice is served once.
      */
     static List<ExportedBitmap> resolve(NbdServer.Export export) throws BlockException {
         List<ExportedBitmap> out = new ArrayList<>();
         for (String name : new LinkedHashSet<>(export.bitmaps())) {
-            out.add(find(export.node(), name));
+            ExportedBitmap b = find(export.node(), name);
+            Capabilities caps = export.node().capabilities();
+            boolean writable = caps != null && caps.can(Capabilities.Feature.WRITE);
+            if (export.readOnly() && writable && b.enabled()) {
+                throw BlockException.invalid("Enabled bitmap '" + name + "' incompatible with readonly export");
+            }
+            out.add(b);
         }
         return List.copyOf(out);
+    }
+
+    private boolean enabled() throws BlockException {
+        for (BitmapNode.Bitmap bm : node.bitmaps()) {
+            if (bm.name().equals(name)) {
+                return bm.enabled();
+            }
+        }
+        return false;
     }
 
     private static ExportedBitmap find(BlockNode served, String name) throws BlockException {
