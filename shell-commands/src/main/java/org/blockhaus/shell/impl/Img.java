@@ -130,7 +130,7 @@ final class Img {
         applyObjects(args, new ArrayList<>());
     }
 
-    /** As above, adding the ids of the (non-secret) objects it defined to {@code definedIds}. */
+    /** As above, adding the ids of the objects (secrets too) it defined to {@code definedIds}. */
     void applyObjects(String[] args, List<String> definedIds) throws BlockException {
         for (int i = 0; i < args.length; i++) {
             String def = null;
@@ -142,10 +142,7 @@ final class Img {
                 return;
             }
             if (def != null) {
-                org.blockhaus.api.spi.UserObject created = core.createObject(def);
-                if (!created.qomType().equals("secret")) {
-                    definedIds.add(created.id());
-                }
+                definedIds.add(core.createObject(def).id());
             }
         }
     }

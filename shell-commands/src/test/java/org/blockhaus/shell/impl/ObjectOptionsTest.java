@@ -68,9 +68,21 @@ class ObjectOptionsTest extends QemuComparison {
         cases.add("secret,id=s0,file=" + dir.resolve("no-such-secret"));
         cases.add("secret,id=s0,data=x,file=" + dir.resolve("no-such-secret"));
         cases.add("nonesuch,id=x");
+        cases.add("secret,id=s0,data=x,format=base64");
+        cases.add("secret,id=s0,data=YWJ,format=base64");
+        cases.add("secret,id=s0,data=!!!,format=base64");
+        cases.add("secret,id=s0,data=abc,format=hex");
+        cases.add("secret,id=s0,data=abc,bogus=1");
+        cases.add("secret,id=s0,file=" + dir);
         for (String def : cases) {
             Qemu.Run expected = qemu("info", "--object", def, "a.raw");
             assertSame(expected, blk("info", "--object", def, "a.raw"));
         }
+        // one id twice in a command is refused; in the next command of this shell the id is free again
+        String[] twice = {"info", "--object", "secret,id=s0,data=a", "--object", "secret,id=s0,data=b", "a.raw"};
+        assertSame(qemu(twice), blk(twice));
+        String[] once = {"info", "--object", "secret,id=s0,data=a", "a.raw"};
+        assertSame(qemu(once), blk(once));
+        assertSame(qemu(once), blk(once));
     }
 }

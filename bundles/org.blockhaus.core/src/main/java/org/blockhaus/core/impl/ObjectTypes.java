@@ -2,6 +2,7 @@ package org.blockhaus.core.impl;
 
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
@@ -66,47 +67,95 @@ final class ObjectTypes {
             throw BlockException.invalid("Parameter 'id' is missing");
         }
         Options props = definition.without("qom-type").without("id");
+        secrets.requireFree(id);
         if (type.equals("secret")) {
-            // secrets keep their own store (bytes by id, never option text), redefinable as before
-            secrets.put(id, secret(props, id));
+            // secrets keep their own store: bytes by id, never option text
+            secrets.put(id, secret(props));
             return new UserObject(type, id, Options.empty(), null);
         }
-        secrets.requireFree(id);
         UserObject o = new UserObject(type, id, props, t.create(type, id, props));
         secrets.putObject(o);
         return o;
     }
 
-    /** QEMU's secret object: {@code data=TEXT} or {@code file=PATH}, {@code format=raw|base64}. */
-    private static byte[] secret(Options o, String id) throws BlockException {
+    /** The properties QEMU 7.2's secret object takes. */
+    private static final Set<String> SECRET_PROPERTIES = Set.of("data", "file", "format", "keyid", "iv");
+
+    /**
+     * QEMU's secret object: {@code data=TEXT} or {@code file=PATH}, {@code format=raw|base64}
+     * (base64 as glib decodes it: invalid characters refused, a short last group tolerated).
+     * {@code keyid}/{@code iv} (a secret encrypted with another) are not supported here.
+     */
+    private static byte[] secret(Options o) throws BlockException {
+        for (String key : o.topLevelKeys()) {
+            if (!SECRET_PROPERTIES.contains(key) || !o.has(key)) {
+                throw BlockException.invalid("Parameter '" + key + "' is unexpected");
+            }
+            if (key.equals("format") && !o.get(key).equals("raw") && !o.get(key).equals("base64")) {
+                throw BlockException.invalid("Parameter 'format' does not accept value '" + o.get(key) + "'");
+            }
+        }
         if (o.has("data") && o.has("file")) {
             throw BlockException.invalid("'file' and 'data' are mutually exclusive");
         }
         if (!o.has("data") && !o.has("file")) {
             throw BlockException.invalid("Either 'file' or 'data' must be provided");
         }
+        if (o.has("keyid") || o.has("iv")) {
+            throw new BlockException(BlockException.Reason.UNSUPPORTED, "Encrypted secrets (keyid, iv) are not"
+                    + " supported");
+        }
         byte[] value;
         if (o.has("data")) {
             value = o.get("data").getBytes(StandardCharsets.UTF_8);
         } else {
-            String file = o.get("file");
-            try {
-                value = Files.readAllBytes(Path.of(file));
-            } catch (NoSuchFileException e) {
-                // glib's words, which qemu passes on
-                throw BlockException.invalid("Unable to read " + file + ": Failed to open file \u201c" + file
-                        + "\u201d: No such file or directory");
-            } catch (IOException e) {
-                throw BlockException.io("Unable to read " + file + ": " + e.getMessage(), e);
+            value = readFile(o.get("file"));
+        }
+        return "base64".equals(o.get("format")) ? base64(value) : value;
+    }
+
+    private static byte[] readFile(String file) throws BlockException {
+        Path p = Path.of(file);
+        if (Files.isDirectory(p)) {
+            throw BlockException.invalid("Unable to read " + file + ": Error reading file \u201c" + file
+                    + "\u201d: Is a directory"); // glib's words, which qemu passes on
+        }
+        try {
+            return Files.readAllBytes(p);
+        } catch (NoSuchFileException e) {
+            throw BlockException.invalid("Unable to read " + file + ": Failed to open file \u201c" + file
+                    + "\u201d: No such file or directory");
+        } catch (AccessDeniedException e) {
+            throw BlockException.invalid("Unable to read " + file + ": Failed to open file \u201c" + file
+                    + "\u201d: Permission denied");
+        } catch (IOException e) {
+            throw BlockException.io("Unable to read " + file + ": " + e.getMessage(), e);
+        }
+    }
+
+    private static byte[] base64(byte[] text) throws BlockException {
+        StringBuilder sb = new StringBuilder();
+        for (byte b : text) {
+            char c = (char) (b & 0xff);
+            boolean valid = c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+'
+                    || c == '/' || c == '=' || c == '\n';
+            if (!valid) {
+                throw BlockException.invalid("Base64 data contains invalid characters");
+            }
+            if (c != '\n' && c != '=') {
+                sb.append(c);
             }
         }
-        if ("base64".equals(o.get("format"))) {
-            try {
-                value = Base64.getDecoder().decode(new String(value, StandardCharsets.US_ASCII).trim());
-            } catch (IllegalArgumentException e) {
-                throw BlockException.invalid("Invalid base64 data for secret '" + id + "'");
-            }
+        int rest = sb.length() % 4;
+        if (rest == 1) {
+            sb.setLength(sb.length() - 1); // an incomplete byte, dropped as glib drops it
+        } else if (rest > 1) {
+            sb.append("==", 0, 4 - rest);
         }
-        return value;
+        try {
+            return Base64.getDecoder().decode(sb.toString());
+        } catch (IllegalArgumentException e) {
+            throw BlockException.invalid("Base64 data contains invalid characters");
+        }
     }
 }

@@ -55,7 +55,9 @@ final class Secrets {
         return o;
     }
 
+    /** Forgets the object or secret {@code id} (a command's --object definitions end with it). */
     void removeObject(String id) {
         objects.remove(id);
+        byId.remove(id);
     }
 }

@@ -34,6 +34,9 @@ class ObjectCreationTest {
         defs.add("secret,id=s0,file=" + dir.resolve("no-such-secret"));
         defs.add("secret,id=s0");
         defs.add("nonesuch,id=x");
+        defs.add("secret,id=s0,data=!!!,format=base64");
+        defs.add("secret,id=s0,data=abc,format=hex");
+        defs.add("secret,id=s0,file=" + dir);
         int failing = 0;
         for (String def : defs) {
             // qemu-img tells which definitions fail at creation; a good one would make qemu-nbd serve

@@ -72,10 +72,9 @@ final class Serving implements AutoCloseable {
         for (String def : config.objects()) {
             // the object's type checks and creates it now (TLS: loads the files), as qemu-nbd does
             UserObject created = core.createObject(def);
+            objectIds.add(created.id()); // forgotten when the server stops
             if (created.qomType().equals("secret")) {
                 secretIds.add(created.id());
-            } else {
-                objectIds.add(created.id());
             }
         }
         if (config.tlsCreds() != null) {
