@@ -179,6 +179,29 @@ class DirtyBitmapExportTest {
         assertEquals(map(q, "qemu:dirty-bitmap:b1"), map(b, "qemu:dirty-bitmap:b1"));
     }
 
+    /** Several exports (our extension): a -B belongs to the image after it. */
+    @Test
+    void withSeveralExportsEachBitmapBelongsToTheImageAfterIt() throws Exception {
+        Path one = imageWithBitmaps("one.qcow2");
+        Path two = imageWithBitmaps("two.qcow2");
+        Path sock = dir.resolve("m.sock");
+        ours(sock, "-r", "-x", "one", "-B", "b0", one.toString(), "-x", "two", "-B", "b1", "-B", "b2",
+                two.toString());
+        String oneUri = "nbd+unix:///one?socket=" + sock;
+        String twoUri = "nbd+unix:///two?socket=" + sock;
+        String oneJson = Peers.check(nbdinfo(), "--json", oneUri).out();
+        String twoJson = Peers.check(nbdinfo(), "--json", twoUri).out();
+        assertTrue(oneJson.contains("qemu:dirty-bitmap:b0") && !oneJson.contains("qemu:dirty-bitmap:b1"), oneJson);
+        assertTrue(twoJson.contains("qemu:dirty-bitmap:b1") && twoJson.contains("qemu:dirty-bitmap:b2")
+                && !twoJson.contains("qemu:dirty-bitmap:b0"), twoJson);
+        Peers.Result missing = Peers.run(nbdinfo(), "--map=qemu:dirty-bitmap:b0", twoUri);
+        assertTrue(missing.exit() != 0, missing.out());
+        Path q = dir.resolve("q.sock");
+        peers.qemuNbd(dir, "-r", "-B", "b2", "--socket=" + q, two.toString());
+        assertEquals(map(q, "qemu:dirty-bitmap:b2"), Peers.check(nbdinfo(), "--map=qemu:dirty-bitmap:b2", twoUri)
+                .out());
+    }
+
     /** Bad -B: the same words and exit code as qemu-nbd, and nothing left listening. */
     @Test
     void unknownInconsistentAndUnsupportedBitmapsFailAsInQemuNbd() throws Exception {
