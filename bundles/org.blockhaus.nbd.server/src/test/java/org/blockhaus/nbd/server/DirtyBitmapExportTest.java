@@ -219,7 +219,8 @@ class DirtyBitmapExportTest {
                 List.of("-r", "-B", "b0", inconsistent.toString()),
                 List.of("-B", "b1", inconsistent.toString()),
                 List.of("-f", "raw", "-B", "b0", raw.toString()),
-                List.of("-B", "b0", raw.toString()));
+                List.of("-B", "b0", raw.toString()),
+                List.of("-r", "-o", "65536", "-f", "qcow2", "-B", "b0", img.toString()));
         for (List<String> c : cases) {
             Path sock = dir.resolve("s.sock");
             List<String> args = new ArrayList<>(List.of("--socket=" + sock));

@@ -14,9 +14,9 @@ import org.blockhaus.nbd.server.NbdServer;
  * A persistent dirty bitmap served as QEMU's {@code qemu:dirty-bitmap:NAME} meta context
  * (qemu-nbd's {@code -B NAME}, docs/interop/nbd.rst): block status answers 1 (NBD_STATE_DIRTY)
  * where the bitmap has bits set, 0 elsewhere. As qemu-nbd does, the bitmap is looked up in the
- * served image and then down its backing chain; {@code shift} is qemu-nbd's {@code --offset}.
+ * served image and then down its backing chain.
  */
-record ExportedBitmap(String name, BitmapNode node, long shift) {
+record ExportedBitmap(String name, BitmapNode node) {
     static final String CONTEXT_PREFIX = "qemu:dirty-bitmap:";
     static final int STATE_DIRTY = 1;
     /** Backing chains deeper than this are not searched (the core caps chains lower). */
@@ -58,11 +58,11 @@ record ExportedBitmap(String name, BitmapNode node, long shift) {
     }
 
     private static ExportedBitmap find(BlockNode served, String name) throws BlockException {
-        long shift = 0;
         BlockNode n = served;
         if (n instanceof ServedNode s) {
-            shift = s.offset();
-            n = s.inner();
+            // qemu-nbd's --offset puts a raw layer with an offset in front, which hides the image's
+            // bitmaps: qemu-nbd then says "not found", and so do we
+            n = s.offset() == 0 ? s.inner() : null;
         }
         for (int depth = 0; n != null && depth < MAX_DEPTH; depth++) {
             BlockNode driver = n instanceof Image img ? img.driverNode() : n;
@@ -72,7 +72,7 @@ record ExportedBitmap(String name, BitmapNode node, long shift) {
                         if (bm.inconsistent()) {
                             throw BlockException.invalid("Bitmap '" + name + "' is inconsistent and cannot be used");
                         }
-                        return new ExportedBitmap(name, b, shift);
+                        return new ExportedBitmap(name, b);
                     }
                 }
             }
@@ -91,13 +91,13 @@ record ExportedBitmap(String name, BitmapNode node, long shift) {
         List<long[]> out = new ArrayList<>();
         long pos = offset;
         while (pos < end && out.size() < max) {
-            BitmapNode.DirtyRange d = node.nextDirty(name, Math.addExact(pos, shift));
-            long dirtyAt = d == null ? end : Math.min(end, Math.max(pos, d.offset() - shift));
+            BitmapNode.DirtyRange d = node.nextDirty(name, pos);
+            long dirtyAt = d == null ? end : Math.min(end, Math.max(pos, d.offset()));
             if (dirtyAt > pos) {
                 out.add(new long[] {dirtyAt - pos, 0});
                 pos = dirtyAt;
             } else {
-                long dirtyEnd = Math.min(end, d.offset() - shift + Math.max(1, d.length()));
+                long dirtyEnd = Math.min(end, d.offset() + Math.max(1, d.length()));
                 out.add(new long[] {dirtyEnd - pos, STATE_DIRTY});
                 pos = dirtyEnd;
             }
