@@ -51,6 +51,18 @@ public interface BlockCore extends BlockService {
      */
     void addObject(org.blockhaus.api.spi.UserObject object) throws BlockException;
 
+    /**
+     * Creates an object as {@code --object} defines it ({@code qom-type,id=ID,prop=value,...},
+     * QEMU's key=value text): its {@link org.blockhaus.api.spi.ObjectType} (a service, or one
+     * added with {@link #addObjectType}; {@code secret} is the core's own) checks and creates it
+     * now, with QEMU's messages. Secrets go to the secret store ({@link #addSecret}); other
+     * objects are kept by id as {@link #addObject} does.
+     */
+    org.blockhaus.api.spi.UserObject createObject(String definition) throws BlockException;
+
+    /** Registers an object type by hand (outside a framework; inside, types are services). */
+    void addObjectType(org.blockhaus.api.spi.ObjectType type);
+
     /** The object with {@code id}, or null. */
     org.blockhaus.api.spi.UserObject object(String id);
 

@@ -118,14 +118,15 @@ final class Img {
     }
 
     /**
-     * {@code --object secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]}: secrets that drivers
-     * (luks, encrypted qcow2) ask for by id; other object types are refused by name.
+     * {@code --object qom-type,id=ID,...}: each object is created at once by its type (the core's
+     * {@code secret}; TLS credentials from the nbd bundles, which load their files now), so a bad
+     * definition fails the command with qemu-img's words whether or not anything uses it.
      */
     void applyObjects(String[] args) throws BlockException {
         applyObjects(args, new ArrayList<>());
     }
 
-    /** As above, adding the ids of the (non-secret) objects it defined to {@code definedIds}. */
+    /** As above, adding the ids of the objects (secrets too) it defined to {@code definedIds}. */
     void applyObjects(String[] args, List<String> definedIds) throws BlockException {
         for (int i = 0; i < args.length; i++) {
             String def = null;
@@ -138,72 +139,9 @@ final class Img {
                 return;
             }
             if (def != null) {
-                Options o = Options.parseKeyValue(def, "qom-type");
-                String type = o.get("qom-type");
-                String id = o.get("id");
-                if (TLS_CREDS_PROPERTIES.containsKey(type)) {
-                    core.addObject(tlsCredsObject(type, id, o));
-                    definedIds.add(id);
-                    continue;
-                }
-                if (!"secret".equals(type)) {
-                    throw BlockException.invalid("invalid object type: " + type);
-                }
-                if (id == null) {
-                    throw BlockException.invalid("Parameter 'id' is missing");
-                }
-                byte[] value;
-                if (o.has("data") && o.has("file")) {
-                    throw BlockException.invalid("'file' and 'data' are mutually exclusive");
-                }
-                if (!o.has("data") && !o.has("file")) {
-                    throw BlockException.invalid("Either 'file' or 'data' must be provided");
-                }
-                if (o.has("data")) {
-                    value = o.get("data").getBytes(java.nio.charset.StandardCharsets.UTF_8);
-                } else {
-                    try {
-                        value = java.nio.file.Files.readAllBytes(java.nio.file.Path.of(o.get("file")));
-                    } catch (java.io.IOException e) {
-                        throw BlockException.io("Unable to read " + o.get("file"), e);
-                    }
-                }
-                if ("base64".equals(o.get("format"))) {
-                    try {
-                        value = java.util.Base64.getDecoder().decode(new String(value,
-                                java.nio.charset.StandardCharsets.US_ASCII).trim());
-                    } catch (IllegalArgumentException e) {
-                        throw BlockException.invalid("Invalid base64 data for secret '" + id + "'");
-                    }
-                }
-                core.addSecret(id, value);
+                definedIds.add(core.createObject(def).id());
             }
         }
-    }
-
-    /** The properties QEMU 7.2's TLS credentials objects take; their files are read by the user (nbd). */
-    private static final java.util.Map<String, Set<String>> TLS_CREDS_PROPERTIES = java.util.Map.of(
-            "tls-creds-x509", Set.of("dir", "endpoint", "verify-peer", "priority", "sanity-check", "passwordid"),
-            "tls-creds-psk", Set.of("dir", "endpoint", "verify-peer", "priority", "username"));
-
-    /** {@code --object tls-creds-x509|tls-creds-psk,id=ID,...}, checked as QEMU checks the properties. */
-    private static org.blockhaus.api.spi.UserObject tlsCredsObject(String type, String id, Options o)
-            throws BlockException {
-        if (id == null) {
-            throw BlockException.invalid("Parameter 'id' is missing");
-        }
-        Options props = o.without("qom-type").without("id");
-        for (String key : props.topLevelKeys()) {
-            if (!TLS_CREDS_PROPERTIES.get(type).contains(key) || !props.has(key)) {
-                throw BlockException.invalid("Parameter '" + key + "' is unexpected");
-            }
-        }
-        String endpoint = props.get("endpoint", "client");
-        if (!endpoint.equals("client") && !endpoint.equals("server")) {
-            throw BlockException.invalid("Parameter 'endpoint' does not accept value '" + endpoint + "'");
-        }
-        props.getBool("verify-peer", true); // refuses anything but on/off as QEMU does
-        return new org.blockhaus.api.spi.UserObject(type, id, props);
     }
 
     // ---- create -------------------------------------------------------------------------

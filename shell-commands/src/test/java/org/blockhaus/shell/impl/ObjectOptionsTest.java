@@ -51,4 +51,38 @@ class ObjectOptionsTest extends QemuComparison {
             assertSame(qemu(args), blk(args));
         }
     }
+
+    /**
+     * Objects are created when defined, used or not (here nothing uses them), so broken
+     * credentials fail at once without a "Could not open" prefix: the same stderr and exit code as
+     * qemu-img for each mistake qemu-img's users make.
+     */
+    @Test
+    void objectsAreCheckedWhenDefinedWithQemuImgsWords() throws Exception {
+        qemu("create", "-f", "raw", "a.raw", "1M");
+        java.util.List<String> cases = new java.util.ArrayList<>();
+        for (String def : org.blockhaus.testkit.TlsDirs.make(dir)) {
+            cases.add(def);
+        }
+        cases.add("secret,id=s0");
+        cases.add("secret,id=s0,file=" + dir.resolve("no-such-secret"));
+        cases.add("secret,id=s0,data=x,file=" + dir.resolve("no-such-secret"));
+        cases.add("nonesuch,id=x");
+        cases.add("secret,id=s0,data=x,format=base64");
+        cases.add("secret,id=s0,data=YWJ,format=base64");
+        cases.add("secret,id=s0,data=!!!,format=base64");
+        cases.add("secret,id=s0,data=abc,format=hex");
+        cases.add("secret,id=s0,data=abc,bogus=1");
+        cases.add("secret,id=s0,file=" + dir);
+        for (String def : cases) {
+            Qemu.Run expected = qemu("info", "--object", def, "a.raw");
+            assertSame(expected, blk("info", "--object", def, "a.raw"));
+        }
+        // one id twice in a command is refused; in the next command of this shell the id is free again
+        String[] twice = {"info", "--object", "secret,id=s0,data=a", "--object", "secret,id=s0,data=b", "a.raw"};
+        assertSame(qemu(twice), blk(twice));
+        String[] once = {"info", "--object", "secret,id=s0,data=a", "a.raw"};
+        assertSame(qemu(once), blk(once));
+        assertSame(qemu(once), blk(once));
+    }
 }

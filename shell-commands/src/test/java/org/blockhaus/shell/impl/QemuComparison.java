@@ -26,6 +26,7 @@ abstract class QemuComparison {
         core.addDriver(new RawDriver());
         core.addDriver(TestDrivers.file());
         core.addDriver(TestDrivers.qcow2());
+        core.addObjectType(org.blockhaus.nbd.common.TlsCreds.objectType()); // --object tls-creds-*, as in the framework
         cli = new CliService(core);
     }
 

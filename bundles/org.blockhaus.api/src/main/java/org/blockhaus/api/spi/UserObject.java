@@ -12,8 +12,15 @@ import org.blockhaus.api.Options;
  * @param qomType    QEMU's type name, e.g. {@code tls-creds-psk}
  * @param id         what options refer to it by
  * @param properties the remaining properties ({@code dir}, {@code endpoint}, ...), as given
+ * @param instance   what its {@link ObjectType} created when it was defined (loaded TLS
+ *                   credentials, say), or null for an object defined without its type
  */
-public record UserObject(String qomType, String id, Options properties) {
+public record UserObject(String qomType, String id, Options properties, Object instance) {
+    /** An object kept as its definition only; its user interprets the properties. */
+    public UserObject(String qomType, String id, Options properties) {
+        this(qomType, id, properties, null);
+    }
+
     public UserObject {
         Objects.requireNonNull(qomType, "qomType");
         Objects.requireNonNull(id, "id");

@@ -38,6 +38,11 @@
  * </ul></li>
  * <li><b>vvfat</b> is a protocol whose node synthesises a FAT disk from a directory: reads are
  * computed from the directory tree, writes (with {@code rw}) are parsed back into file changes.</li>
+ * <li><b>User-creatable objects</b> ({@code --object qom-type,id=...}): an
+ * {@link org.blockhaus.api.spi.ObjectType} service creates each when it is defined (TLS
+ * credentials load their files then); drivers find it by id through
+ * {@link org.blockhaus.api.spi.OpenContext#object(String)} as a
+ * {@link org.blockhaus.api.spi.UserObject} holding what the type created.</li>
  * <li><b>Filters</b> (preallocate, and future throttle/copy-on-read) open their {@code file} child
  * and forward everything they do not change; {@link org.blockhaus.api.spi.ForwardingNode} makes
  * that one line per changed operation.</li>

@@ -29,6 +29,7 @@ import org.osgi.service.component.annotations.ReferencePolicyOption;
 public class CoreService implements BlockCore {
     private final DriverRegistry registry = new DriverRegistry();
     private final Secrets secrets = new Secrets();
+    private final ObjectTypes objectTypes = new ObjectTypes(secrets);
     private final ChainResolver resolver = new ChainResolver(registry, secrets);
     private final Creator creator = new Creator(registry, resolver, secrets);
     private final CopyEngine copier = new CopyEngine();
@@ -43,6 +44,27 @@ public class CoreService implements BlockCore {
 
     void unbindDriver(BlockDriver driver) {
         registry.remove(driver);
+    }
+
+    @Reference(service = org.blockhaus.api.spi.ObjectType.class, cardinality = ReferenceCardinality.MULTIPLE,
+            policy = ReferencePolicy.DYNAMIC, policyOption = ReferencePolicyOption.GREEDY,
+            unbind = "unbindObjectType")
+    void bindObjectType(org.blockhaus.api.spi.ObjectType type) {
+        objectTypes.add(type);
+    }
+
+    void unbindObjectType(org.blockhaus.api.spi.ObjectType type) {
+        objectTypes.remove(type);
+    }
+
+    @Override
+    public void addObjectType(org.blockhaus.api.spi.ObjectType type) {
+        objectTypes.add(type);
+    }
+
+    @Override
+    public org.blockhaus.api.spi.UserObject createObject(String definition) throws BlockException {
+        return objectTypes.create(Options.parseKeyValue(definition, "qom-type"));
     }
 
     /** For use without a framework (tests, embedding in plain Java). */

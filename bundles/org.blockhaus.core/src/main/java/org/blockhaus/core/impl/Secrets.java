@@ -32,11 +32,15 @@ final class Secrets {
     }
 
     synchronized void putObject(UserObject o) throws BlockException {
-        if (byId.containsKey(o.id()) || objects.containsKey(o.id())) {
-            throw BlockException.invalid("attempt to add duplicate property '" + o.id()
-                    + "' to object (type 'container')");
-        }
+        requireFree(o.id());
         objects.put(o.id(), o);
+    }
+
+    /** QEMU refuses an id in use before it creates the new object. */
+    void requireFree(String id) throws BlockException {
+        if (byId.containsKey(id) || objects.containsKey(id)) {
+            throw BlockException.invalid("attempt to add duplicate property '" + id + "' to object (type 'container')");
+        }
     }
 
     UserObject object(String id) {
@@ -51,7 +55,9 @@ final class Secrets {
         return o;
     }
 
+    /** Forgets the object or secret {@code id} (a command's --object definitions end with it). */
     void removeObject(String id) {
         objects.remove(id);
+        byId.remove(id);
     }
 }

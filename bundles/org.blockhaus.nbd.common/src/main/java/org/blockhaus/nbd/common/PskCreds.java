@@ -49,11 +49,11 @@ public record PskCreds(Endpoint endpoint, Path keyFile, String username, byte[] 
 
     /** As {@link #load} with the key file named directly (libnbd's tls-psk-file). */
     public static PskCreds loadFile(Path keyFile, Endpoint endpoint, String username) throws BlockException {
+        if (endpoint == Endpoint.SERVER && username != null) {
+            throw BlockException.invalid("username should not be set when endpoint=server"); // before the file, as QEMU
+        }
         Path file = TlsCredentials.requireFile(keyFile);
         if (endpoint == Endpoint.SERVER) {
-            if (username != null) {
-                throw BlockException.invalid("username should not be set when endpoint=server");
-            }
             readKeyFile(file); // fail now on a file that cannot be used
             return new PskCreds(endpoint, file, null, null);
         }
@@ -93,8 +93,8 @@ public record PskCreds(Endpoint endpoint, Path keyFile, String username, byte[] 
                     }
                     return key;
                 } catch (IllegalArgumentException e) {
-                    throw BlockException.invalid("PSK file " + file + ": the key of user " + user
-                            + " is not an even number of hex digits");
+                    // GnuTLS's words, which QEMU passes on
+                    throw BlockException.invalid("Cannot set PSK client credentials: Error in parsing.");
                 }
             }
         }

@@ -85,11 +85,25 @@ public final class TlsCredentials {
 
     /** QEMU's message for a credentials file that is not there. */
     static Path requireFile(Path p) throws BlockException {
-        if (!Files.isReadable(p)) {
-            throw new BlockException(Reason.NOT_FOUND, "Unable to access credentials " + p + ": "
-                    + (Files.exists(p) ? "Permission denied" : "No such file or directory"));
+        try {
+            Files.newByteChannel(p).close();
+        } catch (java.nio.file.NoSuchFileException e) {
+            throw missing(p, "No such file or directory");
+        } catch (java.nio.file.AccessDeniedException e) {
+            throw missing(p, "Permission denied");
+        } catch (java.nio.file.FileSystemException e) {
+            throw missing(p, e.getReason() == null ? "Input/output error" : e.getReason()); // "Not a directory"
+        } catch (IOException e) {
+            throw missing(p, String.valueOf(e.getMessage()));
+        }
+        if (Files.isDirectory(p)) {
+            throw missing(p, "Is a directory");
         }
         return p;
+    }
+
+    private static BlockException missing(Path p, String why) {
+        return new BlockException(Reason.NOT_FOUND, "Unable to access credentials " + p + ": " + why);
     }
 
     /** verify-peer=off on a client: any server certificate is taken. */

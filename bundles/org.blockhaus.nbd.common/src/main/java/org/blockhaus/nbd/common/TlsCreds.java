@@ -35,6 +35,14 @@ public sealed interface TlsCreds permits X509Creds, PskCreds {
      */
     Wire handshake(SocketChannel ch, String hostname, int port) throws IOException;
 
+    /**
+     * The {@code tls-creds-x509}/{@code tls-creds-psk} object type, for a core outside a
+     * framework ({@code BlockCore.addObjectType}); inside one it is a service of this bundle.
+     */
+    static org.blockhaus.api.spi.ObjectType objectType() {
+        return new org.blockhaus.nbd.common.impl.TlsObjectType();
+    }
+
     /** The object types this class builds, by their QEMU names. */
     Set<String> QOM_TYPES = Set.of("tls-creds-x509", "tls-creds-psk");
 
@@ -44,21 +52,25 @@ public sealed interface TlsCreds permits X509Creds, PskCreds {
      * reported before any connection is tried.
      */
     static TlsCreds fromObject(String qomType, Options properties) throws BlockException {
+        if (!QOM_TYPES.contains(qomType)) {
+            throw BlockException.invalid("Object type '" + qomType + "' is not TLS credentials");
+        }
         Endpoint endpoint = switch (properties.get("endpoint", "client")) {
             case "client" -> Endpoint.CLIENT;
             case "server" -> Endpoint.SERVER;
             default -> throw BlockException.invalid("Parameter 'endpoint' does not accept value '"
                     + properties.get("endpoint") + "'");
         };
-        // QEMU's default directory is its sysconfdir's pki path; here a directory must be given
         String dir = properties.get("dir");
         if (dir == null) {
-            throw BlockException.invalid("Parameter 'dir' is missing (the directory with the " + qomType
-                    + " files)");
+            throw BlockException.invalid("Missing 'dir' property value"); // qemu-img 7.2's words
         }
         boolean verifyPeer = properties.getBool("verify-peer", true);
         return switch (qomType) {
-            case "tls-creds-x509" -> X509Creds.load(Path.of(dir), endpoint, verifyPeer);
+            case "tls-creds-x509" -> {
+                X509Files.check(Path.of(dir), endpoint);
+                yield X509Creds.load(Path.of(dir), endpoint, verifyPeer);
+            }
             case "tls-creds-psk" -> PskCreds.load(Path.of(dir), endpoint, properties.get("username"));
             default -> throw BlockException.invalid("Object type '" + qomType + "' is not TLS credentials");
         };

@@ -18,7 +18,8 @@ import org.osgi.annotation.versioning.ProviderType;
 /**
  * An NBD server (qemu-nbd's counterpart): exports block nodes by name on one listening address.
  * The server speaks the fixed newstyle handshake with NBD_OPT_GO/INFO, structured replies, the
- * base:allocation and qemu:allocation-depth meta contexts, and optionally TLS (X.509 or PSK). It never closes the nodes it serves; their owner does, after
+ * base:allocation, qemu:allocation-depth and qemu:dirty-bitmap:NAME meta contexts, and optionally
+ * TLS (X.509 or PSK). It never closes the nodes it serves; their owner does, after
  * {@link Running#close()}.
  */
 @ProviderType
@@ -74,16 +75,29 @@ public interface NbdServer {
      * @param readOnly    refuse writes (NBD_FLAG_READ_ONLY)
      * @param description shown by NBD_INFO_DESCRIPTION and NBD_OPT_LIST, or null
      * @param allocationDepth offer QEMU's qemu:allocation-depth meta context (qemu-nbd's -A)
+     * @param bitmaps     persistent dirty bitmaps offered as {@code qemu:dirty-bitmap:NAME} meta
+     *                    contexts (qemu-nbd's -B), listed in this order; each is looked up in
+     *                    the node (an {@link org.blockhaus.api.Image} whose driver node is a
+     *                    {@link org.blockhaus.api.spi.BitmapNode}, or such a node itself) and down
+     *                    its backing chain when the server starts, which fails with qemu-nbd's
+     *                    "Bitmap 'NAME' is not found" or "... is inconsistent and cannot be used"
      */
-    record Export(String name, BlockNode node, boolean readOnly, String description, boolean allocationDepth) {
+    record Export(String name, BlockNode node, boolean readOnly, String description, boolean allocationDepth,
+            List<String> bitmaps) {
         /** An export that offers qemu:allocation-depth, as before -A existed. */
         public Export(String name, BlockNode node, boolean readOnly, String description) {
             this(name, node, readOnly, description, true);
         }
 
+        /** An export without dirty bitmaps. */
+        public Export(String name, BlockNode node, boolean readOnly, String description, boolean allocationDepth) {
+            this(name, node, readOnly, description, allocationDepth, List.of());
+        }
+
         public Export {
             Objects.requireNonNull(name, "name");
             Objects.requireNonNull(node, "node");
+            bitmaps = List.copyOf(bitmaps);
             if (name.getBytes(java.nio.charset.StandardCharsets.UTF_8).length > 4096) {
                 throw new IllegalArgumentException("export name longer than 4096 bytes");
             }

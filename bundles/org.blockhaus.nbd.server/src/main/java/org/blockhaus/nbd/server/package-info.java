@@ -4,7 +4,7 @@
  * {@link org.blockhaus.api.Image} chain) on a TCP address or a unix socket.
  */
 @Export
-@Version("1.0.0")
+@Version("1.1.0")
 package org.blockhaus.nbd.server;
 
 import org.osgi.annotation.bundle.Export;

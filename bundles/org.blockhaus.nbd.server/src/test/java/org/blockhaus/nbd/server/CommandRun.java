@@ -41,6 +41,7 @@ final class CommandRun implements AutoCloseable {
         core.addDriver(new FileDriver());
         core.addDriver(new RawDriver());
         core.addDriver(new Qcow2Driver());
+        core.addObjectType(org.blockhaus.nbd.common.TlsCreds.objectType());
         return core;
     }
 

@@ -81,6 +81,25 @@ class ServeCommandsTest {
     }
 
     @Test
+    void serveExportsADirtyBitmapAndRefusesAnUnknownOne() throws Exception {
+        Path img = image();
+        String qemuImg = Peers.require("qemu-img", "qemu-utils");
+        Peers.check(qemuImg, "bitmap", "--add", img.toString(), "b0");
+        Peers.check(Peers.require("qemu-io", "qemu-utils"), "-f", "qcow2", "-c", "write 1M 64k", img.toString());
+        ServeCommands shell = new ServeCommands(CommandRun.core());
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> shell.serve("-r", "-k",
+                dir.resolve("x.sock").toString(), "-B", "b1", img.toString()));
+        assertEquals("Bitmap 'b1' is not found", e.getMessage());
+        ExportInfo served = shell.serve("-t", "-r", "-k", dir.resolve("b.sock").toString(), "--bitmap=b0",
+                img.toString()).getFirst();
+        String map = Peers.check(Peers.require("nbdinfo", "libnbd-bin"), "--map=qemu:dirty-bitmap:b0", served.uri)
+                .out();
+        assertEquals("         0     1048576    0  clean\n   1048576       65536    1  dirty\n"
+                + "   1114112     7274496    0  clean\n", map);
+        shell.deactivate();
+    }
+
+    @Test
     void badArgumentsAreShellErrorsWithQemuNbdsWords() {
         ServeCommands shell = new ServeCommands(CommandRun.core());
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,

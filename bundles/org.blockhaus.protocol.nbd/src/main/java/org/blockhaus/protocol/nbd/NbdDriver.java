@@ -377,7 +377,9 @@ public final class NbdDriver implements BlockDriver {
             if (!TlsCreds.QOM_TYPES.contains(obj.qomType())) {
                 throw BlockException.invalid("Object with id '" + id + "' is not TLS credentials");
             }
-            TlsCreds creds = TlsCreds.fromObject(obj.qomType(), obj.properties());
+            // loaded when the object was created (ObjectType); an object added as bare properties loads now
+            TlsCreds creds = obj.instance() instanceof TlsCreds loaded ? loaded
+                    : TlsCreds.fromObject(obj.qomType(), obj.properties());
             if (creds.endpoint() != TlsCreds.Endpoint.CLIENT) {
                 throw BlockException.invalid("Expected TLS credentials for a client endpoint");
             }

@@ -25,8 +25,11 @@ record ServeConfig(List<Image> images, String format, boolean imageOpts, boolean
     static final String DEFAULT_PORT = "10809";
     static final String DEFAULT_BIND = "0.0.0.0";
 
-    /** One image operand and the export it becomes. */
-    record Image(String filename, String exportName, String description) {
+    /**
+     * One image operand and the export it becomes; {@code bitmaps} are its -B names in the order
+     * qemu-nbd lists their contexts (the reverse of the command line's).
+     */
+    record Image(String filename, String exportName, String description, List<String> bitmaps) {
     }
 
     static ServeConfig from(QemuNbdArgs a) throws UsageError {
@@ -55,6 +58,8 @@ record ServeConfig(List<Image> images, String format, boolean imageOpts, boolean
         List<Integer> namePositions = new ArrayList<>();
         List<String> descriptions = new ArrayList<>();
         List<Integer> descriptionPositions = new ArrayList<>();
+        List<String> bitmaps = new ArrayList<>();
+        List<Integer> bitmapPositions = new ArrayList<>();
         int index = 0;
         for (Given g : a.options) {
             String v = g.value();
@@ -72,6 +77,10 @@ record ServeConfig(List<Image> images, String format, boolean imageOpts, boolean
                 case "o" -> offset = offset(v);
                 case "r" -> readOnly = true;
                 case "A" -> depth = true;
+                case "B" -> {
+                    bitmaps.add(v);
+                    bitmapPositions.add(index);
+                }
                 case "e" -> shared = shared(v);
                 case "t" -> persistent = true;
                 case "x" -> {
@@ -140,7 +149,7 @@ record ServeConfig(List<Image> images, String format, boolean imageOpts, boolean
                         false);
                 case "L" -> throw new UsageError("-L (list exports) is not supported by blk nbd; use"
                         + " nbdinfo --list", false);
-                case "s", "l", "B" -> throw new UsageError("-" + g.name() + " is not supported by blk nbd", false);
+                case "s", "l" -> throw new UsageError("-" + g.name() + " is not supported by blk nbd", false);
                 case "selinux-label" -> throw new UsageError("SELinux support not enabled in this binary", false);
                 case "tls-hostname" -> throw new UsageError("--tls-hostname is only permitted with --list", false);
                 default -> throw new UsageError("unexpected option " + g.name(), true);
@@ -171,7 +180,7 @@ record ServeConfig(List<Image> images, String format, boolean imageOpts, boolean
         List<Image> images = new ArrayList<>();
         if (a.operands.size() == 1) {
             images.add(new Image(a.operands.getFirst(), names.isEmpty() ? "" : names.getLast(),
-                    descriptions.isEmpty() ? null : descriptions.getLast()));
+                    descriptions.isEmpty() ? null : descriptions.getLast(), bitmaps.reversed()));
         } else {
             // several exports: each image is named by the -x (and described by the -D) before it
             for (int i = 0; i < a.operands.size(); i++) {
@@ -200,7 +209,16 @@ record ServeConfig(List<Image> images, String format, boolean imageOpts, boolean
                         throw new UsageError("Export name '" + name + "' is used twice", false);
                     }
                 }
-                images.add(new Image(a.operands.get(i), name, description));
+                // a -B belongs to the first image after it (those after the last image, to the last)
+                int from = i == 0 ? Integer.MIN_VALUE : a.operandPositions.get(i - 1);
+                int to = i == a.operands.size() - 1 ? Integer.MAX_VALUE : before;
+                List<String> own = new ArrayList<>();
+                for (int j = 0; j < bitmaps.size(); j++) {
+                    if (bitmapPositions.get(j) >= from && bitmapPositions.get(j) < to) {
+                        own.add(bitmaps.get(j));
+                    }
+                }
+                images.add(new Image(a.operands.get(i), name, description, own.reversed()));
             }
         }
         String c = cache == null ? "writeback" : cache;

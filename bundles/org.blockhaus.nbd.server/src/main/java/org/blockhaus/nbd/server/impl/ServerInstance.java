@@ -11,6 +11,7 @@ import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -33,6 +34,8 @@ final class ServerInstance implements NbdServer.Running {
     static final Duration DRAIN_TIMEOUT = Duration.ofSeconds(10);
 
     private final Map<String, NbdServer.Export> exports;
+    /** Per export name: its dirty bitmaps, resolved once at start. */
+    private final Map<String, List<ExportedBitmap>> bitmaps;
     private final NbdServer.Settings settings;
     private final ServerSocketChannel listener;
     private final SocketAddress bound;
@@ -45,9 +48,11 @@ final class ServerInstance implements NbdServer.Running {
     private volatile boolean closing;
     private boolean hadClient; // guarded by this
 
-    private ServerInstance(Map<String, NbdServer.Export> exports, NbdServer.Settings settings,
-            ServerSocketChannel listener, SocketAddress bound, Path socketFile, Consumer<ServerInstance> onStopped) {
+    private ServerInstance(Map<String, NbdServer.Export> exports, Map<String, List<ExportedBitmap>> bitmaps,
+            NbdServer.Settings settings, ServerSocketChannel listener, SocketAddress bound, Path socketFile,
+            Consumer<ServerInstance> onStopped) {
         this.exports = exports;
+        this.bitmaps = bitmaps;
         this.settings = settings;
         this.listener = listener;
         this.bound = bound;
@@ -65,6 +70,10 @@ final class ServerInstance implements NbdServer.Running {
                 throw BlockException.invalid("Export name '" + e.name() + "' is used twice");
             }
         }
+        Map<String, List<ExportedBitmap>> bitmaps = new HashMap<>();
+        for (NbdServer.Export e : exports.values()) {
+            bitmaps.put(e.name(), ExportedBitmap.resolve(e)); // before binding: a bad -B leaves no socket
+        }
         ServerSocketChannel ch = null;
         Path socketFile = null;
         try {
@@ -80,7 +89,7 @@ final class ServerInstance implements NbdServer.Running {
                 throw BlockException.invalid("Unsupported NBD server address " + address);
             }
             ch.bind(address, 64);
-            ServerInstance s = new ServerInstance(exports, settings, ch, ch.getLocalAddress(), socketFile, onStopped);
+            ServerInstance s = new ServerInstance(exports, bitmaps, settings, ch, ch.getLocalAddress(), socketFile, onStopped);
             s.acceptor.start();
             return s;
         } catch (IOException e) {
@@ -120,6 +129,11 @@ final class ServerInstance implements NbdServer.Running {
 
     NbdServer.Export export(String name) {
         return exports.get(name);
+    }
+
+    /** The export's dirty bitmaps (qemu:dirty-bitmap:NAME contexts), in the order they are listed. */
+    List<ExportedBitmap> bitmaps(String exportName) {
+        return bitmaps.getOrDefault(exportName, List.of());
     }
 
     Iterable<NbdServer.Export> exports() {

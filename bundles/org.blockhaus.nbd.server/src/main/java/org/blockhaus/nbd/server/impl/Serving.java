@@ -2,19 +2,14 @@ package org.blockhaus.nbd.server.impl;
 
 import org.blockhaus.nbd.common.TlsCreds;
 import org.blockhaus.api.spi.UserObject;
-import java.io.IOException;
 import java.net.SocketAddress;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.time.Duration;
 import java.util.ArrayList;
-import java.util.Base64;
 import java.util.List;
 import java.util.function.Consumer;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
-import org.blockhaus.api.Options;
 import org.blockhaus.core.BlockCore;
 import org.blockhaus.nbd.server.NbdServer;
 
@@ -75,26 +70,11 @@ final class Serving implements AutoCloseable {
         TlsCreds tls = null;
         java.util.Set<String> secretIds = new java.util.HashSet<>();
         for (String def : config.objects()) {
-            Options o = Options.parseKeyValue(def, "qom-type");
-            String type = o.get("qom-type");
-            String id = o.get("id");
-            if (type == null) {
-                throw BlockException.invalid("Parameter 'qom-type' is missing");
-            }
-            if (!type.equals("secret") && !TlsCreds.QOM_TYPES.contains(type)) {
-                throw BlockException.invalid("Parameter 'qom-type' does not accept value '" + type + "'");
-            }
-            if (id == null) {
-                throw BlockException.invalid("Parameter 'id' is missing");
-            }
-            if (type.equals("secret")) {
-                core.addSecret(id, secret(o, id));
-                secretIds.add(id);
-            } else {
-                Options props = o.without("qom-type").without("id");
-                TlsCreds.fromObject(type, props); // loads the files now, as qemu-nbd does at --object
-                core.addObject(new UserObject(type, id, props));
-                objectIds.add(id);
+            // the object's type checks and creates it now (TLS: loads the files), as qemu-nbd does
+            UserObject created = core.createObject(def);
+            objectIds.add(created.id()); // forgotten when the server stops
+            if (created.qomType().equals("secret")) {
+                secretIds.add(created.id());
             }
         }
         if (config.tlsCreds() != null) {
@@ -105,7 +85,8 @@ final class Serving implements AutoCloseable {
                         + config.tlsCreds() + "'" : "Object with id '" + config.tlsCreds()
                         + "' is not TLS credentials"));
             }
-            tls = TlsCreds.fromObject(found.qomType(), found.properties());
+            tls = found.instance() instanceof TlsCreds loaded ? loaded
+                    : TlsCreds.fromObject(found.qomType(), found.properties());
             if (tls.endpoint() != TlsCreds.Endpoint.SERVER) {
                 throw BlockException.invalid("Failed to get TLS creds: Expected TLS credentials for a server endpoint");
             }
@@ -131,7 +112,7 @@ final class Serving implements AutoCloseable {
                 ServedNode node = new ServedNode(img, config.offset(), config.discardUnmap(), config.detectZeroes(),
                         config.writeThrough(), config.noFlush());
                 exports.add(new NbdServer.Export(spec.exportName(), node, config.readOnly(), spec.description(),
-                        config.allocationDepth()));
+                        config.allocationDepth(), spec.bitmaps()));
             }
             NbdServer.Settings settings = new NbdServer.Settings(config.shared(), config.persistent(), 16,
                     Duration.ofSeconds(10), tls);
@@ -162,31 +143,6 @@ final class Serving implements AutoCloseable {
             return "Failed to bind socket: Permission denied";
         }
         return message;
-    }
-
-    private static byte[] secret(Options o, String id) throws BlockException {
-        if (o.has("data") == o.has("file")) {
-            throw BlockException.invalid(o.has("data") ? "'file' and 'data' are mutually exclusive"
-                    : "Either 'file' or 'data' must be provided");
-        }
-        byte[] value;
-        if (o.has("data")) {
-            value = o.get("data").getBytes(StandardCharsets.UTF_8);
-        } else {
-            try {
-                value = Files.readAllBytes(java.nio.file.Path.of(o.get("file")));
-            } catch (IOException e) {
-                throw BlockException.io("Unable to read " + o.get("file"), e);
-            }
-        }
-        if ("base64".equals(o.get("format"))) {
-            try {
-                value = Base64.getDecoder().decode(new String(value, StandardCharsets.US_ASCII).trim());
-            } catch (IllegalArgumentException e) {
-                throw BlockException.invalid("Invalid base64 data for secret '" + id + "'");
-            }
-        }
-        return value;
     }
 
     ServeConfig config() {

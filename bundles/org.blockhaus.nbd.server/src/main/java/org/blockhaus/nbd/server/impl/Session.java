@@ -41,6 +41,8 @@ final class Session {
     static final int MAX_OPTION_LENGTH = 64 * 1024;
     /** Extents in one block status reply. */
     static final int MAX_EXTENTS = 2048;
+    /** Context id of an export's first qemu:dirty-bitmap (after base:allocation and qemu:allocation-depth). */
+    static final int FIRST_BITMAP_ID = ALLOCATION_DEPTH_ID + 1;
     /** Reads at least this long look for holes to send as NBD_REPLY_TYPE_OFFSET_HOLE. */
     static final int SPARSE_READ_MIN = 64 * 1024;
     private static final int ZERO_CHUNK = 1 << 20;
@@ -60,6 +62,8 @@ final class Session {
     private String metaExport;
     private boolean baseAllocation;
     private boolean allocationDepth;
+    /** The negotiated qemu:dirty-bitmap contexts: indexes into the export's bitmaps. */
+    private List<Integer> dirtyBitmaps = List.of();
 
     // transmission state
     private NbdServer.Export export;
@@ -239,6 +243,7 @@ final class Session {
         if (!name.equals(metaExport)) {
             baseAllocation = false;
             allocationDepth = false;
+            dirtyBitmaps = List.of();
         }
         long sz;
         try {
@@ -314,13 +319,16 @@ final class Session {
         if (opt == OPT_GO && !name.equals(metaExport)) {
             baseAllocation = false; // contexts were negotiated for another export
             allocationDepth = false;
+            dirtyBitmaps = List.of();
         }
         return e;
     }
 
     /**
      * NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: we offer base:allocation and QEMU's
-     * qemu:allocation-depth (docs/interop/nbd.rst).
+     * qemu:allocation-depth and qemu:dirty-bitmap:NAME (docs/interop/nbd.rst). As qemu-nbd, a list
+     * query of "qemu:" names every qemu context and "qemu:dirty-bitmap:" every bitmap; a set
+     * query must name a context exactly.
      */
     private void metaContext(int opt, ByteBuffer data) throws IOException {
         String name = string(data, data.remaining());
@@ -359,16 +367,32 @@ final class Session {
             depth |= q.equals(CONTEXT_ALLOCATION_DEPTH) || list && q.equals("qemu:");
         }
         depth &= offersDepth;
+        List<ExportedBitmap> offered = server.bitmaps(name);
+        List<Integer> chosen = new ArrayList<>();
+        for (int i = 0; i < offered.size(); i++) {
+            String ctx = offered.get(i).context();
+            boolean all = list && queries.isEmpty();
+            for (String q : queries) {
+                all |= q.equals(ctx) || list && (q.equals("qemu:") || q.equals(ExportedBitmap.CONTEXT_PREFIX));
+            }
+            if (all) {
+                chosen.add(i);
+            }
+        }
         if (base) {
             metaContextReply(opt, list ? 0 : BASE_ALLOCATION_ID, CONTEXT_BASE_ALLOCATION);
         }
         if (depth) {
             metaContextReply(opt, list ? 0 : ALLOCATION_DEPTH_ID, CONTEXT_ALLOCATION_DEPTH);
         }
+        for (int i : chosen) {
+            metaContextReply(opt, list ? 0 : FIRST_BITMAP_ID + i, offered.get(i).context());
+        }
         if (!list) {
             metaExport = name;
             baseAllocation = base;
             allocationDepth = depth;
+            dirtyBitmaps = List.copyOf(chosen);
         }
         reply(opt, REP_ACK);
     }
@@ -778,7 +802,7 @@ final class Session {
 
     private void blockStatus(Request r) throws NbdError, BlockException, IOException {
         checkFlags(r, CMD_FLAG_REQ_ONE);
-        if (!baseAllocation && !allocationDepth) {
+        if (!baseAllocation && !allocationDepth && dirtyBitmaps.isEmpty()) {
             throw new NbdError(EINVAL, "no metadata context was negotiated");
         }
         if (r.length() == 0) {
@@ -786,11 +810,18 @@ final class Session {
         }
         checkRange(r, EINVAL);
         List<ByteBuffer> out = new ArrayList<>();
+        boolean bitmaps = !dirtyBitmaps.isEmpty();
         if (baseAllocation) {
-            chunk(out, r, BASE_ALLOCATION_ID, extents(r, false), !allocationDepth);
+            chunk(out, r, BASE_ALLOCATION_ID, extents(r, false), !allocationDepth && !bitmaps);
         }
         if (allocationDepth) {
-            chunk(out, r, ALLOCATION_DEPTH_ID, extents(r, true), true);
+            chunk(out, r, ALLOCATION_DEPTH_ID, extents(r, true), !bitmaps);
+        }
+        List<ExportedBitmap> offered = server.bitmaps(export.name());
+        for (int k = 0; k < dirtyBitmaps.size(); k++) {
+            int i = dirtyBitmaps.get(k);
+            chunk(out, r, FIRST_BITMAP_ID + i, offered.get(i).extents(r.offset(), r.length(),
+                    r.has(CMD_FLAG_REQ_ONE), MAX_EXTENTS), k == dirtyBitmaps.size() - 1);
         }
         send(out.toArray(ByteBuffer[]::new));
     }

@@ -66,8 +66,8 @@ final class Usage {
             "      --detect-zeroes=MODE  set detect-zeroes mode (off, on, unmap)\n" +
             "      --image-opts          treat FILE as a full set of image options\n" +
             "\n" +
-            "Not supported here: -c/-d (kernel client), -L, -s, -l, -B, --tls-authz,\n" +
-            "--selinux-label, TLS-PSK.\n";
+            "Not supported here: -c/-d (kernel client), -L, -s, -l, --tls-authz,\n" +
+            "--selinux-label.\n";
 
     private Usage() {
     }
