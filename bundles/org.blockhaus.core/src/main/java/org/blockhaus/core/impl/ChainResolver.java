@@ -250,7 +250,8 @@ final class ChainResolver {
                 : own.get("filename") != null ? own.get("filename") : describe(own);
         final Options nodeOpts = own.without("driver");
         OpenContext ctx = new Context(entry, shownName, nodeOpts, req, perm, shared, 0, Set.of(), List.of());
-        boolean named = filename != null || own.get("filename") != null;
+        // a driver with an exact name of its own (nbd's URL) is named by it, as QEMU's refresh_filename does
+        boolean named = exact != null || filename != null || own.get("filename") != null;
         return finish(entry, named ? shownName : null, ctx, req, List.of(), false, nodeOpts, own.get("filename"));
     }
 
