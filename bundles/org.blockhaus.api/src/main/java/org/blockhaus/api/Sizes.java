@@ -19,7 +19,8 @@ public final class Sizes {
      * No suffix means bytes.
      */
     public static long parse(String text) throws BlockException {
-        String t = text == null ? "" : text.trim();
+        // leading blanks are skipped (strtod does), trailing ones are not: QEMU refuses them
+        String t = text == null ? "" : text.replaceFirst("^[ \\t\\n\\x0B\\f\\r]+", "");
         if (t.isEmpty()) {
             throw BlockException.invalid("empty size");
         }

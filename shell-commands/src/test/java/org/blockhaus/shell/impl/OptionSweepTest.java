@@ -160,6 +160,9 @@ class OptionSweepTest extends QemuComparison {
         {"create", "-f", "raw", "x.raw", "0x1.5"},
         {"create", "-f", "raw", "x.raw", "0xffffffffffffffffff"},
         {"create", "-f", "qcow2", "-o", "cluster_size=0x1000", "x.qcow2", "0x100000"},
+        {"create", "-f", "raw", "x.raw", " 1M"},
+        {"create", "-f", "raw", "x.raw", "1M "},
+        {"create", "-f", "raw", "-o", "size=1M ", "x.raw"},
     };
 
     private static final String[][] AMEND = {
