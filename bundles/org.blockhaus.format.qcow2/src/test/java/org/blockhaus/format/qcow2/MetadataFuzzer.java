@@ -1,0 +1,327 @@
+package org.blockhaus.format.qcow2;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import org.blockhaus.api.BlockException;
+import org.blockhaus.api.BlockNode;
+import org.blockhaus.api.BlockStatus;
+import org.blockhaus.api.Image;
+import org.blockhaus.api.spi.BitmapNode;
+import org.blockhaus.api.spi.CheckResult;
+import org.blockhaus.api.spi.CheckableNode;
+import org.blockhaus.api.spi.SnapshotNode;
+import org.blockhaus.core.BlockCore;
+
+/**
+ * Mutation fuzzer for qcow2 metadata. Runs in its own JVM (started by {@link MetadataFuzzTest}
+ * with a small heap, so unbounded allocation shows as OutOfMemoryError): for each case it copies a
+ * valid image, overwrites random bytes in one metadata region (header and extensions, L1, L2,
+ * refcount table, refcount blocks, snapshot table and snapshot L1 tables, bitmap directory and
+ * bitmap tables), then opens it read-only (read everything, walk block status, list snapshots and
+ * bitmaps, check) and read-write on a copy (write, write zeroes, discard, flush, close). Every case
+ * must end in success or a BlockException, within the time limit, and the read-only pass must not
+ * change a byte of the file. Prints one line per failure, "FAIL seed=S case=N ...", and exits 1.
+ *
+ * <p>Arguments: image, seed, cases, per-case seconds.
+ */
+public final class MetadataFuzzer {
+    private MetadataFuzzer() {
+    }
+
+    /** Outcomes, for the summary line: how many cases opened and read, how many were refused. */
+    private static final java.util.concurrent.atomic.AtomicInteger RO_OK = new java.util.concurrent.atomic.AtomicInteger();
+    private static final java.util.concurrent.atomic.AtomicInteger RW_OK = new java.util.concurrent.atomic.AtomicInteger();
+    private static final java.util.Map<String, Integer> REFUSALS = new java.util.concurrent.ConcurrentHashMap<>();
+
+    /** A metadata region of the file: its name and byte range. */
+    record Region(String name, long offset, long length) {
+    }
+
+    public static void main(String[] args) throws Exception {
+        Path base = Path.of(args[0]);
+        long seed = Long.parseLong(args[1]);
+        int cases = Integer.parseInt(args[2]);
+        int seconds = Integer.parseInt(args[3]);
+        int failures = run(base, seed, cases, seconds);
+        System.out.flush();
+        System.exit(failures == 0 ? 0 : 1);
+    }
+
+    static int run(Path base, long seed, int cases, int seconds) throws Exception {
+        byte[] good = Files.readAllBytes(base);
+        List<Region> regions = regions(good);
+        Path work = Files.createTempDirectory(base.getParent(), "fuzz");
+        ExecutorService ex = Executors.newSingleThreadExecutor(r -> {
+            Thread t = new Thread(r, "fuzz-case");
+            t.setDaemon(true);
+            return t;
+        });
+        int failures = 0;
+        for (int n = 0; n < cases; n++) {
+            long caseSeed = seed * 1_000_003L + n;
+            Random r = new Random(caseSeed);
+            byte[] bad = good.clone();
+            String what = mutate(bad, regions, r);
+            Path img = work.resolve("c" + n + ".qcow2");
+            Files.write(img, bad);
+            String id = "seed=" + seed + " case=" + n + " image=" + base.getFileName() + " mutation=" + what;
+            Future<String> f = ex.submit(() -> oneCase(img, caseSeed));
+            try {
+                String outcome = f.get(seconds, TimeUnit.SECONDS);
+                if (outcome != null) {
+                    failures++;
+                    System.out.println("FAIL " + id + ": " + outcome);
+                }
+            } catch (TimeoutException e) {
+                System.out.println("FAIL " + id + ": took more than " + seconds + " s");
+                System.out.flush();
+                // the stuck thread cannot be stopped; nothing after this case is trustworthy
+                return failures + 1;
+            } catch (java.util.concurrent.ExecutionException e) {
+                failures++;
+                System.out.println("FAIL " + id + ": " + e.getCause());
+            }
+            Files.deleteIfExists(img);
+            Files.deleteIfExists(work.resolve("c" + n + ".rw.qcow2"));
+        }
+        ex.shutdownNow();
+        System.out.println("done " + base.getFileName() + " seed=" + seed + " cases=" + cases + " failures=" + failures
+                + " read-only passes completed=" + RO_OK + " read-write passes completed=" + RW_OK);
+        if (Boolean.getBoolean("fuzz.verbose")) {
+            REFUSALS.forEach((m, c) -> System.out.println("  " + c + " x " + m));
+        }
+        return failures;
+    }
+
+    /** Returns null when the case behaved, else what went wrong. */
+    private static String oneCase(Path img, long caseSeed) throws Exception {
+        byte[] before = Files.readAllBytes(img);
+        Path rw = img.resolveSibling(img.getFileName().toString().replace(".qcow2", ".rw.qcow2"));
+        Files.copy(img, rw, StandardCopyOption.REPLACE_EXISTING);
+        try {
+            readOnlyPass(img);
+            RO_OK.incrementAndGet();
+        } catch (BlockException expected) {
+            // a clear refusal is a good outcome
+            REFUSALS.merge(expected.getMessage().replaceAll("[0-9]+", "N"), 1, Integer::sum);
+        } catch (Throwable t) {
+            return "read-only pass threw " + describe(t);
+        }
+        if (!Arrays.equals(before, Files.readAllBytes(img))) {
+            return "read-only pass modified the file";
+        }
+        try {
+            readWritePass(rw, new Random(caseSeed ^ 0x5DEECE66DL));
+            RW_OK.incrementAndGet();
+        } catch (BlockException expected) {
+            // refused: fine
+        } catch (Throwable t) {
+            return "read-write pass threw " + describe(t);
+        }
+        return null;
+    }
+
+    private static String describe(Throwable t) {
+        StringBuilder sb = new StringBuilder(t.toString());
+        for (StackTraceElement e : t.getStackTrace()) {
+            if (e.getClassName().startsWith("org.blockhaus")) {
+                sb.append("\n    at ").append(e);
+            }
+        }
+        return sb.toString();
+    }
+
+    private static void readOnlyPass(Path img) throws Exception {
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRo(core, img)) {
+            long size = i.size();
+            BlockNode n = i.driverNode();
+            if (n instanceof SnapshotNode s) {
+                s.snapshots();
+            }
+            if (n instanceof BitmapNode b) {
+                for (BitmapNode.Bitmap bm : b.bitmaps()) {
+                    if (!bm.inconsistent()) {
+                        BitmapsTest.ourDirty(b, bm.name());
+                    }
+                }
+            }
+            ByteBuffer buf = ByteBuffer.allocate(1 << 20);
+            for (long off = 0; off < size; off += buf.capacity()) {
+                buf.clear().limit((int) Math.min(buf.capacity(), size - off));
+                i.read(off, buf);
+            }
+            for (long off = 0; off < size;) {
+                BlockStatus st = n.blockStatus(off, size - off);
+                off += st.length();
+            }
+            if (n instanceof CheckableNode c) {
+                c.check(CheckResult.Repair.NONE, line -> { });
+            }
+        }
+    }
+
+    private static void readWritePass(Path img, Random r) throws Exception {
+        BlockCore core = Fixtures.core();
+        try (Image i = Fixtures.openRw(core, img)) {
+            long size = i.size();
+            for (int k = 0; k < 6; k++) {
+                long len = 1 + r.nextInt(200_000);
+                long off = (long) (r.nextDouble() * Math.max(1, size - len));
+                len = Math.min(len, size - off);
+                if (len <= 0) {
+                    break;
+                }
+                switch (r.nextInt(4)) {
+                    case 0 -> i.writeZeroes(off, len, r.nextBoolean() ? BlockNode.MAY_UNMAP : 0);
+                    case 1 -> i.discard(off, len);
+                    default -> i.write(off, ByteBuffer.wrap(Fixtures.pattern((int) len, k)), 0);
+                }
+            }
+            i.flush();
+            ByteBuffer buf = ByteBuffer.allocate(1 << 20);
+            for (long off = 0; off < size; off += buf.capacity()) {
+                buf.clear().limit((int) Math.min(buf.capacity(), size - off));
+                i.read(off, buf);
+            }
+        }
+    }
+
+    // ---- where the metadata is, read from a good image ----
+
+    static List<Region> regions(byte[] f) {
+        ByteBuffer b = ByteBuffer.wrap(f).order(ByteOrder.BIG_ENDIAN);
+        int clusterBits = b.getInt(20);
+        long cs = 1L << clusterBits;
+        int version = b.getInt(4);
+        List<Region> out = new ArrayList<>();
+        int headerLength = version >= 3 ? b.getInt(100) : 72;
+        out.add(new Region("header", 0, headerLength));
+        out.add(new Region("extensions", headerLength, Math.min(cs, f.length) - headerLength));
+        int l1Size = b.getInt(36);
+        long l1 = b.getLong(40);
+        out.add(new Region("L1", l1, l1Size * 8L));
+        for (int k = 0; k < l1Size; k++) {
+            long l2 = b.getLong((int) (l1 + 8L * k)) & 0x00ff_ffff_ffff_fe00L;
+            if (l2 != 0) {
+                out.add(new Region("L2#" + k, l2, cs));
+            }
+        }
+        long rt = b.getLong(48);
+        int rtClusters = b.getInt(56);
+        out.add(new Region("refcount table", rt, rtClusters * cs));
+        for (long k = 0; k < rtClusters * cs / 8; k++) {
+            long rb = b.getLong((int) (rt + 8 * k));
+            if (rb != 0) {
+                out.add(new Region("refcount block#" + k, rb, cs));
+            }
+        }
+        int nbSnapshots = b.getInt(60);
+        long st = b.getLong(64);
+        if (nbSnapshots > 0) {
+            long p = st;
+            for (int s = 0; s < nbSnapshots; s++) {
+                long sl1 = b.getLong((int) p);
+                int sl1Size = b.getInt((int) p + 8);
+                int idLen = Short.toUnsignedInt(b.getShort((int) p + 12));
+                int nameLen = Short.toUnsignedInt(b.getShort((int) p + 14));
+                int extra = b.getInt((int) p + 36);
+                long end = p + 40 + extra + idLen + nameLen;
+                end = (end + 7) & ~7L;
+                out.add(new Region("snapshot entry#" + s, p, end - p));
+                out.add(new Region("snapshot L1#" + s, sl1, sl1Size * 8L));
+                p = end;
+            }
+        }
+        if (version >= 3) {
+            int p = headerLength;
+            while (p + 8 <= cs) {
+                int type = b.getInt(p);
+                int len = b.getInt(p + 4);
+                if (type == 0) {
+                    break;
+                }
+                if (type == 0x23852875) {
+                    int nb = b.getInt(p + 8);
+                    long dirSize = b.getLong(p + 16);
+                    long dir = b.getLong(p + 24);
+                    out.add(new Region("bitmap directory", dir, dirSize));
+                    long q = dir;
+                    for (int k = 0; k < nb; k++) {
+                        long tbl = b.getLong((int) q);
+                        int tblSize = b.getInt((int) q + 8);
+                        int nameLen = Short.toUnsignedInt(b.getShort((int) q + 14));
+                        int extra = b.getInt((int) q + 20);
+                        if (tbl != 0) {
+                            out.add(new Region("bitmap table#" + k, tbl, tblSize * 8L));
+                        }
+                        q = (q + 24 + extra + nameLen + 7) & ~7L;
+                    }
+                }
+                p += 8 + ((len + 7) & ~7);
+            }
+        }
+        out.removeIf(reg -> reg.length() <= 0 || reg.offset() < 0 || reg.offset() + reg.length() > f.length);
+        return out;
+    }
+
+    private static final long[] INTERESTING = {0, 1, -1, 0x7fff_ffff_ffff_ffffL, 0x8000_0000_0000_0000L,
+        0xffff_ffffL, 0x8000_0000L, 0x7fff_ffffL, 1L << 40, 1L << 56, 0x00ff_ffff_ffff_fe00L, 512, 4096, 65536};
+
+    /** Overwrites one to three spots of one region; returns what it did. */
+    static String mutate(byte[] f, List<Region> regions, Random r) {
+        Region reg = regions.get(r.nextInt(regions.size()));
+        StringBuilder what = new StringBuilder(reg.name());
+        ByteBuffer b = ByteBuffer.wrap(f);
+        int spots = 1 + r.nextInt(3);
+        for (int s = 0; s < spots; s++) {
+            long at = reg.offset() + (long) (r.nextDouble() * reg.length());
+            switch (r.nextInt(5)) {
+                case 0 -> {
+                    int bit = r.nextInt(8);
+                    f[(int) at] ^= (byte) (1 << bit);
+                    what.append(" flip@").append(at).append('.').append(bit);
+                }
+                case 1 -> {
+                    byte v = (byte) r.nextInt(256);
+                    f[(int) at] = v;
+                    what.append(" byte@").append(at).append('=').append(v & 0xff);
+                }
+                case 2, 3 -> {
+                    // aligned 8-byte fields are table entries and most header fields
+                    long a = at & ~7L;
+                    if (a + 8 <= f.length) {
+                        long v = r.nextBoolean() ? INTERESTING[r.nextInt(INTERESTING.length)]
+                                : b.getLong((int) a) + (r.nextInt(17) - 8) * 512L;
+                        if (r.nextInt(3) == 0) {
+                            v ^= b.getLong((int) a) & 0x8000_0000_0000_0001L;
+                        }
+                        b.putLong((int) a, v);
+                        what.append(" long@").append(a).append('=').append(Long.toHexString(v));
+                    }
+                }
+                default -> {
+                    long a = at & ~3L;
+                    if (a + 4 <= f.length) {
+                        int v = (int) INTERESTING[r.nextInt(INTERESTING.length)];
+                        b.putInt((int) a, v);
+                        what.append(" int@").append(a).append('=').append(Integer.toHexString(v));
+                    }
+                }
+            }
+        }
+        return what.toString();
+    }
+}
