@@ -751,6 +751,24 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         setEntry(t, idx, compression.descriptor(at, data.length), 0);
     }
 
+    /**
+     * Extended L2, copy on write of a shared cluster: as qemu, the new cluster allocates the
+     * subclusters from the first allocated one (or the write's start) to the last allocated one
+     * (or the write's end); subclusters outside stay as they were (unallocated or zero), so they
+     * still read from the backing file and keep their allocation status.
+     */
+    private long cowBitmap(long old, int inCluster, int n) {
+        int first = inCluster >>> subclusterBits;
+        int last = (inCluster + n - 1) >>> subclusterBits;
+        int alloc = (int) (old & ALL_SUBCLUSTERS);
+        if (alloc != 0) {
+            first = Math.min(first, Integer.numberOfTrailingZeros(alloc));
+            last = Math.max(last, 31 - Integer.numberOfLeadingZeros(alloc));
+        }
+        long range = (last == 31 ? ALL_SUBCLUSTERS : (1L << (last + 1)) - 1) & ~((1L << first) - 1);
+        return (old | range) & ~(range << 32);
+    }
+
     private void writeLocked(long offset, ByteBuffer src) throws BlockException {
         long guest = offset;
         long runHost = -1;
@@ -799,7 +817,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 if ((w & OFLAG_COMPRESSED) != 0 && cachedCompressedGuest == guest >>> clusterBits) {
                     cachedCompressedGuest = -1;
                 }
-                setEntry(t, idx, newHost | OFLAG_COPIED, ALL_SUBCLUSTERS);
+                long newBitmap = ALL_SUBCLUSTERS;
+                if (extL2 && whole != null && (w & OFLAG_COMPRESSED) == 0 && mapped(w, host)) {
+                    newBitmap = cowBitmap(bitmap(t, idx), inCluster, n);
+                }
+                setEntry(t, idx, newHost | OFLAG_COPIED, newBitmap);
                 if (whole != null) {
                     if (runLen > 0) {
                         data.write(runHost, src.slice(runStart, runLen));
