@@ -24,7 +24,7 @@ class MetadataFuzzTest {
     @TempDir
     Path dir;
 
-    private static final int CASES = 120;
+    private static final int CASES = 60;
 
     private Path image(String kind) throws Exception {
         Path img = dir.resolve(kind + ".qcow2");

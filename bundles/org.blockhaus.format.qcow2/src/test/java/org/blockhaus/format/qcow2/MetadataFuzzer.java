@@ -95,7 +95,8 @@ public final class MetadataFuzzer {
             }
             Path rw = work.resolve("c" + n + ".rw.qcow2");
             CheckResult ours = REPAIRED.remove(rw);
-            if (CHECK_WITH_QEMU && ours != null) {
+            // qemu-img's repair of a twin costs four runs of qemu-img: every third case
+            if (CHECK_WITH_QEMU && ours != null && n % 3 == 0) {
                 String gap = compareRepair(img, rw, ours);
                 if (gap != null) {
                     failures++;
