@@ -735,7 +735,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         long at;
         long inCluster = compressedFree & (clusterSize - 1);
         if (compressedFreeGeneration == refcounts.freeGeneration() && compressedFree != 0 && inCluster != 0
-                && clusterSize - inCluster >= data.length) {
+                && clusterSize - inCluster >= data.length
+                // as qemu: a cluster whose refcount is at the width's maximum takes no more
+                // compressed clusters (with refcount_bits=1, each one gets its own)
+                && refcounts.get(compressedFree >>> clusterBits) < refcounts.maxRefcount()) {
             at = compressedFree;
             refcounts.increment(at >>> clusterBits, 1); // one more compressed cluster lives here
         } else {

@@ -26,7 +26,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 
 /**
  * Differential workloads: one seeded random sequence of operations (unaligned writes with
- * patterns, write-zeroes with and without unmap, discard, flush, snapshot create/apply/delete,
+ * patterns, compressed writes of whole clusters, write-zeroes with and without unmap, discard, flush, snapshot create/apply/delete,
  * bitmap add/clear/remove, resize grow, close and reopen) is applied to an image through our
  * driver and, by qemu-io (one process per run of I/O) and qemu-img, to a twin made with the same
  * options. Each operation must succeed on both or fail on both. Afterwards: qemu-img check is
@@ -131,6 +131,10 @@ class DifferentialWorkloadTest {
         // with 1-bit refcounts qemu refuses a snapshot as soon as any L2 table exists, and when
         // it allocates L2 tables (discard allocates them, we do not) is layout, not meaning
         boolean noSnapshots = info.contains("refcount bits: 1\n");
+        boolean external = info.contains("data file:");
+        Matcher cm = Pattern.compile("cluster_size: (\\d+)").matcher(info);
+        long clusterSize = cm.find() ? Long.parseLong(cm.group(1)) : 65536;
+        java.util.BitSet touched = new java.util.BitSet(); // clusters any operation has written
         try {
             for (int k = 0; k < 40; k++) {
                 int pick = r.nextInt(100);
@@ -148,6 +152,21 @@ class DifferentialWorkloadTest {
                         boolean unmap = r.nextBoolean();
                         img.writeZeroes(off, len, unmap ? BlockNode.MAY_UNMAP : 0);
                         cmd = "write -z " + (unmap ? "-u " : "") + off + " " + len;
+                    } else if (pick < 59 && !external) {
+                        // compressed writes: whole clusters, as qemu-io's write -c needs, and only
+                        // where nothing was written yet (qemu fails them with EIO on allocated
+                        // clusters; ours overwrite them)
+                        off = off / clusterSize * clusterSize;
+                        len = Math.min(clusterSize * (1 + r.nextInt(2)), size / clusterSize * clusterSize - off);
+                        if (len <= 0 || touched.get((int) (off / clusterSize), (int) ((off + len) / clusterSize))
+                                .cardinality() > 0) {
+                            continue;
+                        }
+                        int pat = 1 + r.nextInt(254);
+                        byte[] d = new byte[(int) len];
+                        Arrays.fill(d, (byte) pat);
+                        img.write(off, ByteBuffer.wrap(d), BlockNode.COMPRESSED);
+                        cmd = "write -c -P " + pat + " " + off + " " + len;
                     } else if (pick < 65) {
                         img.discard(off, len);
                         cmd = "discard " + off + " " + len;
@@ -155,6 +174,7 @@ class DifferentialWorkloadTest {
                         img.flush();
                         cmd = "flush";
                     }
+                    touched.set((int) (off / clusterSize), (int) ((off + len - 1) / clusterSize) + 1);
                     log.add(cmd);
                     io.add("-c");
                     io.add(cmd);
