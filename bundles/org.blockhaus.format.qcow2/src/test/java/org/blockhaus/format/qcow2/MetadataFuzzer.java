@@ -74,6 +74,11 @@ public final class MetadataFuzzer {
             Random r = new Random(caseSeed);
             byte[] bad = good.clone();
             String what = mutate(bad, regions, r);
+            if (r.nextInt(12) == 0) {
+                int cut = r.nextInt(bad.length);
+                bad = Arrays.copyOf(bad, cut);
+                what += " truncated to " + cut;
+            }
             Path img = work.resolve("c" + n + ".qcow2");
             Files.write(img, bad);
             String id = "seed=" + seed + " case=" + n + " image=" + base.getFileName() + " mutation=" + what;
@@ -431,8 +436,13 @@ public final class MetadataFuzzer {
                     // aligned 8-byte fields are table entries and most header fields
                     long a = at & ~7L;
                     if (a + 8 <= f.length) {
-                        long v = r.nextBoolean() ? INTERESTING[r.nextInt(INTERESTING.length)]
-                                : b.getLong((int) a) + (r.nextInt(17) - 8) * 512L;
+                        long v = switch (r.nextInt(3)) {
+                            case 0 -> INTERESTING[r.nextInt(INTERESTING.length)];
+                            case 1 -> b.getLong((int) a) + (r.nextInt(17) - 8) * 512L;
+                            // cross-link: point at another structure (loops, overlaps, shared tables)
+                            default -> regions.get(r.nextInt(regions.size())).offset()
+                                    | b.getLong((int) a) & 0x8000_0000_0000_0000L;
+                        };
                         if (r.nextInt(3) == 0) {
                             v ^= b.getLong((int) a) & 0x8000_0000_0000_0001L;
                         }
