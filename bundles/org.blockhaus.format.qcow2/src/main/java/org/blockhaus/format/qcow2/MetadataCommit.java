@@ -80,9 +80,13 @@ final class MetadataCommit {
         }
         long l1Offset = l1Length == 0 ? node.activeL1Offset() : place((long) l1Length * 8);
         List<Snapshots.Entry> entries = new ArrayList<>(snaps);
+        // the new snapshot is known by its index: an existing entry may name any offset (a
+        // hostile one past the end of the file, with an empty L1 table, passes validation)
+        int newEntry = -1;
         for (int i = 0; i < entries.size(); i++) {
             Snapshots.Entry e = entries.get(i);
             if (e.l1TableOffset() == -1) {
+                newEntry = i;
                 long off = newSnapshotL1.length == 0 ? 0 : place((long) newSnapshotL1.length * 8);
                 entries.set(i, new Snapshots.Entry(off, newSnapshotL1.length, e.id(), e.name(), e.dateSec(),
                         e.dateNsec(), e.vmClockNsec(), e.vmStateSize(), e.diskSize(), e.icount()));
@@ -127,10 +131,10 @@ final class MetadataCommit {
                 countData(node.l2Table(off).words);
             }
         }
-        for (Snapshots.Entry e : entries) {
+        for (int k = 0; k < entries.size(); k++) {
+            Snapshots.Entry e = entries.get(k);
             addRef(e.l1TableOffset(), (long) e.l1Size() * 8, true);
-            long[] sl1 = e.l1TableOffset() >= (start << clusterBits) ? newSnapshotL1
-                    : node.readTable(e.l1TableOffset(), e.l1Size());
+            long[] sl1 = k == newEntry ? newSnapshotL1 : node.readTable(e.l1TableOffset(), e.l1Size());
             for (long le : sl1) {
                 long off = le & Qcow2Node.L1_OFFSET_MASK;
                 if (off != 0) {
@@ -180,14 +184,12 @@ final class MetadataCommit {
         if (l1Length > 0) {
             writeLongs(l1Offset, newL1);
         }
-        for (Snapshots.Entry e : entries) {
-            if (e.l1TableOffset() >= (start << clusterBits)) {
-                long[] clean = newSnapshotL1.clone();
-                for (int i = 0; i < clean.length; i++) {
-                    clean[i] &= ~Qcow2Node.OFLAG_COPIED;
-                }
-                writeLongs(e.l1TableOffset(), clean);
+        if (newEntry >= 0 && newSnapshotL1.length > 0) {
+            long[] clean = newSnapshotL1.clone();
+            for (int i = 0; i < clean.length; i++) {
+                clean[i] &= ~Qcow2Node.OFLAG_COPIED;
             }
+            writeLongs(entries.get(newEntry).l1TableOffset(), clean);
         }
         if (snapTable.length > 0) {
             file.write(snapOffset, snapTable);

@@ -25,6 +25,11 @@ final class Qcow2Check {
     private final int clusterBits;
     private final int clusterSize;
     private int[] refs;
+    /** The largest count the refcount width holds (the counters are 32 bits, enough for any table walk). */
+    private final long maxRefcount;
+    /** Reserved bits of L1 entries and of standard L2 entries (spec: "Host cluster management"). */
+    static final long L1_RESERVED = 0x7f00_0000_0000_01ffL;
+    static final long L2_STD_RESERVED = 0x3f00_0000_0000_01feL;
     private final Consumer<String> findings;
     private long corruptions;
     private long leaks;
@@ -32,6 +37,8 @@ final class Qcow2Check {
     private long corruptionsFixed;
     private long leaksFixed;
     private boolean rebuild;
+    /** -r all: the walk repairs what qemu's walk repairs (misaligned preallocated clusters). */
+    private boolean repairAll;
     private long highest = -1;
     private long allocated;
     private long fragmented;
@@ -48,6 +55,7 @@ final class Qcow2Check {
         this.file = node.hostFile();
         this.clusterBits = h.clusterBits();
         this.clusterSize = h.clusterSize();
+        this.maxRefcount = h.refcountBits() >= 32 ? 0xffff_ffffL : (1L << h.refcountBits()) - 1;
         this.refs = newCounters();
     }
 
@@ -74,11 +82,21 @@ final class Qcow2Check {
             return;
         }
         for (long i = first; i <= last; i++) {
+            // as qemu: a count that reaches the width's maximum stays there, reported as corruption
+            // (a repair cannot store more than the width holds)
+            if (Integer.toUnsignedLong(refs[(int) i]) >= maxRefcount) {
+                findings.accept("ERROR: overflow cluster offset=0x" + Long.toHexString(i << clusterBits));
+                findings.accept("Use qemu-img amend to increase the refcount entry width or qemu-img convert to"
+                        + " create a clean copy if the image cannot be opened for writing");
+                corruptions++;
+                continue;
+            }
             refs[(int) i]++;
         }
     }
 
     CheckResult run(CheckResult.Repair repair) throws BlockException {
+        repairAll = repair == CheckResult.Repair.ALL;
         calculate();
         long preCorruptions = corruptions;
         long preLeaks = leaks;
@@ -173,6 +191,13 @@ final class Qcow2Check {
                     continue;
                 }
                 addRef(b, clusterSize);
+                long c = b >>> clusterBits;
+                if (c < refs.length && refs[(int) c] != 1) {
+                    // something else (an L2 table, data) claims the block too: only a rebuild untangles it
+                    findings.accept("ERROR refcount block " + i + " refcount=" + Integer.toUnsignedLong(refs[(int) c]));
+                    corruptions++;
+                    rebuild = true;
+                }
             }
         }
     }
@@ -317,8 +342,19 @@ final class Qcow2Check {
     private void walkL1(long[] l1, boolean active) throws BlockException {
         Compression comp = node.compression();
         for (long e : l1) {
+            if ((e & L1_RESERVED) != 0) {
+                findings.accept("ERROR found L1 entry with reserved bits set: " + Long.toHexString(e));
+                corruptions++;
+            }
             long off = e & Qcow2Node.L1_OFFSET_MASK;
             if (off == 0) {
+                if (e != 0 && (e & L1_RESERVED) == 0) {
+                    // flags without a table: qemu-img walks the header as if it were the L2 table
+                    // and reports what it finds there; reads see no L2 table. Either way corrupt.
+                    findings.accept("ERROR l1_entry=" + Long.toHexString(e) + ": flags without an L2 table;"
+                            + " L1 entry corrupted");
+                    corruptions++;
+                }
                 continue;
             }
             if ((off & (clusterSize - 1)) != 0) {
@@ -343,7 +379,19 @@ final class Qcow2Check {
             nextContiguous = 0; // qemu judges contiguity within one L2 table
             for (int i = 0; i < t.words.length; i += step) {
                 long w = t.words[i];
+                long bitmap = h.extendedL2() ? t.words[i + 1] : 0;
                 if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0) {
+                    if ((w & Qcow2Node.OFLAG_COPIED) != 0) {
+                        findings.accept("ERROR: coffset=0x" + Long.toHexString(comp.refStart(w))
+                                + ": copied flag must never be set for compressed clusters");
+                        corruptions++;
+                    }
+                    if (bitmap != 0) {
+                        findings.accept("ERROR compressed cluster " + i / step
+                                + " with non-zero subcluster allocation bitmap, entry=0x" + Long.toHexString(w));
+                        corruptions++;
+                        continue;
+                    }
                     addRef(comp.refStart(w), comp.refLength(w));
                     if (active) {
                         allocated++;
@@ -352,17 +400,40 @@ final class Qcow2Check {
                     }
                     continue;
                 }
+                if ((w & L2_STD_RESERVED) != 0) {
+                    findings.accept("ERROR found l2 entry with reserved bits set: " + Long.toHexString(w));
+                    corruptions++;
+                }
                 long host = w & Qcow2Node.L2_OFFSET_MASK;
                 if (host == 0 && !(node.external() && (w & Qcow2Node.OFLAG_COPIED) != 0)) {
+                    boolean zeroPlain = !h.extendedL2() && (w & Qcow2Node.OFLAG_ZERO) != 0;
+                    if (!zeroPlain && (bitmap & Qcow2Node.ALL_SUBCLUSTERS) != 0) {
+                        findings.accept("ERROR: Unallocated cluster has non-zero subcluster allocation map");
+                        corruptions++;
+                    }
                     continue;
+                }
+                if (((bitmap >>> 32) & bitmap) != 0) {
+                    findings.accept("ERROR offset=" + Long.toHexString(host)
+                            + ": Allocated cluster has corrupted subcluster allocation bitmap");
+                    corruptions++;
                 }
                 if ((host & (clusterSize - 1)) != 0) {
                     // as qemu: reported, and the misaligned range is still counted as referenced
                     boolean hasData = h.extendedL2() ? (t.words[i + 1] & Qcow2Node.ALL_SUBCLUSTERS) != 0
                             : (w & Qcow2Node.OFLAG_ZERO) == 0;
-                    findings.accept("ERROR offset=" + Long.toHexString(host) + ": " + (hasData ? "Data" : "Preallocated")
-                            + " cluster is not properly aligned; L2 entry corrupted.");
+                    boolean fix = !hasData && repairAll;
+                    findings.accept((fix ? "Repairing" : "ERROR") + " offset=" + Long.toHexString(host) + ": "
+                            + (hasData ? "Data" : "Preallocated") + " cluster is not properly aligned; L2 entry corrupted.");
                     corruptions++;
+                    if (fix) {
+                        // as qemu: a misplaced preallocated zero cluster becomes a plain zero cluster
+                        // (allocated subclusters become zero ones) and stops counting as a reference
+                        zeroEntry(t, i, active);
+                        corruptions--;
+                        corruptionsFixed++;
+                        continue;
+                    }
                 }
                 if (!node.external()) {
                     addRef(host, clusterSize); // external data file clusters are not refcounted
@@ -375,6 +446,27 @@ final class Qcow2Check {
                     nextContiguous = host + clusterSize;
                 }
             }
+        }
+    }
+
+    /** Turns L2 entry {@code i} of {@code t} into a zero cluster, in the cache (active) or on disk. */
+    private void zeroEntry(L2Cache.Table t, int i, boolean active) throws BlockException {
+        if (h.extendedL2()) {
+            long bm = t.words[i + 1];
+            t.words[i] = 0;
+            t.words[i + 1] = (bm | bm << 32) & ~Qcow2Node.ALL_SUBCLUSTERS;
+        } else {
+            t.words[i] = Qcow2Node.OFLAG_ZERO;
+        }
+        if (active) {
+            t.dirty = true;
+        } else {
+            ByteBuffer b = ByteBuffer.allocate(h.extendedL2() ? 16 : 8);
+            b.putLong(t.words[i]);
+            if (h.extendedL2()) {
+                b.putLong(t.words[i + 1]);
+            }
+            file.write(t.offset + 8L * i, b.flip());
         }
     }
 

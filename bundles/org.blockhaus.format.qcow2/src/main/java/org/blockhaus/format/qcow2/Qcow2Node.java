@@ -735,7 +735,10 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         long at;
         long inCluster = compressedFree & (clusterSize - 1);
         if (compressedFreeGeneration == refcounts.freeGeneration() && compressedFree != 0 && inCluster != 0
-                && clusterSize - inCluster >= data.length) {
+                && clusterSize - inCluster >= data.length
+                // as qemu: a cluster whose refcount is at the width's maximum takes no more
+                // compressed clusters (with refcount_bits=1, each one gets its own)
+                && refcounts.get(compressedFree >>> clusterBits) < refcounts.maxRefcount()) {
             at = compressedFree;
             refcounts.increment(at >>> clusterBits, 1); // one more compressed cluster lives here
         } else {
@@ -749,6 +752,24 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             cachedCompressedGuest = -1;
         }
         setEntry(t, idx, compression.descriptor(at, data.length), 0);
+    }
+
+    /**
+     * Extended L2, copy on write of a shared cluster: as qemu, the new cluster allocates the
+     * subclusters from the first allocated one (or the write's start) to the last allocated one
+     * (or the write's end); subclusters outside stay as they were (unallocated or zero), so they
+     * still read from the backing file and keep their allocation status.
+     */
+    private long cowBitmap(long old, int inCluster, int n) {
+        int first = inCluster >>> subclusterBits;
+        int last = (inCluster + n - 1) >>> subclusterBits;
+        int alloc = (int) (old & ALL_SUBCLUSTERS);
+        if (alloc != 0) {
+            first = Math.min(first, Integer.numberOfTrailingZeros(alloc));
+            last = Math.max(last, 31 - Integer.numberOfLeadingZeros(alloc));
+        }
+        long range = (last == 31 ? ALL_SUBCLUSTERS : (1L << (last + 1)) - 1) & ~((1L << first) - 1);
+        return (old | range) & ~(range << 32);
     }
 
     private void writeLocked(long offset, ByteBuffer src) throws BlockException {
@@ -799,7 +820,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 if ((w & OFLAG_COMPRESSED) != 0 && cachedCompressedGuest == guest >>> clusterBits) {
                     cachedCompressedGuest = -1;
                 }
-                setEntry(t, idx, newHost | OFLAG_COPIED, ALL_SUBCLUSTERS);
+                long newBitmap = ALL_SUBCLUSTERS;
+                if (extL2 && whole != null && (w & OFLAG_COMPRESSED) == 0 && mapped(w, host)) {
+                    newBitmap = cowBitmap(bitmap(t, idx), inCluster, n);
+                }
+                setEntry(t, idx, newHost | OFLAG_COPIED, newBitmap);
                 if (whole != null) {
                     if (runLen > 0) {
                         data.write(runHost, src.slice(runStart, runLen));

@@ -228,6 +228,11 @@ final class Refcounts {
         return ti < table.length && table[(int) ti] != 0;
     }
 
+    /** The largest refcount the entry width holds. */
+    long maxRefcount() {
+        return maxRefcount;
+    }
+
     /** Adds one reference to each cluster of {@code [index, index+count)}; blocks must exist. */
     void increment(long index, long count) throws BlockException {
         beforeIncrease.run();
