@@ -6,7 +6,9 @@ import java.util.BitSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockNode;
@@ -27,7 +29,9 @@ import org.blockhaus.api.spi.SnapshotNode;
  *
  * <p>Writes put data into the file at once and keep metadata changes in memory until a flush,
  * which writes them in the order that survives a crash: refcount increases, then L2 tables, then
- * the L1 table, then refcount decreases (see {@link Refcounts}). One lock serialises requests.
+ * the L1 table, then refcount decreases (see {@link Refcounts}). One lock guards the mapping and
+ * the metadata; data moves outside it (see {@link #read}, {@link #write} and the I/O gate
+ * {@link #io}), so requests overlap their I/O.
  */
 final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     static final long L1_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
@@ -48,6 +52,16 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     private final ReentrantLock lock = new ReentrantLock();
+    /**
+     * Data I/O done outside {@link #lock} holds this gate's read side; whatever frees clusters or
+     * writes L2 tables (flush, eviction, snapshots, amend, check, close) takes the write side while
+     * it holds the lock, so it waits for that I/O and no new I/O can start: data reaches the file
+     * before an L2 table pointing at it, and no cluster is freed and reused under a reader.
+     */
+    private final ReentrantReadWriteLock io = new ReentrantReadWriteLock();
+    /** Guest clusters whose new host cluster is being written outside the lock (see {@link #write}). */
+    private final java.util.Set<Long> allocating = new java.util.HashSet<>();
+    private final Condition allocated = lock.newCondition();
     private final HostFile file;
     /** Where guest data lives: the image file, or the external data file (incompatible bit 2). */
     private final HostFile data;
@@ -70,7 +84,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     private final L2Cache l2;
     private final Compression compression;
     private long cachedCompressedGuest = -1;
-    private final byte[] cachedCompressed;
+    private byte[] cachedCompressed;
     private boolean closed;
 
     Qcow2Node(HostFile file, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes)
@@ -95,7 +109,6 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         this.size = h.size();
         this.l1Offset = h.l1TableOffset();
         this.compression = new Compression(clusterBits, h.compressionType());
-        this.cachedCompressed = new byte[clusterSize];
         this.l1 = readL1(h.l1TableOffset(), h.l1Size());
         this.refcounts = new Refcounts(file, h, this::refcountTableMoved);
         this.refcounts.setGuard(this::isKnownMetadata);
@@ -328,56 +341,75 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         return backing == null;
     }
 
+    /**
+     * The mapping is looked up under the lock, the data is read outside it, so parallel readers
+     * (convert's workers, NBD clients) overlap their I/O, also with writers. A read waits for
+     * clusters whose data a writer is still putting in place ({@link #awaitNotAllocating}), and
+     * holds the I/O gate while it reads, so no flush can free and hand out the cluster under it.
+     * Compressed clusters are inflated outside the lock too.
+     */
     @Override
     public void read(long offset, ByteBuffer dst) throws BlockException {
-        if (readOnly) {
-            readShared(offset, dst);
-            return;
-        }
-        lock.lock();
-        try {
-            checkOpen();
-            readLocked(offset, dst);
-        } finally {
-            lock.unlock();
-        }
-    }
-
-    /**
-     * Read-only nodes: the mapping is looked up under the lock, the data is read outside it, so
-     * parallel readers (convert's workers, NBD clients) overlap their I/O. Nothing can move or
-     * free a cluster while the node is read-only; compressed clusters keep the lock for the
-     * shared decompression buffer.
-     */
-    private void readShared(long offset, ByteBuffer dst) throws BlockException {
         long guest = offset;
         while (dst.hasRemaining()) {
             Run r;
+            long compressedEntry = 0;
+            byte[] inflated = null;
             lock.lock();
             try {
                 checkOpen();
+                awaitNotAllocating(guest, dst.remaining());
                 r = map(guest, dst.remaining());
+                if (r.kind() == COMPRESSED_DATA) {
+                    if (cachedCompressedGuest == guest >>> clusterBits) {
+                        inflated = cachedCompressed;
+                    } else {
+                        compressedEntry = word(l2For(guest), l2Index(guest));
+                    }
+                }
+                if (r.kind() == DATA || compressedEntry != 0) {
+                    io.readLock().lock(); // released below, after the I/O
+                }
             } finally {
                 lock.unlock();
             }
             int n = (int) r.length();
             ByteBuffer part = dst.slice(dst.position(), n);
             switch (r.kind()) {
-                case DATA -> data.read(r.host(), part, "Data cluster for guest offset " + guest);
+                case DATA -> {
+                    try {
+                        data.readData(r.host(), part, guest);
+                    } finally {
+                        io.readLock().unlock();
+                    }
+                }
                 case ZERO -> fillZero(part);
                 case COMPRESSED_DATA -> {
-                    lock.lock();
-                    try {
-                        byte[] c = decompressCluster(guest);
-                        part.put(c, (int) (guest & (clusterSize - 1)), n);
-                    } finally {
-                        lock.unlock();
+                    if (inflated == null) {
+                        try {
+                            inflated = inflate(compressedEntry, guest);
+                        } finally {
+                            io.readLock().unlock();
+                        }
+                        keepInflated(guest >>> clusterBits, inflated);
                     }
+                    part.put(inflated, (int) (guest & (clusterSize - 1)), n);
                 }
                 default -> readBacking(guest, part);
             }
             dst.position(dst.position() + n);
             guest += n;
+        }
+    }
+
+    /** The most recently inflated cluster stays cached: small sequential reads hit it. */
+    private void keepInflated(long cluster, byte[] inflated) {
+        lock.lock();
+        try {
+            cachedCompressed = inflated;
+            cachedCompressedGuest = cluster;
+        } finally {
+            lock.unlock();
         }
     }
 
@@ -388,7 +420,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             int n = (int) r.length();
             ByteBuffer part = dst.slice(dst.position(), n);
             switch (r.kind()) {
-                case DATA -> data.read(r.host(), part, "Data cluster for guest offset " + guest);
+                case DATA -> data.readData(r.host(), part, guest);
                 case ZERO -> fillZero(part);
                 case COMPRESSED_DATA -> {
                     byte[] c = decompressCluster(guest);
@@ -425,20 +457,25 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         if (cachedCompressedGuest == cluster) {
             return cachedCompressed;
         }
-        L2Cache.Table t = l2For(guest);
-        long w = word(t, l2Index(guest));
-        long host = compression.hostOffset(w);
-        int len = compression.compressedLength(w);
+        byte[] c = inflate(word(l2For(guest), l2Index(guest)), guest);
+        cachedCompressed = c;
+        cachedCompressedGuest = cluster;
+        return c;
+    }
+
+    /** Reads and inflates the compressed cluster an L2 entry describes into a new cluster buffer. */
+    private byte[] inflate(long entry, long guest) throws BlockException {
+        long host = compression.hostOffset(entry);
+        int len = compression.compressedLength(entry);
         if (host >= file.size()) {
             throw Qcow2Header.corrupt("Compressed cluster for guest offset " + guest + " starts at " + host
                     + ", beyond the end of the file");
         }
         ByteBuffer src = ByteBuffer.allocate(len);
         int got = file.readClamped(host, src);
-        cachedCompressedGuest = -1;
-        compression.decompress(src.array(), got, cachedCompressed, guest & -clusterSize);
-        cachedCompressedGuest = cluster;
-        return cachedCompressed;
+        byte[] out = new byte[clusterSize];
+        compression.decompress(src.array(), got, out, guest & -clusterSize);
+        return out;
     }
 
     @Override
@@ -545,22 +582,97 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
     }
 
+    /**
+     * Clusters are allocated and L2 entries set under the lock; the data then goes to the file
+     * outside it, so writers (and readers) overlap their I/O. Until it has landed, the newly
+     * mapped clusters are listed in {@link #allocating}: requests touching them wait, and flushes
+     * and L2 evictions wait at the I/O gate, so no L2 table reaches the disk before its data.
+     */
     @Override
     public void write(long offset, ByteBuffer src, int flags) throws BlockException {
         if ((flags & BlockNode.COMPRESSED) != 0) {
             writeCompressed(offset, src, flags);
             return;
         }
+        WritePlan plan = new WritePlan();
         lock.lock();
         try {
             prepareWrite();
-            writeLocked(offset, src);
-            if ((flags & FUA) != 0) {
-                flushLocked();
-            }
+            awaitNotAllocating(offset, src.remaining());
+            planWrite(offset, src, plan);
+            data.ensureSize(plan.end);
+            allocating.addAll(plan.newClusters);
+            io.readLock().lock();
         } finally {
             lock.unlock();
         }
+        try {
+            plan.perform(data);
+        } finally {
+            io.readLock().unlock();
+            if (!plan.newClusters.isEmpty()) {
+                lock.lock();
+                try {
+                    allocating.removeAll(plan.newClusters);
+                    allocated.signalAll();
+                } finally {
+                    lock.unlock();
+                }
+            }
+        }
+        if ((flags & FUA) != 0) {
+            flush();
+        }
+    }
+
+    /** The data writes of one request, collected under the lock and done after it. */
+    private static final class WritePlan {
+        private final List<Long> hosts = new ArrayList<>(2);
+        private final List<ByteBuffer> buffers = new ArrayList<>(2);
+        /** Guest cluster indices whose L2 entry now points at a cluster these writes fill. */
+        final List<Long> newClusters = new ArrayList<>();
+        long end;
+
+        void add(long host, ByteBuffer b) {
+            hosts.add(host);
+            buffers.add(b);
+            end = Math.max(end, host + b.remaining());
+        }
+
+        void perform(HostFile data) throws BlockException {
+            for (int i = 0; i < hosts.size(); i++) {
+                data.write(hosts.get(i), buffers.get(i));
+            }
+        }
+    }
+
+    /**
+     * Waits (releasing the lock) until no cluster of {@code [guest, guest+len)} is being
+     * allocated by a writer. Callers hold the lock and have changed nothing yet.
+     */
+    private void awaitNotAllocating(long guest, long len) throws BlockException {
+        while (!allocating.isEmpty() && len > 0) {
+            long first = guest >>> clusterBits;
+            long last = (guest + len - 1) >>> clusterBits;
+            boolean busy = false;
+            for (long c : allocating) {
+                if (c >= first && c <= last) {
+                    busy = true;
+                    break;
+                }
+            }
+            if (!busy) {
+                return;
+            }
+            allocated.awaitUninterruptibly();
+            checkOpen();
+        }
+    }
+
+    /** Waits for all data I/O outside the lock to finish; none can start while the caller holds the lock. */
+    private void quiesce() {
+        io.writeLock().lock();
+        io.writeLock().unlock();
     }
 
     /**
@@ -590,6 +702,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            awaitNotAllocating(offset, len);
             for (int k = 0; k < clusters; k++) {
                 long guest = offset + (long) k * clusterSize;
                 int n = Math.min(clusterSize, len - k * clusterSize);
@@ -651,7 +764,18 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         setEntry(t, idx, compression.descriptor(at, data.length), 0);
     }
 
+    /** Writes under the lock (copy-on-write paths, zero fallbacks, amend): data and mapping at once. */
     private void writeLocked(long offset, ByteBuffer src) throws BlockException {
+        WritePlan plan = new WritePlan();
+        planWrite(offset, src, plan);
+        plan.perform(data);
+    }
+
+    /**
+     * Maps {@code src} to host clusters, allocating (and copying on write) as needed, and adds the
+     * data writes to {@code plan}; contiguous host ranges become one write.
+     */
+    private void planWrite(long offset, ByteBuffer src, WritePlan plan) throws BlockException {
         long guest = offset;
         long runHost = -1;
         int runStart = src.position();
@@ -670,10 +794,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                     && (!mapped(w, host) || (w & OFLAG_COPIED) != 0)) {
                 // Extended L2: only the subclusters the write touches are allocated.
                 if (runLen > 0) {
-                    data.write(runHost, src.slice(runStart, runLen));
+                    plan.add(runHost, src.slice(runStart, runLen));
                     runLen = 0;
                 }
-                writeSubclusters(t, idx, w, host, guest, inCluster, src.slice(src.position(), n));
+                writeSubclusters(t, idx, w, host, guest, inCluster, src.slice(src.position(), n), plan);
+                plan.newClusters.add(guest >>> clusterBits);
                 src.position(src.position() + n);
                 guest += n;
                 runStart = src.position();
@@ -700,12 +825,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                     cachedCompressedGuest = -1;
                 }
                 setEntry(t, idx, newHost | OFLAG_COPIED, ALL_SUBCLUSTERS);
+                plan.newClusters.add(guest >>> clusterBits);
                 if (whole != null) {
                     if (runLen > 0) {
-                        data.write(runHost, src.slice(runStart, runLen));
+                        plan.add(runHost, src.slice(runStart, runLen));
                         runLen = 0;
                     }
-                    data.write(newHost, ByteBuffer.wrap(whole));
+                    plan.add(newHost, ByteBuffer.wrap(whole));
                     src.position(src.position() + n);
                     guest += n;
                     runStart = src.position();
@@ -714,7 +840,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 target = newHost;
             }
             if (runLen > 0 && runHost + runLen != target) {
-                data.write(runHost, src.slice(runStart, runLen));
+                plan.add(runHost, src.slice(runStart, runLen));
                 runLen = 0;
             }
             if (runLen == 0) {
@@ -726,7 +852,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             guest += n;
         }
         if (runLen > 0) {
-            data.write(runHost, src.slice(runStart, runLen));
+            plan.add(runHost, src.slice(runStart, runLen));
         }
     }
 
@@ -736,7 +862,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
      * the others keep their state, so they still read from the backing file or as zeroes.
      */
     private void writeSubclusters(L2Cache.Table t, int idx, long w, long host, long guest, int inCluster,
-            ByteBuffer part) throws BlockException {
+            ByteBuffer part, WritePlan plan) throws BlockException {
         int n = part.remaining();
         int first = inCluster >>> subclusterBits;
         int last = (inCluster + n - 1) >>> subclusterBits;
@@ -753,7 +879,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
         part.get(part.position(), buf, inCluster - from, n);
         long target = mapped(w, host) ? host : external ? cStart : refcounts.allocate(1);
-        data.write(target + from, ByteBuffer.wrap(buf));
+        plan.add(target + from, ByteBuffer.wrap(buf));
         long mask = (last == 31 ? 0xffff_ffffL : (1L << (last + 1)) - 1) & ~((1L << first) - 1);
         long bm = (bitmap(t, idx) | mask) & ~(mask << 32);
         setEntry(t, idx, target | OFLAG_COPIED, bm);
@@ -772,6 +898,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            awaitNotAllocating(offset, length);
             long guest = offset;
             long end = offset + length;
             while (guest < end) {
@@ -858,6 +985,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            awaitNotAllocating(offset, length);
             if (rawExternal) {
                 return; // the data file must keep the guest's view
             }
@@ -891,6 +1019,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
 
     /** Writes cached metadata in crash-safe order and makes it durable. */
     void flushLocked() throws BlockException {
+        quiesce(); // data written outside the lock lands before the tables that point at it
         List<L2Cache.Table> dirtyL2 = l2.dirtyTables();
         boolean l1Dirty = !l1DirtyClusters.isEmpty();
         if (refcounts.dirty()) {
@@ -927,6 +1056,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     private void evictL2(L2Cache.Table t) throws BlockException {
+        quiesce();
         refcounts.writeIncreases();
         file.flush();
         l2.write(t);
@@ -1120,6 +1250,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             prepareWrite();
+            quiesce();
             new Amend(this).apply(o);
         } finally {
             lock.unlock();
@@ -1258,6 +1389,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         lock.lock();
         try {
             checkOpen();
+            quiesce();
             if (repair != CheckResult.Repair.NONE) {
                 checkWritable();
             }
@@ -1369,6 +1501,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             if (closed) {
                 return;
             }
+            quiesce();
             if (!readOnly) {
                 flushLocked();
             }

@@ -372,10 +372,14 @@ final class FileNode implements org.blockhaus.api.spi.PermissionAwareNode {
         if (prealloc != Preallocation.OFF && size < cur) {
             throw BlockException.invalid("Cannot use preallocation for shrinking files");
         }
+        boolean done = false;
         try {
             resize(nat, fd, channel, path, cur, size, prealloc);
+            done = true;
         } finally {
-            knownLength = -1;
+            // the file is 'size' bytes now: growing formats (qcow2 grows its file per allocating
+            // write) then need no fstat on their next request
+            knownLength = done ? size : -1;
         }
     }
 
