@@ -606,6 +606,14 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         } finally {
             lock.unlock();
         }
+        performOutsideLock(plan);
+        if ((flags & FUA) != 0) {
+            flush();
+        }
+    }
+
+    /** The second half of a write: the planned I/O (the caller took the gate), then its clusters are done. */
+    private void performOutsideLock(WritePlan plan) throws BlockException {
         try {
             plan.perform(data);
         } finally {
@@ -619,9 +627,6 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                     lock.unlock();
                 }
             }
-        }
-        if ((flags & FUA) != 0) {
-            flush();
         }
     }
 
@@ -639,11 +644,31 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             end = Math.max(end, host + b.remaining());
         }
 
+        /** Writes in host order as planned; adjacent pieces (packed compressed clusters) go as one write. */
         void perform(HostFile data) throws BlockException {
-            for (int i = 0; i < hosts.size(); i++) {
-                data.write(hosts.get(i), buffers.get(i));
+            int count = hosts.size();
+            for (int i = 0; i < count; ) {
+                long at = hosts.get(i);
+                long end = at + buffers.get(i).remaining();
+                int j = i + 1;
+                while (j < count && hosts.get(j) == end && end - at < MAX_MERGED) {
+                    end += buffers.get(j).remaining();
+                    j++;
+                }
+                if (j == i + 1) {
+                    data.write(at, buffers.get(i));
+                } else {
+                    ByteBuffer merged = ByteBuffer.allocate((int) (end - at));
+                    for (int k = i; k < j; k++) {
+                        merged.put(buffers.get(k).duplicate());
+                    }
+                    data.write(at, merged.flip());
+                }
+                i = j;
             }
         }
+
+        private static final long MAX_MERGED = 4 << 20;
     }
 
     /**
@@ -699,6 +724,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 packed[k] = external ? null : compression.compress(cluster, clusterSize); // data files: never
             }
         }
+        // as write(): clusters are placed and mapped under the lock, the bytes written after it,
+        // packed runs of compressed clusters as one write
+        WritePlan plan = new WritePlan();
         lock.lock();
         try {
             prepareWrite();
@@ -708,20 +736,24 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 int n = Math.min(clusterSize, len - k * clusterSize);
                 if (packed[k] == ZERO_MARKER) {
                     if (!zeroCluster(guest, true) && !readsAsZero(guest, n)) {
-                        writeLocked(guest, ByteBuffer.allocate(n));
+                        planWrite(guest, ByteBuffer.allocate(n), plan);
                     }
                 } else if (packed[k] == null) {
-                    writeLocked(guest, src.slice(src.position() + k * clusterSize, n));
+                    planWrite(guest, src.slice(src.position() + k * clusterSize, n), plan);
                 } else {
-                    storeCompressed(guest, packed[k]);
+                    storeCompressed(guest, packed[k], plan);
                 }
             }
             src.position(src.position() + len);
-            if ((flags & FUA) != 0) {
-                flushLocked();
-            }
+            data.ensureSize(plan.end);
+            allocating.addAll(plan.newClusters);
+            io.readLock().lock();
         } finally {
             lock.unlock();
+        }
+        performOutsideLock(plan);
+        if ((flags & FUA) != 0) {
+            flush();
         }
     }
 
@@ -741,7 +773,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     private long compressedFree;
     private long compressedFreeGeneration = -1;
 
-    private void storeCompressed(long guest, byte[] data) throws BlockException {
+    private void storeCompressed(long guest, byte[] data, WritePlan plan) throws BlockException {
         L2Cache.Table t = l2ForWrite(guest);
         int idx = l2Index(guest);
         long old = word(t, idx);
@@ -756,7 +788,8 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
         compressedFree = at + data.length;
         compressedFreeGeneration = refcounts.freeGeneration();
-        file.write(at, data);
+        plan.add(at, ByteBuffer.wrap(data));
+        plan.newClusters.add(guest >>> clusterBits);
         releaseEntry(old);
         if (cachedCompressedGuest == guest >>> clusterBits) {
             cachedCompressedGuest = -1;
