@@ -85,6 +85,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     private final Compression compression;
     private long cachedCompressedGuest = -1;
     private byte[] cachedCompressed;
+    /**
+     * Counts changes to the mapping; a cluster inflated outside the lock is cached only if none
+     * happened meanwhile, so a read racing a rewrite cannot cache the old content.
+     */
+    private long mappingGeneration;
     private boolean closed;
 
     Qcow2Node(HostFile file, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes)
@@ -354,12 +359,14 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         while (dst.hasRemaining()) {
             Run r;
             long compressedEntry = 0;
+            long generation;
             byte[] inflated = null;
             lock.lock();
             try {
                 checkOpen();
                 awaitNotAllocating(guest, dst.remaining());
                 r = map(guest, dst.remaining());
+                generation = mappingGeneration;
                 if (r.kind() == COMPRESSED_DATA) {
                     if (cachedCompressedGuest == guest >>> clusterBits) {
                         inflated = cachedCompressed;
@@ -391,7 +398,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                         } finally {
                             io.readLock().unlock();
                         }
-                        keepInflated(guest >>> clusterBits, inflated);
+                        keepInflated(guest >>> clusterBits, inflated, generation);
                     }
                     part.put(inflated, (int) (guest & (clusterSize - 1)), n);
                 }
@@ -403,14 +410,22 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     /** The most recently inflated cluster stays cached: small sequential reads hit it. */
-    private void keepInflated(long cluster, byte[] inflated) {
+    private void keepInflated(long cluster, byte[] inflated, long generation) {
         lock.lock();
         try {
-            cachedCompressed = inflated;
-            cachedCompressedGuest = cluster;
+            if (generation == mappingGeneration) {
+                cachedCompressed = inflated;
+                cachedCompressedGuest = cluster;
+            }
         } finally {
             lock.unlock();
         }
+    }
+
+    /** The mapping changed: the cached inflated cluster may be stale. */
+    private void invalidateInflated() {
+        cachedCompressedGuest = -1;
+        mappingGeneration++;
     }
 
     private void readLocked(long offset, ByteBuffer dst) throws BlockException {
@@ -558,6 +573,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     private void setEntry(L2Cache.Table t, int idx, long w, long bm) {
+        mappingGeneration++;
         if (extL2) {
             t.words[2 * idx] = w;
             t.words[2 * idx + 1] = bm;
@@ -792,7 +808,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         plan.newClusters.add(guest >>> clusterBits);
         releaseEntry(old);
         if (cachedCompressedGuest == guest >>> clusterBits) {
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         }
         setEntry(t, idx, compression.descriptor(at, data.length), 0);
     }
@@ -855,7 +871,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                     releaseEntry(w);
                 }
                 if ((w & OFLAG_COMPRESSED) != 0 && cachedCompressedGuest == guest >>> clusterBits) {
-                    cachedCompressedGuest = -1;
+                    invalidateInflated();
                 }
                 setEntry(t, idx, newHost | OFLAG_COPIED, ALL_SUBCLUSTERS);
                 plan.newClusters.add(guest >>> clusterBits);
@@ -983,7 +999,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             releaseEntry(w);
         }
         if ((w & OFLAG_COMPRESSED) != 0) {
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         }
         long base = keep ? host | OFLAG_COPIED : 0;
         if (extL2) {
@@ -1007,7 +1023,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         }
         releaseEntry(w);
         if ((w & OFLAG_COMPRESSED) != 0) {
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         }
         setEntry(t, idx, 0, 0);
         return true;
@@ -1158,7 +1174,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
                 }
             }
         }
-        cachedCompressedGuest = -1;
+        invalidateInflated();
         flushLocked(); // tables first, then the freed clusters
         file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
         file.flush();
@@ -1485,7 +1501,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
             prepareWrite();
             flushLocked();
             new SnapshotOps(this).apply(nameOrId);
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         } finally {
             lock.unlock();
         }
