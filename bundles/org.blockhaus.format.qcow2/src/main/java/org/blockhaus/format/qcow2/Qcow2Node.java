@@ -255,9 +255,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
     }
 
     /** What lies at {@code guest}, up to the end of its cluster (or subcluster run), at most {@code max} bytes. */
-    private Run classify(long guest, long max) throws BlockException {
+    private Run classify(long guest, long max, L2Lookup memo) throws BlockException {
         long inCluster = guest & (clusterSize - 1);
-        L2Cache.Table t = l2For(guest);
+        L2Cache.Table t = memo.table(guest);
         if (t == null) {
             long regionEnd = (l1Index(guest) + 1) << (clusterBits + l2Bits);
             long span = regionEnd <= 0 ? max : regionEnd - guest;
@@ -303,15 +303,36 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode {
         return UNALLOCATED;
     }
 
+    /**
+     * The L2 table of the last L1 entry looked up, for one {@link #map} call: its clusters share a
+     * table, and one cache lookup (a boxed key, an LRU relink) per cluster was most of the time
+     * `qemu-img map` spent. Valid only while the lock is held and nothing is written: a lookup that
+     * hits the cache evicts nothing.
+     */
+    private final class L2Lookup {
+        private long index = -1;
+        private L2Cache.Table table;
+
+        L2Cache.Table table(long guest) throws BlockException {
+            long i = l1Index(guest);
+            if (i != index) {
+                table = l2For(guest);
+                index = i;
+            }
+            return table;
+        }
+    }
+
     /** Like {@link #classify} but merges following clusters of the same kind (contiguous for DATA). */
     private Run map(long guest, long max) throws BlockException {
-        Run r = classify(guest, max);
+        L2Lookup memo = new L2Lookup();
+        Run r = classify(guest, max, memo);
         long len = r.length();
         if (r.kind() == COMPRESSED_DATA) {
             return r;
         }
         while (len < max) {
-            Run n = classify(guest + len, max - len);
+            Run n = classify(guest + len, max - len, memo);
             if (n.kind() != r.kind()) {
                 break;
             }
