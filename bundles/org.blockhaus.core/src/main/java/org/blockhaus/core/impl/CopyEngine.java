@@ -7,7 +7,6 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
-import java.util.concurrent.Semaphore;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockNode;
@@ -65,14 +64,6 @@ final class CopyEngine {
         }
     }
 
-    /**
-     * Buffered writes into one local file serialise on the file's inode lock in the kernel (ext4's
-     * i_rwsem): with 8 writers, 2 cores spent most of a qcow2-to-raw convert spinning on it (perf:
-     * rwsem_spin_on_owner 27%, system time 2.5 s instead of 0.5 s). One writer at a time into a
-     * local file; reads stay parallel. Other protocols (NBD) keep -m writers in flight.
-     */
-    private static final int LOCAL_FILE_WRITERS = 1;
-
     void convert(List<Image> sources, Image target, ConvertOptions opts, Progress progress) throws BlockException {
         long total = 0;
         for (Image s : sources) {
@@ -92,10 +83,8 @@ final class CopyEngine {
         // raw stores every byte at its guest offset, so write order cannot change its layout: its
         // writes go out from the workers. Formats that allocate keep qemu-img's order unless -W.
         boolean writeInWorker = opts.compress() || opts.outOfOrder() || target.driverName().equals("raw");
-        // compressed writes spend their time compressing (outside the format's lock): never limited
-        Semaphore writers = new Semaphore(!opts.compress() && onLocalFile(target) ? LOCAL_FILE_WRITERS
-                : opts.parallel());
-        Writer writer = new Writer(target, zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0, zeroFlags, writers);
+        // (the file protocol lets one buffered write at a time into a file: the kernel does anyway)
+        Writer writer = new Writer(target, zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0, zeroFlags);
         try (ExecutorService readers = Executors.newVirtualThreadPerTaskExecutor()) {
             ArrayDeque<Future<Chunk>> window = new ArrayDeque<>();
             for (Image src : sources) {
@@ -135,28 +124,10 @@ final class CopyEngine {
         progress.update(100);
     }
 
-    /** Whether the target's storage is a local file (its bottom-most "file" child). */
-    private static boolean onLocalFile(Image target) {
-        Image img = target;
-        for (int depth = 0; depth < 16; depth++) {
-            Image below = img.file();
-            if (below == null) {
-                return img.driverName().equals("file");
-            }
-            img = below;
-        }
-        return false;
-    }
-
     /** Writes pieces into the target: data as data, zero ranges as the options ask. */
-    private record Writer(Image target, boolean zeroInit, int flags, int zeroFlags, Semaphore slots) {
+    private record Writer(Image target, boolean zeroInit, int flags, int zeroFlags) {
         long writeAll(List<Piece> pieces) throws BlockException {
-            slots.acquireUninterruptibly();
-            try {
-                return CopyEngine.writeAll(target, pieces, zeroInit, flags, zeroFlags);
-            } finally {
-                slots.release();
-            }
+            return CopyEngine.writeAll(target, pieces, zeroInit, flags, zeroFlags);
         }
     }
 
