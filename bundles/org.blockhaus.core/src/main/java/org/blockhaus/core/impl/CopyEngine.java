@@ -184,7 +184,9 @@ final class CopyEngine {
             throws BlockException {
         long n = 0;
         for (Piece p : pieces) {
-            if (p.data() != null) {
+            if (p.data() == UNALLOCATED) {
+                // -B: not written, only counted
+            } else if (p.data() != null) {
                 target.write(p.targetOffset(), p.data(), flags);
             } else if (!zeroInit) {
                 if (zeroFlags == 0) {
@@ -199,6 +201,9 @@ final class CopyEngine {
     }
 
     private static final ByteBuffer ZERO_MIB = ByteBuffer.allocateDirect(1 << 20);
+
+    /** Marks a piece that -B leaves unallocated (counted for progress, never written). */
+    private static final ByteBuffer UNALLOCATED = ByteBuffer.allocate(0);
 
     /** -S 0: zeroes written as data, so the target is allocated as qemu-img's is. */
     private static void writeZeroBuffers(Image target, long offset, long length) throws BlockException {
@@ -224,7 +229,7 @@ final class CopyEngine {
                 ChainStatus st = ChainWalk.status(src, at, end - at);
                 long n = st.length();
                 if (topOnly && !st.allocatedInTop()) {
-                    // left unallocated: the target's backing file provides it
+                    out.add(new Piece(targetBase + at, n, UNALLOCATED)); // the target's backing file provides it
                 } else if (st.isZero()) {
                     out.add(new Piece(targetBase + at, n, null));
                 } else {
