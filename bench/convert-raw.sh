@@ -26,7 +26,9 @@ with open(sys.argv[1], "wb") as f:
     f.truncate(2048 * MiB)
 PY
 fi
-"$here/blk" info "$src" >/dev/null   # builds if needed, warms the JVM's class data
+"$here/blk" info "$src" >/dev/null   # builds if needed, trains the JVM's AOT cache
+sleep 15                              # which is assembled in the background after that first run
+load_start="$(uptime | sed 's/.*load average: //')"
 export BLK_NO_BUILD=1                 # timed runs must never include a build
 hyperfine --warmup 1 --runs 5 --export-markdown "$work/convert.md" \
   --prepare "rm -f $work/q.raw; sync" --prepare "rm -f $work/b.raw; sync" \
@@ -39,7 +41,7 @@ rss() { /usr/bin/time -f "%M" "$@" 2>&1 >/dev/null | tail -1; }
 {
   echo "# convert raw->raw and info start-up, $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $(nproc) cores (other work on the machine during the run: $(uptime | sed 's/.*load average: //') load), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $(qemu-img --version | head -1); $("$JAVA_HOME/bin/java" -version 2>&1 | head -1)"
+  echo "Machine: $(nproc) cores (load average at the start: $load_start, at the end: $(uptime | sed 's/.*load average: //')), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; $(qemu-img --version | head -1); $("$JAVA_HOME/bin/java" -version 2>&1 | head -1)"
   echo
   echo "## convert (2 GiB: random / zeros / random / text, 1 MiB chunks; page cache warm for both)"
   cat "$work/convert.md"

@@ -13,6 +13,8 @@ src="$work/mixed-2g.raw"
 blk="$here/blk"
 "$blk" info "$src" >/dev/null
 export BLK_NO_BUILD=1
+"$blk" info "$src" >/dev/null; sleep 15 # the AOT cache is assembled after the first run
+load_start="$(uptime | sed 's/.*load average: //')"
 cd "$work"
 qemu-img convert -f raw -O qcow2 "$src" src.qcow2
 qemu-img convert -f raw -O qcow2 -c "$src" srcz.qcow2
@@ -49,17 +51,50 @@ hyperfine --warmup 1 --runs 3 --export-markdown "$work/bench-qd32.md" -n "qemu-i
 [ -f big.qcow2 ] || qemu-img create -f qcow2 -o preallocation=metadata big.qcow2 256G >/dev/null
 hyperfine --warmup 1 --runs 3 --export-markdown "$work/check.md" -n "qemu-img check 256G" \
   "qemu-img check big.qcow2" -n "blk check 256G" "$blk check big.qcow2" >/dev/null
-for f in b.qcow2 b2.qcow2 bz.qcow2; do qemu-img check -q "$f"; done
+for f in b.qcow2 b2.qcow2 bz.qcow2 bzs.qcow2; do [ ! -f "$f" ] || qemu-img check -q "$f"; done
 qemu-img compare -q b.qcow2 "$src" && qemu-img compare -q bz.qcow2 "$src" && qemu-img compare -q b.raw "$src"
+qemu-img compare -q b2.qcow2 "$src" && { [ ! -f bzs.qcow2 ] || qemu-img compare -q bzs.qcow2 "$src"; }
+# start-up against data path: the launcher's own timestamps (-Dblk.verbose), best of three
+split() { # name, blk arguments...
+  local name="$1" best=""; shift
+  for i in 1 2 3; do
+    rm -f split.out; sync
+    local t0 line ready fin total
+    t0=$(date +%s%N)
+    line=$(BLK_JAVA_OPTS=-Dblk.verbose=true "$blk" "$@" 2>&1 >/dev/null | tr '\n' ' ')
+    total=$(( ($(date +%s%N) - t0) / 1000000 ))
+    ready=$(sed -n 's/.*blk: *\([0-9.]*\) ms shell service ready.*/\1/p' <<<"$line")
+    fin=$(sed -n 's/.*blk: *\([0-9.]*\) ms command done.*/\1/p' <<<"$line")
+    local data=${fin%.*}; data=$((data - ${ready%.*}))
+    if [ -z "$best" ] || [ "$total" -lt "${best%% *}" ]; then best="$total $((total - data)) $data"; fi
+  done
+  set -- $best
+  echo "| $name | $1 | $2 | $3 |"
+}
+{
+  echo "| convert | total [ms] | start-up and exit [ms] | data path [ms] |"
+  echo "|:---|---:|---:|---:|"
+  split raw-to-qcow2 convert -f raw -O qcow2 "$src" split.out
+  split qcow2-to-raw convert -f qcow2 -O raw src.qcow2 split.out
+  split qcow2-to-qcow2 convert -f qcow2 -O qcow2 src.qcow2 split.out
+  split compress-zlib convert -f raw -O qcow2 -c "$src" split.out
+  split compress-zstd convert -f raw -O qcow2 -c -o compression_type=zstd "$src" split.out
+} > "$work/split.md"
+rm -f split.out
 {
   echo "# qcow2 side by side with qemu-img, $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; load during the run: $(uptime | sed 's/.*load average: //'); $(qemu-img --version | head -1); $("$JAVA_HOME/bin/java" -version 2>&1 | head -1)"
+  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; load average at the start: $load_start, at the end: $(uptime | sed 's/.*load average: //'); $(qemu-img --version | head -1); $("$JAVA_HOME/bin/java" -version 2>&1 | head -1)"
   echo "Input: 2 GiB raw, 1 MiB chunks cycling random / zeros / random / text; page cache warm."
   for f in raw-to-qcow2 qcow2-to-raw qcow2-to-qcow2 compress-zlib compress-zstd map bench-qd1 bench-qd32 check; do
     [ -f "$work/$f.md" ] && { echo; echo "## $f"; cat "$work/$f.md"; }
   done
   echo
+  echo "## Where blk's time goes (one run each, best of three; the launcher's -Dblk.verbose timestamps)"
+  echo
+  cat "$work/split.md"
+  echo
   echo "Every image blk wrote passed qemu-img check and compared equal to the source."
+  [ ! -f "$here/bench/PROFILE-qcow2.md" ] || { echo; cat "$here/bench/PROFILE-qcow2.md"; }
 } > "$here/bench/RESULTS-qcow2.md"
 cat "$here/bench/RESULTS-qcow2.md"

@@ -40,6 +40,16 @@ public interface BlockCore extends BlockService {
     org.blockhaus.api.spi.MeasureResult measure(String format, org.blockhaus.api.Options createOptions, long size,
             org.blockhaus.api.Image source) throws BlockException;
 
+    /**
+     * Block status of {@code top} merged down its backing chain: the first layer that allocates
+     * the range decides it; ranges no layer allocates, and ranges past the end of a shorter backing
+     * file, read as zeroes. The answer covers at least one byte and at most {@code length}. One walk
+     * for every user (convert, map, rebase, compare), so they agree.
+     */
+    static ChainStatus chainStatus(org.blockhaus.api.Image top, long offset, long length) throws BlockException {
+        return org.blockhaus.core.impl.ChainWalk.status(top, offset, length);
+    }
+
     /** A secret for {@code --object secret,id=...}; drivers ask for it by id. */
     void addSecret(String id, byte[] value);
 

@@ -75,7 +75,7 @@ final class Launcher {
 
     private void start(boolean cli) throws LaunchException {
         try {
-            storage = Files.createTempDirectory("blk-osgi-");
+            storage = Files.createTempDirectory(storageParent(), "blk-osgi-");
         } catch (IOException e) {
             throw new LaunchException("cannot create the framework's temporary storage: " + e.getMessage(), e);
         }
@@ -146,6 +146,22 @@ final class Launcher {
         } catch (BundleException | IOException e) {
             throw new LaunchException("cannot start the framework: " + e.getMessage(), e);
         }
+    }
+
+    /**
+     * Where the framework's storage goes. Felix writes it while bundles install and the launcher
+     * deletes it at exit: on a busy disk file system those small files and directories cost tens
+     * of milliseconds of journal waits per command (profiled: deleting them was a quarter of an
+     * `info`'s samples on a loaded machine). In memory (tmpfs /dev/shm) they cost nothing. An
+     * explicit {@code -Djava.io.tmpdir} other than /tmp wins.
+     */
+    static Path storageParent() {
+        String tmp = System.getProperty("java.io.tmpdir", "/tmp");
+        Path shm = Path.of("/dev/shm");
+        if ((tmp.equals("/tmp") || tmp.equals("/tmp/")) && Files.isDirectory(shm) && Files.isWritable(shm)) {
+            return shm;
+        }
+        return Path.of(tmp);
     }
 
     /** CLI mode: one call of the shell's CommandLine service; its return value is the exit code. */

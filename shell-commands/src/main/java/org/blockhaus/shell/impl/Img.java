@@ -569,37 +569,11 @@ final class Img {
 
     /** One extent of the chain: which layer (depth) decides it, and where its data lives. */
     static MapEntry mapEntry(Image top, long off, long len) throws BlockException {
-        int depth = 0;
-        Image img = top;
-        while (true) {
-            BlockStatus st = img.blockStatus(off, len);
-            if (st.isAllocated()) {
-                return fromStatus(st, depth, true);
-            }
-            Image backing = img.backing();
-            if (backing == null) {
-                return new MapEntry(off, st.length(), depth, false, true, false, -1, null);
-            }
-            long bsize = backing.size();
-            if (off >= bsize) {
-                return new MapEntry(off, st.length(), depth + 1, false, true, false, -1, null);
-            }
-            len = Math.min(st.length(), bsize - off);
-            img = backing;
-            depth++;
-        }
-    }
-
-    private static MapEntry fromStatus(BlockStatus st, int depth, boolean present) {
-        long hostOffset = st.hostOffset();
-        String file = null;
-        org.blockhaus.api.BlockNode n = st.file();
-        if (n instanceof Image fileImage) {
-            // the offset is reported in the bottom-most node that holds the data
-            file = fileImage.filename();
-        }
-        return new MapEntry(st.offset(), st.length(), depth, present, st.isZero(), st.isData(),
-                hostOffset, file);
+        org.blockhaus.core.ChainStatus st = BlockCore.chainStatus(top, off, len);
+        // the offset is reported in the bottom-most node that holds the data
+        String file = st.allocated() && st.file() instanceof Image fileImage ? fileImage.filename() : null;
+        return new MapEntry(st.offset(), st.length(), st.depth(), st.allocated(), st.isZero(), st.isData(),
+                st.allocated() ? st.hostOffset() : -1, file);
     }
 
     // ---- compare ------------------------------------------------------------------------

@@ -11,15 +11,17 @@ import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockNode;
 import org.blockhaus.api.BlockService.Progress;
-import org.blockhaus.api.BlockStatus;
 import org.blockhaus.api.ConvertOptions;
 import org.blockhaus.api.Image;
+import org.blockhaus.core.ChainStatus;
 
 /**
  * qemu-img convert's copy loop. The source is walked by block status (merged down its backing
- * chain), so holes and zero clusters are never read; data is read by several virtual threads
- * ahead of a single writer that writes in order (out of order only with -W is not needed for
- * correctness, so we keep order always). Runs of zeroes at least {@code -S} long become holes.
+ * chain, {@link ChainWalk}), so holes and zero clusters are never read; data is read by up to
+ * {@code -m} virtual threads ahead of the writer. Formats that allocate are written in order by
+ * one writer (qemu-img's default; -W lets the workers write), raw targets and compressed writes
+ * from the workers. Runs of zeroes at least {@code -S} long become holes. With -B only what the
+ * source's top layer allocates is copied.
  */
 final class CopyEngine {
     private static final int SECTOR = 512;
@@ -79,8 +81,10 @@ final class CopyEngine {
         long done = 0;
         BufferPool pool = new BufferPool(opts.parallel() + 1, opts.bufferSize());
         // raw stores every byte at its guest offset, so write order cannot change its layout: its
-        // writes go out in parallel. Formats that allocate keep qemu-img's order unless -W.
+        // writes go out from the workers. Formats that allocate keep qemu-img's order unless -W.
         boolean writeInWorker = opts.compress() || opts.outOfOrder() || target.driverName().equals("raw");
+        // (the file protocol lets one buffered write at a time into a file: the kernel does anyway)
+        Writer writer = new Writer(target, zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0, zeroFlags);
         try (ExecutorService readers = Executors.newVirtualThreadPerTaskExecutor()) {
             ArrayDeque<Future<Chunk>> window = new ArrayDeque<>();
             for (Image src : sources) {
@@ -90,36 +94,41 @@ final class CopyEngine {
                     final long at = off;
                     final long tbase = base;
                     if (writeInWorker) {
-                        // compression is the slow part: each worker compresses and writes its own chunk
                         window.add(readers.submit(() -> {
-                            Chunk c = opts.compress() ? readWhole(src, at, len, tbase, pool)
-                                    : readChunk(src, at, len, tbase, opts, pool);
+                            Chunk c = opts.compress() ? readWhole(src, at, len, tbase, opts, pool)
+                                    : readChunk(src, at, len, tbase, opts, pool, true);
                             try {
-                                writeAll(target, c.pieces(), zeroInit, opts.compress() ? BlockNode.COMPRESSED : 0,
-                                        zeroFlags);
+                                writer.writeAll(c.pieces());
                             } finally {
                                 pool.release(c.buffer());
                             }
                             return new Chunk(List.of(new Piece(tbase + at, len, null)), null);
                         }));
                     } else {
-                        window.add(readers.submit(() -> readChunk(src, at, len, tbase, opts, pool)));
+                        window.add(readers.submit(() -> readChunk(src, at, len, tbase, opts, pool, true)));
                     }
                     off += len;
                     if (window.size() >= opts.parallel()) {
-                        done += finish(target, take(window), zeroInit, writeInWorker, pool, zeroFlags);
+                        done += finish(writer, take(window), writeInWorker, pool);
                         progress.update(100.0 * done / Math.max(1, total));
                     }
                 }
                 base += size;
             }
             while (!window.isEmpty()) {
-                done += finish(target, take(window), zeroInit, writeInWorker, pool, zeroFlags);
+                done += finish(writer, take(window), writeInWorker, pool);
                 progress.update(100.0 * done / Math.max(1, total));
             }
         }
         target.flush();
         progress.update(100);
+    }
+
+    /** Writes pieces into the target: data as data, zero ranges as the options ask. */
+    private record Writer(Image target, boolean zeroInit, int flags, int zeroFlags) {
+        long writeAll(List<Piece> pieces) throws BlockException {
+            return CopyEngine.writeAll(target, pieces, zeroInit, flags, zeroFlags);
+        }
     }
 
     private static Chunk take(ArrayDeque<Future<Chunk>> window) throws BlockException {
@@ -138,8 +147,8 @@ final class CopyEngine {
     }
 
     /** Writes what a worker read, unless the worker already wrote it (then only counts it). */
-    private static long finish(Image target, Chunk chunk, boolean zeroInit, boolean writtenByWorker, BufferPool pool,
-            int zeroFlags) throws BlockException {
+    private static long finish(Writer writer, Chunk chunk, boolean writtenByWorker, BufferPool pool)
+            throws BlockException {
         if (writtenByWorker) {
             long n = 0;
             for (Piece p : chunk.pieces()) {
@@ -148,18 +157,22 @@ final class CopyEngine {
             return n;
         }
         try {
-            return writeAll(target, chunk.pieces(), zeroInit, 0, zeroFlags);
+            return writer.writeAll(chunk.pieces());
         } finally {
             pool.release(chunk.buffer());
         }
     }
 
     /** -c: whole chunks, zero or not, so the format can compress cluster by cluster. */
-    private static Chunk readWhole(Image src, long off, long len, long targetBase, BufferPool pool)
-            throws BlockException {
-        BlockStatus st = status(src, off, len);
+    private static Chunk readWhole(Image src, long off, long len, long targetBase, ConvertOptions opts,
+            BufferPool pool) throws BlockException {
+        ChainStatus st = ChainWalk.status(src, off, len);
         if (st.isZero() && st.length() == len) {
             return new Chunk(List.of(new Piece(targetBase + off, len, null)), null);
+        }
+        if (opts.skipUnallocated() && src.backing() != null) {
+            // -B: whole clusters must still be compressed, so only the top layer's ranges are read
+            return readChunk(src, off, len, targetBase, opts, pool, false);
         }
         ByteBuffer buf = pool.take().limit((int) len);
         src.read(off, buf);
@@ -171,7 +184,9 @@ final class CopyEngine {
             throws BlockException {
         long n = 0;
         for (Piece p : pieces) {
-            if (p.data() != null) {
+            if (p.data() == UNALLOCATED) {
+                // -B: not written, only counted
+            } else if (p.data() != null) {
                 target.write(p.targetOffset(), p.data(), flags);
             } else if (!zeroInit) {
                 if (zeroFlags == 0) {
@@ -187,6 +202,9 @@ final class CopyEngine {
 
     private static final ByteBuffer ZERO_MIB = ByteBuffer.allocateDirect(1 << 20);
 
+    /** Marks a piece that -B leaves unallocated (counted for progress, never written). */
+    private static final ByteBuffer UNALLOCATED = ByteBuffer.allocate(0);
+
     /** -S 0: zeroes written as data, so the target is allocated as qemu-img's is. */
     private static void writeZeroBuffers(Image target, long offset, long length) throws BlockException {
         for (long at = offset; at < offset + length; ) {
@@ -198,16 +216,21 @@ final class CopyEngine {
 
     /** Reads one chunk of the source and splits it into data and zero pieces. */
     private static Chunk readChunk(Image src, long off, long len, long targetBase, ConvertOptions opts,
-            BufferPool pool) throws BlockException {
+            BufferPool pool, boolean splitZeroes) throws BlockException {
         List<Piece> out = new java.util.ArrayList<>();
         ByteBuffer buffer = null;
         long end = off + len;
         long at = off;
         try {
+            // -B: the target's backing file stands for the source's, so only what the source's top
+            // layer allocates is copied; a source without a backing file decides every byte itself
+            boolean topOnly = opts.skipUnallocated() && src.backing() != null;
             while (at < end) {
-                BlockStatus st = status(src, at, end - at);
+                ChainStatus st = ChainWalk.status(src, at, end - at);
                 long n = st.length();
-                if (st.isZero()) {
+                if (topOnly && !st.allocatedInTop()) {
+                    out.add(new Piece(targetBase + at, n, UNALLOCATED)); // the target's backing file provides it
+                } else if (st.isZero()) {
                     out.add(new Piece(targetBase + at, n, null));
                 } else {
                     if (buffer == null) {
@@ -216,7 +239,7 @@ final class CopyEngine {
                     ByteBuffer buf = buffer.slice((int) (at - off), (int) n);
                     src.read(at, buf);
                     buf.flip();
-                    splitZeroes(buf, targetBase + at, opts.minSparse(), out);
+                    splitZeroes(buf, targetBase + at, splitZeroes ? opts.minSparse() : 0, out);
                 }
                 at += n;
             }
@@ -225,24 +248,6 @@ final class CopyEngine {
             throw e;
         }
         return new Chunk(out, buffer);
-    }
-
-    /** Block status of a whole chain: unallocated ranges are looked up in the backing image. */
-    static BlockStatus status(Image img, long off, long len) throws BlockException {
-        BlockStatus st = img.blockStatus(off, len);
-        if (st.isAllocated() || st.isZero()) {
-            return st;
-        }
-        Image backing = img.backing();
-        if (backing == null) {
-            return new BlockStatus(off, st.length(), BlockStatus.ZERO, -1, null);
-        }
-        long bsize = backing.size();
-        if (off >= bsize) {
-            return new BlockStatus(off, st.length(), BlockStatus.ZERO, -1, null);
-        }
-        BlockStatus b = status(backing, off, Math.min(st.length(), bsize - off));
-        return new BlockStatus(off, b.length(), b.flags() & ~BlockStatus.ALLOCATED, b.hostOffset(), b.file());
     }
 
     /**

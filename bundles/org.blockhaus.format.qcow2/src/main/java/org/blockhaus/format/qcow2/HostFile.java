@@ -12,7 +12,8 @@ import org.blockhaus.api.Preallocation;
  */
 final class HostFile {
     private final BlockNode file;
-    private long size;
+    /** Changed under the qcow2 node's lock only; read by I/O outside it. */
+    private volatile long size;
 
     HostFile(BlockNode file) throws BlockException {
         this.file = file;
@@ -33,6 +34,18 @@ final class HostFile {
         if (offset < 0 || offset > size || len > size - offset) {
             throw Qcow2Header.corrupt(what + " at offset " + offset + " (" + len + " bytes) lies beyond the end of"
                     + " the file (" + size + " bytes)");
+        }
+        if (len > 0) {
+            file.read(offset, dst);
+        }
+    }
+
+    /** Reads guest data from a data cluster (the message names the guest offset only on error). */
+    void readData(long offset, ByteBuffer dst, long guest) throws BlockException {
+        int len = dst.remaining();
+        if (offset < 0 || offset > size || len > size - offset) {
+            read(offset, dst, "Data cluster for guest offset " + guest);
+            return;
         }
         if (len > 0) {
             file.read(offset, dst);
@@ -69,11 +82,9 @@ final class HostFile {
     /** Grows the file to at least {@code end} bytes. */
     void ensureSize(long end) throws BlockException {
         if (end > size) {
+            // the file is exactly 'end' bytes now: no fstat needed (one per growing write before)
             file.truncate(end, false, Preallocation.OFF);
-            size = file.size();
-            if (size < end) {
-                size = end;
-            }
+            size = end;
         }
     }
 

@@ -6,7 +6,9 @@ import java.util.BitSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockNode;
@@ -28,7 +30,9 @@ import org.blockhaus.api.spi.SnapshotNode;
  *
  * <p>Writes put data into the file at once and keep metadata changes in memory until a flush,
  * which writes them in the order that survives a crash: refcount increases, then L2 tables, then
- * the L1 table, then refcount decreases (see {@link Refcounts}). One lock serialises requests.
+ * the L1 table, then refcount decreases (see {@link Refcounts}). One lock guards the mapping and
+ * the metadata; data moves outside it (see {@link #read}, {@link #write} and the I/O gate
+ * {@link #io}), so requests overlap their I/O.
  */
 final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, BitmapNode {
     static final long L1_OFFSET_MASK = 0x00ff_ffff_ffff_fe00L;
@@ -49,6 +53,16 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     }
 
     private final ReentrantLock lock = new ReentrantLock();
+    /**
+     * Data I/O done outside {@link #lock} holds this gate's read side; whatever frees clusters or
+     * writes L2 tables (flush, eviction, snapshots, amend, check, close) takes the write side while
+     * it holds the lock, so it waits for that I/O and no new I/O can start: data reaches the file
+     * before an L2 table pointing at it, and no cluster is freed and reused under a reader.
+     */
+    private final ReentrantReadWriteLock io = new ReentrantReadWriteLock();
+    /** Guest clusters whose new host cluster is being written outside the lock (see {@link #write}). */
+    private final java.util.Set<Long> allocating = new java.util.HashSet<>();
+    private final Condition allocated = lock.newCondition();
     private final HostFile file;
     /** Where guest data lives: the image file, or the external data file (incompatible bit 2). */
     private final HostFile data;
@@ -71,7 +85,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     private final L2Cache l2;
     private final Compression compression;
     private long cachedCompressedGuest = -1;
-    private final byte[] cachedCompressed;
+    private byte[] cachedCompressed;
+    /**
+     * Counts changes to the mapping; a cluster inflated outside the lock is cached only if none
+     * happened meanwhile, so a read racing a rewrite cannot cache the old content.
+     */
+    private long mappingGeneration;
     private boolean closed;
     /** Persistent dirty bitmaps; null until {@link #openBitmaps} (the driver calls it after open). */
     private PersistentBitmaps bitmaps;
@@ -98,7 +117,6 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         this.size = h.size();
         this.l1Offset = h.l1TableOffset();
         this.compression = new Compression(clusterBits, h.compressionType());
-        this.cachedCompressed = new byte[clusterSize];
         this.l1 = readL1(h.l1TableOffset(), h.l1Size());
         this.refcounts = new Refcounts(file, h, this::refcountTableMoved);
         this.refcounts.setGuard(this::isKnownMetadata);
@@ -276,9 +294,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     }
 
     /** What lies at {@code guest}, up to the end of its cluster (or subcluster run), at most {@code max} bytes. */
-    private Run classify(long guest, long max) throws BlockException {
+    private Run classify(long guest, long max, L2Lookup memo) throws BlockException {
         long inCluster = guest & (clusterSize - 1);
-        L2Cache.Table t = l2For(guest);
+        L2Cache.Table t = memo.table(guest);
         if (t == null) {
             long regionEnd = (l1Index(guest) + 1) << (clusterBits + l2Bits);
             long span = regionEnd <= 0 ? max : regionEnd - guest;
@@ -326,15 +344,36 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         return UNALLOCATED;
     }
 
+    /**
+     * The L2 table of the last L1 entry looked up, for one {@link #map} call: its clusters share a
+     * table, and one cache lookup (a boxed key, an LRU relink) per cluster was most of the time
+     * `qemu-img map` spent. Valid only while the lock is held and nothing is written: a lookup that
+     * hits the cache evicts nothing.
+     */
+    private final class L2Lookup {
+        private long index = -1;
+        private L2Cache.Table table;
+
+        L2Cache.Table table(long guest) throws BlockException {
+            long i = l1Index(guest);
+            if (i != index) {
+                table = l2For(guest);
+                index = i;
+            }
+            return table;
+        }
+    }
+
     /** Like {@link #classify} but merges following clusters of the same kind (contiguous for DATA). */
     private Run map(long guest, long max) throws BlockException {
-        Run r = classify(guest, max);
+        L2Lookup memo = new L2Lookup();
+        Run r = classify(guest, max, memo);
         long len = r.length();
         if (r.kind() == COMPRESSED_DATA) {
             return r;
         }
         while (len < max) {
-            Run n = classify(guest + len, max - len);
+            Run n = classify(guest + len, max - len, memo);
             if (n.kind() != r.kind()) {
                 break;
             }
@@ -369,57 +408,86 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         return backing == null;
     }
 
+    /**
+     * The mapping is looked up under the lock, the data is read outside it, so parallel readers
+     * (convert's workers, NBD clients) overlap their I/O, also with writers. A read waits for
+     * clusters whose data a writer is still putting in place ({@link #awaitNotAllocating}), and
+     * holds the I/O gate while it reads, so no flush can free and hand out the cluster under it.
+     * Compressed clusters are inflated outside the lock too.
+     */
     @Override
     public void read(long offset, ByteBuffer dst) throws BlockException {
-        if (readOnly) {
-            readShared(offset, dst);
-            return;
-        }
-        lock.lock();
-        try {
-            checkOpen();
-            readLocked(offset, dst);
-        } finally {
-            lock.unlock();
-        }
-    }
-
-    /**
-     * Read-only nodes: the mapping is looked up under the lock, the data is read outside it, so
-     * parallel readers (convert's workers, NBD clients) overlap their I/O. Nothing can move or
-     * free a cluster while the node is read-only; compressed clusters keep the lock for the
-     * shared decompression buffer.
-     */
-    private void readShared(long offset, ByteBuffer dst) throws BlockException {
         long guest = offset;
         while (dst.hasRemaining()) {
             Run r;
+            long compressedEntry = 0;
+            long generation;
+            byte[] inflated = null;
             lock.lock();
             try {
                 checkOpen();
+                awaitNotAllocating(guest, dst.remaining());
                 r = map(guest, dst.remaining());
+                generation = mappingGeneration;
+                if (r.kind() == COMPRESSED_DATA) {
+                    if (cachedCompressedGuest == guest >>> clusterBits) {
+                        inflated = cachedCompressed;
+                    } else {
+                        compressedEntry = word(l2For(guest), l2Index(guest));
+                    }
+                }
+                if (r.kind() == DATA || compressedEntry != 0) {
+                    io.readLock().lock(); // released below, after the I/O
+                }
             } finally {
                 lock.unlock();
             }
             int n = (int) r.length();
             ByteBuffer part = dst.slice(dst.position(), n);
             switch (r.kind()) {
-                case DATA -> data.read(r.host(), part, "Data cluster for guest offset " + guest);
+                case DATA -> {
+                    try {
+                        data.readData(r.host(), part, guest);
+                    } finally {
+                        io.readLock().unlock();
+                    }
+                }
                 case ZERO -> fillZero(part);
                 case COMPRESSED_DATA -> {
-                    lock.lock();
-                    try {
-                        byte[] c = decompressCluster(guest);
-                        part.put(c, (int) (guest & (clusterSize - 1)), n);
-                    } finally {
-                        lock.unlock();
+                    if (inflated == null) {
+                        try {
+                            inflated = inflate(compressedEntry, guest);
+                        } finally {
+                            io.readLock().unlock();
+                        }
+                        keepInflated(guest >>> clusterBits, inflated, generation);
                     }
+                    part.put(inflated, (int) (guest & (clusterSize - 1)), n);
                 }
                 default -> readBacking(guest, part);
             }
             dst.position(dst.position() + n);
             guest += n;
         }
+    }
+
+    /** The most recently inflated cluster stays cached: small sequential reads hit it. */
+    private void keepInflated(long cluster, byte[] inflated, long generation) {
+        lock.lock();
+        try {
+            if (generation == mappingGeneration) {
+                cachedCompressed = inflated;
+                cachedCompressedGuest = cluster;
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    /** The mapping changed: the cached inflated cluster may be stale. */
+    private void invalidateInflated() {
+        cachedCompressedGuest = -1;
+        mappingGeneration++;
     }
 
     private void readLocked(long offset, ByteBuffer dst) throws BlockException {
@@ -429,7 +497,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             int n = (int) r.length();
             ByteBuffer part = dst.slice(dst.position(), n);
             switch (r.kind()) {
-                case DATA -> data.read(r.host(), part, "Data cluster for guest offset " + guest);
+                case DATA -> data.readData(r.host(), part, guest);
                 case ZERO -> fillZero(part);
                 case COMPRESSED_DATA -> {
                     byte[] c = decompressCluster(guest);
@@ -466,20 +534,25 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         if (cachedCompressedGuest == cluster) {
             return cachedCompressed;
         }
-        L2Cache.Table t = l2For(guest);
-        long w = word(t, l2Index(guest));
-        long host = compression.hostOffset(w);
-        int len = compression.compressedLength(w);
+        byte[] c = inflate(word(l2For(guest), l2Index(guest)), guest);
+        cachedCompressed = c;
+        cachedCompressedGuest = cluster;
+        return c;
+    }
+
+    /** Reads and inflates the compressed cluster an L2 entry describes into a new cluster buffer. */
+    private byte[] inflate(long entry, long guest) throws BlockException {
+        long host = compression.hostOffset(entry);
+        int len = compression.compressedLength(entry);
         if (host >= file.size()) {
             throw Qcow2Header.corrupt("Compressed cluster for guest offset " + guest + " starts at " + host
                     + ", beyond the end of the file");
         }
         ByteBuffer src = ByteBuffer.allocate(len);
         int got = file.readClamped(host, src);
-        cachedCompressedGuest = -1;
-        compression.decompress(src.array(), got, cachedCompressed, guest & -clusterSize);
-        cachedCompressedGuest = cluster;
-        return cachedCompressed;
+        byte[] out = new byte[clusterSize];
+        compression.decompress(src.array(), got, out, guest & -clusterSize);
+        return out;
     }
 
     @Override
@@ -618,6 +691,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     }
 
     private void setEntry(L2Cache.Table t, int idx, long w, long bm) {
+        mappingGeneration++;
         if (extL2) {
             t.words[2 * idx] = w;
             t.words[2 * idx + 1] = bm;
@@ -642,23 +716,123 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         }
     }
 
+    /**
+     * Clusters are allocated and L2 entries set under the lock; the data then goes to the file
+     * outside it, so writers (and readers) overlap their I/O. Until it has landed, the newly
+     * mapped clusters are listed in {@link #allocating}: requests touching them wait, and flushes
+     * and L2 evictions wait at the I/O gate, so no L2 table reaches the disk before its data.
+     */
     @Override
     public void write(long offset, ByteBuffer src, int flags) throws BlockException {
         if ((flags & BlockNode.COMPRESSED) != 0) {
             writeCompressed(offset, src, flags);
             return;
         }
+        WritePlan plan = new WritePlan();
         lock.lock();
         try {
             prepareWrite();
+            awaitNotAllocating(offset, src.remaining());
             trackWrite(offset, src.remaining());
-            writeLocked(offset, src);
-            if ((flags & FUA) != 0) {
-                flushLocked();
-            }
+            planWrite(offset, src, plan);
+            data.ensureSize(plan.end);
+            allocating.addAll(plan.newClusters);
+            io.readLock().lock();
         } finally {
             lock.unlock();
         }
+        performOutsideLock(plan);
+        if ((flags & FUA) != 0) {
+            flush();
+        }
+    }
+
+    /** The second half of a write: the planned I/O (the caller took the gate), then its clusters are done. */
+    private void performOutsideLock(WritePlan plan) throws BlockException {
+        try {
+            plan.perform(data);
+        } finally {
+            io.readLock().unlock();
+            if (!plan.newClusters.isEmpty()) {
+                lock.lock();
+                try {
+                    allocating.removeAll(plan.newClusters);
+                    allocated.signalAll();
+                } finally {
+                    lock.unlock();
+                }
+            }
+        }
+    }
+
+    /** The data writes of one request, collected under the lock and done after it. */
+    private static final class WritePlan {
+        private final List<Long> hosts = new ArrayList<>(2);
+        private final List<ByteBuffer> buffers = new ArrayList<>(2);
+        /** Guest cluster indices whose L2 entry now points at a cluster these writes fill. */
+        final List<Long> newClusters = new ArrayList<>();
+        long end;
+
+        void add(long host, ByteBuffer b) {
+            hosts.add(host);
+            buffers.add(b);
+            end = Math.max(end, host + b.remaining());
+        }
+
+        /** Writes in host order as planned; adjacent pieces (packed compressed clusters) go as one write. */
+        void perform(HostFile data) throws BlockException {
+            int count = hosts.size();
+            for (int i = 0; i < count; ) {
+                long at = hosts.get(i);
+                long end = at + buffers.get(i).remaining();
+                int j = i + 1;
+                while (j < count && hosts.get(j) == end && end - at < MAX_MERGED) {
+                    end += buffers.get(j).remaining();
+                    j++;
+                }
+                if (j == i + 1) {
+                    data.write(at, buffers.get(i));
+                } else {
+                    ByteBuffer merged = ByteBuffer.allocate((int) (end - at));
+                    for (int k = i; k < j; k++) {
+                        merged.put(buffers.get(k).duplicate());
+                    }
+                    data.write(at, merged.flip());
+                }
+                i = j;
+            }
+        }
+
+        private static final long MAX_MERGED = 4 << 20;
+    }
+
+    /**
+     * Waits (releasing the lock) until no cluster of {@code [guest, guest+len)} is being
+     * allocated by a writer. Callers hold the lock and have changed nothing yet.
+     */
+    private void awaitNotAllocating(long guest, long len) throws BlockException {
+        while (!allocating.isEmpty() && len > 0) {
+            long first = guest >>> clusterBits;
+            long last = (guest + len - 1) >>> clusterBits;
+            boolean busy = false;
+            for (long c : allocating) {
+                if (c >= first && c <= last) {
+                    busy = true;
+                    break;
+                }
+            }
+            if (!busy) {
+                return;
+            }
+            allocated.awaitUninterruptibly();
+            checkOpen();
+        }
+    }
+
+    /** Waits for all data I/O outside the lock to finish; none can start while the caller holds the lock. */
+    private void quiesce() {
+        io.writeLock().lock();
+        io.writeLock().unlock();
     }
 
     /**
@@ -685,9 +859,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 packed[k] = external ? null : compression.compress(cluster, clusterSize); // data files: never
             }
         }
+        // as write(): clusters are placed and mapped under the lock, the bytes written after it,
+        // packed runs of compressed clusters as one write
+        WritePlan plan = new WritePlan();
         lock.lock();
         try {
             prepareWrite();
+            awaitNotAllocating(offset, len);
             trackWrite(offset, len);
             for (int k = 0; k < clusters; k++) {
                 long guest = offset + (long) k * clusterSize;
@@ -695,20 +873,24 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 if (packed[k] == ZERO_MARKER) {
                     // a zero cluster that already reads as zero stays as it is (convert -c leaves it unallocated)
                     if (!readsAsZero(guest, n) && (rawExternal || !zeroize(guest, guest + n, true))) {
-                        writeZeroBuffers(guest, n);
+                        planWrite(guest, ByteBuffer.allocate(n), plan);
                     }
                 } else if (packed[k] == null) {
-                    writeLocked(guest, src.slice(src.position() + k * clusterSize, n));
+                    planWrite(guest, src.slice(src.position() + k * clusterSize, n), plan);
                 } else {
-                    storeCompressed(guest, packed[k]);
+                    storeCompressed(guest, packed[k], plan);
                 }
             }
             src.position(src.position() + len);
-            if ((flags & FUA) != 0) {
-                flushLocked();
-            }
+            data.ensureSize(plan.end);
+            allocating.addAll(plan.newClusters);
+            io.readLock().lock();
         } finally {
             lock.unlock();
+        }
+        performOutsideLock(plan);
+        if ((flags & FUA) != 0) {
+            flush();
         }
     }
 
@@ -728,7 +910,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     private long compressedFree;
     private long compressedFreeGeneration = -1;
 
-    private void storeCompressed(long guest, byte[] data) throws BlockException {
+    private void storeCompressed(long guest, byte[] data, WritePlan plan) throws BlockException {
         L2Cache.Table t = l2ForWrite(guest);
         int idx = l2Index(guest);
         long old = word(t, idx);
@@ -746,10 +928,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         }
         compressedFree = at + data.length;
         compressedFreeGeneration = refcounts.freeGeneration();
-        file.write(at, data);
+        plan.add(at, ByteBuffer.wrap(data));
+        plan.newClusters.add(guest >>> clusterBits);
         releaseEntry(old);
         if (cachedCompressedGuest == guest >>> clusterBits) {
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         }
         setEntry(t, idx, compression.descriptor(at, data.length), 0);
     }
@@ -772,7 +955,18 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         return (old | range) & ~(range << 32);
     }
 
+    /** Writes under the lock (copy-on-write paths, zero fallbacks, amend): data and mapping at once. */
     private void writeLocked(long offset, ByteBuffer src) throws BlockException {
+        WritePlan plan = new WritePlan();
+        planWrite(offset, src, plan);
+        plan.perform(data);
+    }
+
+    /**
+     * Maps {@code src} to host clusters, allocating (and copying on write) as needed, and adds the
+     * data writes to {@code plan}; contiguous host ranges become one write.
+     */
+    private void planWrite(long offset, ByteBuffer src, WritePlan plan) throws BlockException {
         long guest = offset;
         long runHost = -1;
         int runStart = src.position();
@@ -791,10 +985,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                     && (!mapped(w, host) || (w & OFLAG_COPIED) != 0)) {
                 // Extended L2: only the subclusters the write touches are allocated.
                 if (runLen > 0) {
-                    data.write(runHost, src.slice(runStart, runLen));
+                    plan.add(runHost, src.slice(runStart, runLen));
                     runLen = 0;
                 }
-                writeSubclusters(t, idx, w, host, guest, inCluster, src.slice(src.position(), n));
+                writeSubclusters(t, idx, w, host, guest, inCluster, src.slice(src.position(), n), plan);
+                plan.newClusters.add(guest >>> clusterBits);
                 src.position(src.position() + n);
                 guest += n;
                 runStart = src.position();
@@ -818,19 +1013,20 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                     releaseEntry(w);
                 }
                 if ((w & OFLAG_COMPRESSED) != 0 && cachedCompressedGuest == guest >>> clusterBits) {
-                    cachedCompressedGuest = -1;
+                    invalidateInflated();
                 }
                 long newBitmap = ALL_SUBCLUSTERS;
                 if (extL2 && whole != null && (w & OFLAG_COMPRESSED) == 0 && mapped(w, host)) {
                     newBitmap = cowBitmap(bitmap(t, idx), inCluster, n);
                 }
                 setEntry(t, idx, newHost | OFLAG_COPIED, newBitmap);
+                plan.newClusters.add(guest >>> clusterBits);
                 if (whole != null) {
                     if (runLen > 0) {
-                        data.write(runHost, src.slice(runStart, runLen));
+                        plan.add(runHost, src.slice(runStart, runLen));
                         runLen = 0;
                     }
-                    data.write(newHost, ByteBuffer.wrap(whole));
+                    plan.add(newHost, ByteBuffer.wrap(whole));
                     src.position(src.position() + n);
                     guest += n;
                     runStart = src.position();
@@ -839,7 +1035,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 target = newHost;
             }
             if (runLen > 0 && runHost + runLen != target) {
-                data.write(runHost, src.slice(runStart, runLen));
+                plan.add(runHost, src.slice(runStart, runLen));
                 runLen = 0;
             }
             if (runLen == 0) {
@@ -851,7 +1047,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             guest += n;
         }
         if (runLen > 0) {
-            data.write(runHost, src.slice(runStart, runLen));
+            plan.add(runHost, src.slice(runStart, runLen));
         }
     }
 
@@ -861,7 +1057,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
      * the others keep their state, so they still read from the backing file or as zeroes.
      */
     private void writeSubclusters(L2Cache.Table t, int idx, long w, long host, long guest, int inCluster,
-            ByteBuffer part) throws BlockException {
+            ByteBuffer part, WritePlan plan) throws BlockException {
         int n = part.remaining();
         int first = inCluster >>> subclusterBits;
         int last = (inCluster + n - 1) >>> subclusterBits;
@@ -878,7 +1074,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         }
         part.get(part.position(), buf, inCluster - from, n);
         long target = mapped(w, host) ? host : external ? cStart : refcounts.allocate(1);
-        data.write(target + from, ByteBuffer.wrap(buf));
+        plan.add(target + from, ByteBuffer.wrap(buf));
         long mask = (last == 31 ? 0xffff_ffffL : (1L << (last + 1)) - 1) & ~((1L << first) - 1);
         long bm = (bitmap(t, idx) | mask) & ~(mask << 32);
         setEntry(t, idx, target | OFLAG_COPIED, bm);
@@ -906,6 +1102,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         lock.lock();
         try {
             prepareWrite();
+            awaitNotAllocating(offset, length);
             boolean unmap = (flags & MAY_UNMAP) != 0;
             int unit = extL2 ? 1 << subclusterBits : clusterSize;
             trackWrite(offset, length);
@@ -973,7 +1170,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
 
     /** Whether the (sub)cluster at {@code guest} holds no data of this layer. */
     private boolean unallocatedOrZero(long guest) throws BlockException {
-        int kind = classify(guest, 1).kind();
+        int kind = classify(guest, 1, new L2Lookup()).kind();
         return kind == UNALLOCATED || kind == ZERO;
     }
 
@@ -1029,7 +1226,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             releaseEntry(w);
         }
         if (compressed) {
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         }
         setEntry(t, idx, nw, nbm);
     }
@@ -1086,7 +1283,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         L2Cache.Table t = l2ForWrite(guest);
         releaseEntry(w);
         if ((w & OFLAG_COMPRESSED) != 0) {
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         }
         setEntry(t, idx, nw, nbm);
     }
@@ -1104,7 +1301,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         }
         releaseEntry(w);
         if ((w & OFLAG_COMPRESSED) != 0) {
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         }
         setEntry(t, idx, 0, 0);
         return true;
@@ -1115,6 +1312,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         lock.lock();
         try {
             prepareWrite();
+            awaitNotAllocating(offset, length);
             trackWrite(offset, length);
             if (rawExternal) {
                 return; // the data file must keep the guest's view
@@ -1144,6 +1342,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
 
     /** Writes cached metadata in crash-safe order and makes it durable. */
     void flushLocked() throws BlockException {
+        quiesce(); // data written outside the lock lands before the tables that point at it
         if (lazyRefcounts) {
             flushLazy();
             return;
@@ -1210,6 +1409,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     }
 
     private void evictL2(L2Cache.Table t) throws BlockException {
+        quiesce(); // data written outside the lock lands before the table that points at it
         if (lazyRefcounts) {
             markDirtyIfLazy(); // the table may reach the disk before the refcounts it needs
             l2.write(t);
@@ -1343,7 +1543,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 }
             }
         }
-        cachedCompressedGuest = -1;
+        invalidateInflated();
         flushLocked(); // tables first, then the freed clusters
         file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
         file.flush();
@@ -1486,6 +1686,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         lock.lock();
         try {
             prepareWrite();
+            quiesce(); // no read or write of the old mapping is still in flight
             long perL2 = 1L << (clusterBits + l2Bits);
             for (int i = 0; i < l1.length; i++) {
                 if ((l1[i] & L1_OFFSET_MASK) == 0) {
@@ -1511,6 +1712,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         lock.lock();
         try {
             prepareWrite();
+            quiesce();
             new Amend(this).apply(o);
             lazyRefcounts = header.version() >= 3 && header.lazyRefcounts();
             if (!lazyRefcounts && header.dirty()) {
@@ -1666,6 +1868,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         lock.lock();
         try {
             checkOpen();
+            quiesce();
             if (repair != CheckResult.Repair.NONE) {
                 checkWritable();
             }
@@ -1731,7 +1934,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
             flushLocked();
             new SnapshotOps(this).apply(nameOrId);
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         } finally {
             lock.unlock();
         }
@@ -1771,10 +1974,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             if (sn == null) {
                 throw new BlockException(Reason.NOT_FOUND, "Can't find snapshot");
             }
+            quiesce(); // no read of the active mapping is still in flight
             l1 = readL1(sn.l1TableOffset(), sn.l1Size());
             l1Offset = sn.l1TableOffset();
             l2.clear();
-            cachedCompressedGuest = -1;
+            invalidateInflated();
         } finally {
             lock.unlock();
         }
@@ -1911,7 +2115,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         refcounts = new Refcounts(file, header, this::refcountTableMoved);
         refcounts.setGuard(this::isKnownMetadata);
         refcounts.setBeforeIncrease(this::markDirtyIfLazy);
-        cachedCompressedGuest = -1;
+        invalidateInflated();
         compressedFreeGeneration = -1;
     }
 
@@ -1922,6 +2126,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             if (closed) {
                 return;
             }
+            quiesce();
             if (!readOnly) {
                 flushLocked();
                 if (bitmaps != null) {

@@ -4,8 +4,9 @@ import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
 
 /**
- * zstd for compressed clusters (compression_type=zstd), through the embedded aircompressor. Kept
- * apart so that its classes load only when an image really uses zstd.
+ * zstd for compressed clusters (compression_type=zstd): the system's libzstd through FFM
+ * ({@link ZstdNative}) where it exists, else the embedded pure-Java aircompressor. Kept apart so
+ * that these classes load only when an image really uses zstd.
  */
 final class Zstd {
     private Zstd() {
@@ -20,6 +21,18 @@ final class Zstd {
         if (frame < 0) {
             throw Qcow2Header.corrupt("zstd-compressed cluster at guest offset " + guestOffset
                     + " does not hold a complete zstd frame");
+        }
+        ZstdNative z = ZstdNative.get();
+        if (z != null) {
+            int n = z.decompress(src, frame, dst);
+            if (n < 0) {
+                throw Qcow2Header.corrupt("zstd-compressed cluster at guest offset " + guestOffset + " is not valid");
+            }
+            if (n < dst.length) {
+                throw Qcow2Header.corrupt("zstd-compressed cluster at guest offset " + guestOffset
+                        + " decompresses to " + n + " bytes instead of " + dst.length);
+            }
+            return;
         }
         try {
             int n = new io.airlift.compress.zstd.ZstdDecompressor().decompress(src, 0, frame, dst, 0, dst.length);
@@ -70,6 +83,12 @@ final class Zstd {
 
     /** One cluster as a zstd frame, or null if it does not fit in {@code limit} bytes. */
     static byte[] compress(byte[] cluster, int len, int limit) throws BlockException {
+        ZstdNative z = ZstdNative.get();
+        if (z != null) {
+            byte[] out = new byte[limit];
+            int n = z.compress(cluster, len, out);
+            return n < 0 ? null : java.util.Arrays.copyOf(out, n);
+        }
         try {
             io.airlift.compress.zstd.ZstdCompressor c = new io.airlift.compress.zstd.ZstdCompressor();
             byte[] out = new byte[c.maxCompressedLength(len)];

@@ -119,57 +119,79 @@ final class Native {
     private static final long STAT_SIZE = 144;
     private static final long FLOCK_SIZE = 32;
 
-    private final MethodHandle open;
-    private final MethodHandle close;
-    private final MethodHandle fcntl;
-    private final MethodHandle lseek;
-    private final MethodHandle fallocate;
-    private final MethodHandle fstat;
+    private final Downcall open;
+    private final Downcall close;
+    private final Downcall fcntl;
+    private final Downcall lseek;
+    private final Downcall fallocate;
+    private final Downcall fstat;
     private final boolean fstatIsXstat;
-    private final MethodHandle ioctl;
-    private final MethodHandle ftruncate;
-    private final MethodHandle pread;
-    private final MethodHandle pwrite;
-    private final MethodHandle fdatasync;
-    private final MethodHandle strerror;
+    private final Downcall ioctl;
+    private final Downcall ftruncate;
+    private final Downcall pread;
+    private final Downcall pwrite;
+    private final Downcall fdatasync;
+    private final Downcall strerror;
+
+    /**
+     * One C function: its symbol is looked up at once (a missing one makes {@link #get()} null),
+     * its method handle is made on first use. Making a downcall handle costs milliseconds (code is
+     * generated for each), 14 of them were a noticeable part of every command's start-up, and most
+     * commands call four or five.
+     */
+    private static final class Downcall {
+        private final MemorySegment symbol;
+        private final FunctionDescriptor descriptor;
+        private final Linker.Option[] options;
+        private volatile MethodHandle handle;
+
+        Downcall(String name, FunctionDescriptor descriptor, Linker.Option... options) {
+            this.symbol = Linker.nativeLinker().defaultLookup().find(name)
+                    .orElseThrow(() -> new UnsatisfiedLinkError("no symbol " + name + " in the C library"));
+            this.descriptor = descriptor;
+            this.options = options;
+        }
+
+        MethodHandle get() {
+            MethodHandle h = handle;
+            if (h == null) { // two threads may both make it: harmless
+                h = Linker.nativeLinker().downcallHandle(symbol, descriptor, options);
+                handle = h;
+            }
+            return h;
+        }
+    }
 
     private Native() {
-        Linker linker = Linker.nativeLinker();
         Linker.Option errno = Linker.Option.captureCallState("errno");
-        open = bind(linker, "open", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT), errno,
+        open = new Downcall("open", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT), errno,
                 Linker.Option.firstVariadicArg(2));
-        close = bind(linker, "close", FunctionDescriptor.of(JAVA_INT, JAVA_INT), errno);
-        fcntl = bind(linker, "fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS), errno,
+        close = new Downcall("close", FunctionDescriptor.of(JAVA_INT, JAVA_INT), errno);
+        fcntl = new Downcall("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS), errno,
                 Linker.Option.firstVariadicArg(2));
-        lseek = bind(linker, "lseek", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_INT), errno);
-        fallocate = bind(linker, "fallocate",
+        lseek = new Downcall("lseek", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_INT), errno);
+        fallocate = new Downcall("fallocate",
                 FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG), errno);
-        MethodHandle fs;
+        Downcall fs;
         boolean xstat = false;
-        if (linker.defaultLookup().find("fstat").isPresent()) {
-            fs = bind(linker, "fstat", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS), errno);
+        if (Linker.nativeLinker().defaultLookup().find("fstat").isPresent()) {
+            fs = new Downcall("fstat", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS), errno);
         } else { // glibc before 2.33 exports only the versioned wrapper
-            fs = bind(linker, "__fxstat", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS), errno);
+            fs = new Downcall("__fxstat", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS), errno);
             xstat = true;
         }
         fstat = fs;
         fstatIsXstat = xstat;
-        ioctl = bind(linker, "ioctl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, ADDRESS), errno,
+        ioctl = new Downcall("ioctl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, ADDRESS), errno,
                 Linker.Option.firstVariadicArg(2));
-        ftruncate = bind(linker, "ftruncate", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG), errno);
-        pread = bind(linker, "pread", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG),
+        ftruncate = new Downcall("ftruncate", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG), errno);
+        pread = new Downcall("pread", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG),
                 errno);
-        pwrite = bind(linker, "pwrite", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG),
+        pwrite = new Downcall("pwrite", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG),
                 errno);
-        fdatasync = bind(linker, "fdatasync", FunctionDescriptor.of(JAVA_INT, JAVA_INT), errno);
-        strerror = linker.downcallHandle(linker.defaultLookup().find("strerror").orElseThrow(),
-                FunctionDescriptor.of(ADDRESS, JAVA_INT));
-    }
-
-    private static MethodHandle bind(Linker linker, String name, FunctionDescriptor fd, Linker.Option... options) {
-        MemorySegment symbol = linker.defaultLookup().find(name)
-                .orElseThrow(() -> new UnsatisfiedLinkError("no symbol " + name + " in the C library"));
-        return linker.downcallHandle(symbol, fd, options);
+        fdatasync = new Downcall("fdatasync", FunctionDescriptor.of(JAVA_INT, JAVA_INT), errno);
+        strerror = new Downcall("strerror", FunctionDescriptor.of(ADDRESS, JAVA_INT));
+        open.get(); // every user opens a file first: fail here, not there, if native calls cannot be made
     }
 
     private Errno fail(MemorySegment state) {
@@ -179,7 +201,7 @@ final class Native {
 
     String strerror(int errno) {
         try {
-            MemorySegment s = (MemorySegment) strerror.invokeExact(errno);
+            MemorySegment s = (MemorySegment) strerror.get().invokeExact(errno);
             return s.reinterpret(1024).getString(0);
         } catch (Throwable t) {
             return "errno " + errno;
@@ -189,7 +211,7 @@ final class Native {
     int open(String path, int flags) throws Errno {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
-            int fd = (int) open.invokeExact(st, a.allocateFrom(path), flags, 0);
+            int fd = (int) open.get().invokeExact(st, a.allocateFrom(path), flags, 0);
             if (fd < 0) {
                 throw fail(st);
             }
@@ -204,7 +226,7 @@ final class Native {
     void close(int fd) throws Errno {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
-            if ((int) close.invokeExact(st, fd) < 0) {
+            if ((int) close.get().invokeExact(st, fd) < 0) {
                 throw fail(st);
             }
         } catch (Errno e) {
@@ -232,7 +254,7 @@ final class Native {
             fl.set(JAVA_SHORT, 2, (short) SEEK_SET);
             fl.set(JAVA_LONG, 8, start);
             fl.set(JAVA_LONG, 16, len);
-            if ((int) fcntl.invokeExact(st, fd, cmd, fl) < 0) {
+            if ((int) fcntl.get().invokeExact(st, fd, cmd, fl) < 0) {
                 throw fail(st);
             }
             return fl.get(JAVA_SHORT, 0);
@@ -246,7 +268,7 @@ final class Native {
     long lseek(int fd, long offset, int whence) throws Errno {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
-            long r = (long) lseek.invokeExact(st, fd, offset, whence);
+            long r = (long) lseek.get().invokeExact(st, fd, offset, whence);
             if (r < 0) {
                 throw fail(st);
             }
@@ -261,7 +283,7 @@ final class Native {
     void fallocate(int fd, int mode, long offset, long len) throws Errno {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
-            if ((int) fallocate.invokeExact(st, fd, mode, offset, len) < 0) {
+            if ((int) fallocate.get().invokeExact(st, fd, mode, offset, len) < 0) {
                 throw fail(st);
             }
         } catch (Errno e) {
@@ -274,7 +296,7 @@ final class Native {
     void ftruncate(int fd, long len) throws Errno {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
-            if ((int) ftruncate.invokeExact(st, fd, len) < 0) {
+            if ((int) ftruncate.get().invokeExact(st, fd, len) < 0) {
                 throw fail(st);
             }
         } catch (Errno e) {
@@ -287,7 +309,7 @@ final class Native {
     void fdatasync(int fd) throws Errno {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
-            if ((int) fdatasync.invokeExact(st, fd) < 0) {
+            if ((int) fdatasync.get().invokeExact(st, fd) < 0) {
                 throw fail(st);
             }
         } catch (Errno e) {
@@ -301,7 +323,8 @@ final class Native {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
             MemorySegment buf = a.allocate(STAT_SIZE, 8);
-            int r = fstatIsXstat ? (int) fstat.invokeExact(st, 1, fd, buf) : (int) fstat.invokeExact(st, fd, buf);
+            MethodHandle h = fstat.get();
+            int r = fstatIsXstat ? (int) h.invokeExact(st, 1, fd, buf) : (int) h.invokeExact(st, fd, buf);
             if (r < 0) {
                 throw fail(st);
             }
@@ -329,7 +352,7 @@ final class Native {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
             MemorySegment out = a.allocate(8, 8);
-            if ((int) ioctl.invokeExact(st, fd, request, out) < 0) {
+            if ((int) ioctl.get().invokeExact(st, fd, request, out) < 0) {
                 throw fail(st);
             }
             return wide ? out.get(JAVA_LONG, 0) : out.get(JAVA_INT, 0);
@@ -344,7 +367,7 @@ final class Native {
     long pread(int fd, MemorySegment buf, long len, long offset) throws Errno {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
-            long r = (long) pread.invokeExact(st, fd, buf, len, offset);
+            long r = (long) pread.get().invokeExact(st, fd, buf, len, offset);
             if (r < 0) {
                 throw fail(st);
             }
@@ -359,7 +382,7 @@ final class Native {
     long pwrite(int fd, MemorySegment buf, long len, long offset) throws Errno {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment st = a.allocate(CAPTURE);
-            long r = (long) pwrite.invokeExact(st, fd, buf, len, offset);
+            long r = (long) pwrite.get().invokeExact(st, fd, buf, len, offset);
             if (r < 0) {
                 throw fail(st);
             }
