@@ -62,6 +62,14 @@ public interface BlockNode extends AutoCloseable {
     }
 
     /**
+     * Advisory: asks the node to bring a range into a cache it keeps (QEMU's prefetch request; an
+     * NBD client sends NBD_CMD_CACHE where the server offers it). The content does not change;
+     * nodes without such a cache do nothing.
+     */
+    default void prefetch(long offset, long length) throws BlockException {
+    }
+
+    /**
      * Describes the range starting at {@code offset}, for this layer only: the answer covers a
      * prefix of at most {@code length} bytes with one kind of content. Nodes that do not know say
      * "data, allocated" for the whole range.

@@ -27,6 +27,7 @@ public class ForwardingNode implements BlockNode {
     @Override public Limits limits() { return next.limits(); }
     @Override public void writeZeroes(long offset, long length, int flags) throws BlockException { next.writeZeroes(offset, length, flags); }
     @Override public void discard(long offset, long length) throws BlockException { next.discard(offset, length); }
+    @Override public void prefetch(long offset, long length) throws BlockException { next.prefetch(offset, length); }
     @Override public void flush() throws BlockException { next.flush(); }
     @Override public BlockStatus blockStatus(long offset, long length) throws BlockException { return next.blockStatus(offset, length); }
     @Override public void truncate(long size, boolean exact, Preallocation p) throws BlockException { next.truncate(size, exact, p); }

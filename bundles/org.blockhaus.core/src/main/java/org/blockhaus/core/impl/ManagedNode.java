@@ -340,6 +340,26 @@ final class ManagedNode implements Image {
     }
 
     @Override
+    public void prefetch(long offset, long length) throws BlockException {
+        enter();
+        try {
+            checkRange(offset, length, node.size());
+            if (length == 0) {
+                return;
+            }
+            try {
+                node.prefetch(offset, length);
+            } catch (BlockException e) {
+                if (e.reason() != Reason.UNSUPPORTED) {
+                    throw e;
+                }
+            }
+        } finally {
+            exit();
+        }
+    }
+
+    @Override
     public void discard(long offset, long length) throws BlockException {
         enter();
         try {

@@ -186,6 +186,16 @@ final class NbdNode implements BlockNode {
         ranges(CMD_TRIM, 0, offset, length);
     }
 
+    /** NBD_CMD_CACHE where the server offers it (NBD_FLAG_SEND_CACHE); advisory, so nothing otherwise. */
+    @Override
+    public void prefetch(long offset, long length) throws BlockException {
+        if (!export.has(FLAG_SEND_CACHE)) {
+            return;
+        }
+        checkRange(offset, length);
+        ranges(CMD_CACHE, 0, offset, length);
+    }
+
     private void ranges(int type, int flags, long offset, long length) throws BlockException {
         int chunk = MAX_RANGE & -export.minBlock();
         while (length > 0) {

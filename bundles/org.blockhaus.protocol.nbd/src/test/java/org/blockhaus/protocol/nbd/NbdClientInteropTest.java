@@ -325,6 +325,37 @@ class NbdClientInteropTest {
         }
     }
 
+    /**
+     * prefetch becomes NBD_CMD_CACHE only where the server offers it. nbdkit's nocache filter
+     * advertises CACHE and has nbdkit emulate it as a read of the same range (cachemode=emulate), or
+     * hides it (none); the log filter records the range arriving. Nothing else here touches
+     * 0x10000+0x2000, so a request for exactly that range can only come from the prefetch.
+     */
+    @Test
+    void prefetchSendsNbdCmdCacheOnlyWhereTheServerOffersIt() throws Exception {
+        String nbdkit = Peers.require("nbdkit", "nbdkit");
+        for (String mode : new String[] {"emulate", "none"}) {
+            int port = Peers.freePort();
+            Path pid = dir.resolve("c-" + mode + ".pid");
+            Path log = dir.resolve("c-" + mode + ".log");
+            peers.foreground(pid, nbdkit, "-f", "-P", pid.toString(), "-i", "127.0.0.1", "-p", String.valueOf(port),
+                    "--filter=nocache", "--filter=log", "memory", "4M", "cachemode=" + mode, "logfile=" + log);
+            Image i = openNbd("nbd://127.0.0.1:" + port, false);
+            i.prefetch(65536, 8192);
+            i.prefetch(0, 0);
+            assertThrows(BlockException.class, () -> i.prefetch(4 * MIB - 512, 4096));
+            i.read(0, ByteBuffer.allocate(512)); // answered after the cache request: that one is logged
+            List<String> lines = Files.readAllLines(log);
+            List<String> prefetched = lines.stream()
+                    .filter(l -> l.contains(" offset=0x10000 count=0x2000")).toList();
+            if (mode.equals("emulate")) {
+                assertEquals(1, prefetched.size(), "one cache request for the range in " + lines);
+            } else {
+                assertEquals(List.of(), prefetched, "no NBD_CMD_CACHE to a server that does not offer it");
+            }
+        }
+    }
+
     @Test
     void readsAndWritesNbdkitMemoryExportWithManyRequestsInFlight() throws Exception {
         String nbdkit = Peers.require("nbdkit", "nbdkit");
