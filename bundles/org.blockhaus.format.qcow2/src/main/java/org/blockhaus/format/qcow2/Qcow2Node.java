@@ -815,10 +815,18 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             long first = guest >>> clusterBits;
             long last = (guest + len - 1) >>> clusterBits;
             boolean busy = false;
-            for (long c : allocating) {
-                if (c >= first && c <= last) {
-                    busy = true;
-                    break;
+            // walk the smaller side: a 2 MiB request over 512-byte clusters spans 4096 of them,
+            // while a few small writes in flight list only a handful
+            if (last - first + 1 <= allocating.size()) {
+                for (long c = first; c <= last && !busy; c++) {
+                    busy = allocating.contains(c);
+                }
+            } else {
+                for (long c : allocating) {
+                    if (c >= first && c <= last) {
+                        busy = true;
+                        break;
+                    }
                 }
             }
             if (!busy) {

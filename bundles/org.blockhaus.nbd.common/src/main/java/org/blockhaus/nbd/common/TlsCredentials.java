@@ -54,14 +54,7 @@ public final class TlsCredentials {
         Path cert = dir.resolve("client-cert.pem");
         Path key = dir.resolve("client-key.pem");
         try {
-            KeyStore trust = KeyStore.getInstance("PKCS12");
-            trust.load(null, null);
-            int i = 0;
-            for (Certificate c : certificates(ca)) {
-                trust.setCertificateEntry("ca" + i++, c);
-            }
-            TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
-            tmf.init(trust);
+            TrustManagerFactory tmf = trustIn(ca);
             KeyManagerFactory kmf = null;
             if (Files.exists(cert) && Files.exists(key)) {
                 KeyStore ks = KeyStore.getInstance("PKCS12");
@@ -136,17 +129,7 @@ public final class TlsCredentials {
             ks.setKeyEntry("server", privateKey(key), pw, certificates(cert).toArray(Certificate[]::new));
             KeyManagerFactory kmf = KeyManagerFactory.getInstance(KeyManagerFactory.getDefaultAlgorithm());
             kmf.init(ks, pw);
-            TrustManagerFactory tmf = null;
-            if (Files.exists(ca)) {
-                KeyStore trust = KeyStore.getInstance("PKCS12");
-                trust.load(null, null);
-                int i = 0;
-                for (Certificate c : certificates(ca)) {
-                    trust.setCertificateEntry("ca" + i++, c);
-                }
-                tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
-                tmf.init(trust);
-            }
+            TrustManagerFactory tmf = Files.exists(ca) ? trustIn(ca) : null;
             SSLContext ctx = SSLContext.getInstance("TLS");
             ctx.init(kmf.getKeyManagers(), tmf == null ? null : tmf.getTrustManagers(), null);
             return ctx;
@@ -168,14 +151,7 @@ public final class TlsCredentials {
         Path cert = requireFile(dir.resolve("server-cert.pem"));
         Path key = requireFile(dir.resolve("server-key.pem"));
         try {
-            KeyStore trust = KeyStore.getInstance("PKCS12");
-            trust.load(null, null);
-            int i = 0;
-            for (Certificate c : certificates(ca)) {
-                trust.setCertificateEntry("ca" + i++, c);
-            }
-            TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
-            tmf.init(trust);
+            TrustManagerFactory tmf = trustIn(ca);
             X509TrustManager tm = null;
             for (TrustManager t : tmf.getTrustManagers()) {
                 if (t instanceof X509TrustManager x) {
@@ -194,6 +170,19 @@ public final class TlsCredentials {
             throw new BlockException(Reason.INVALID_ARGUMENT, "Invalid TLS credentials in '" + dir + "': "
                     + e.getMessage(), e);
         }
+    }
+
+    /** A trust manager factory that trusts exactly the CA certificates in {@code ca} (a PEM file). */
+    private static TrustManagerFactory trustIn(Path ca) throws IOException, GeneralSecurityException {
+        KeyStore trust = KeyStore.getInstance("PKCS12");
+        trust.load(null, null);
+        int i = 0;
+        for (Certificate c : certificates(ca)) {
+            trust.setCertificateEntry("ca" + i++, c);
+        }
+        TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+        tmf.init(trust);
+        return tmf;
     }
 
     static Collection<? extends Certificate> certificates(Path pem) throws IOException, GeneralSecurityException {
