@@ -27,7 +27,7 @@ final class CopyEngine {
     private static final int SECTOR = 512;
 
     /** One piece of the copy: either data to write, or a zero range. */
-    private record Piece(long targetOffset, long length, ByteBuffer data) {
+    record Piece(long targetOffset, long length, ByteBuffer data) {
     }
 
     /** What one worker read: its pieces, and the pooled buffer they live in (or null). */
@@ -36,21 +36,24 @@ final class CopyEngine {
 
     /**
      * Reused I/O buffers: fresh direct buffers cost a page fault per page, which for a 2 GiB
-     * copy was most of the time spent in the kernel.
+     * copy was most of the time spent in the kernel. The most recently returned buffer is handed
+     * out first, so a copy cycles through as few buffers as keep the pipeline busy and the kernel
+     * copies from memory still in the CPU's caches; page-aligned, as the kernel's copies are
+     * fastest then (and O_DIRECT needs it).
      */
     private static final class BufferPool {
-        private final java.util.concurrent.BlockingQueue<ByteBuffer> free;
+        private final java.util.concurrent.LinkedBlockingDeque<ByteBuffer> free;
 
         BufferPool(int count, int size) {
-            free = new java.util.concurrent.ArrayBlockingQueue<>(count);
+            free = new java.util.concurrent.LinkedBlockingDeque<>(count);
             for (int i = 0; i < count; i++) {
-                free.add(ByteBuffer.allocateDirect(size));
+                free.add(ByteBuffer.allocateDirect(size + 4096).alignedSlice(4096).limit(size).slice());
             }
         }
 
         ByteBuffer take() throws BlockException {
             try {
-                return free.take().clear();
+                return free.takeFirst().clear();
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 throw new BlockException(Reason.IO, "convert interrupted");
@@ -59,7 +62,7 @@ final class CopyEngine {
 
         void release(ByteBuffer b) {
             if (b != null) {
-                free.offer(b);
+                free.offerFirst(b);
             }
         }
     }
@@ -299,6 +302,12 @@ final class CopyEngine {
     private static final ByteBuffer ZEROES = ByteBuffer.allocateDirect(4096);
 
     static boolean isZero(ByteBuffer buf, int pos, int n) {
+        // Data granules nearly always differ from zero in their first or last bytes: answering
+        // those from two reads, without the two slices a mismatch needs, took the zero scan of a
+        // 2 GiB convert from a noticeable share of the readers' CPU to almost nothing.
+        if (n >= 16 && (buf.getLong(pos) != 0 || buf.getLong(pos + n - 8) != 0)) {
+            return false;
+        }
         return buf.slice(pos, n).mismatch(ZEROES.slice(0, n)) < 0;
     }
 }

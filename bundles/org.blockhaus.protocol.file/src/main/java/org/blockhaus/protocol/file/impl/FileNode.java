@@ -193,6 +193,7 @@ final class FileNode implements org.blockhaus.api.spi.PermissionAwareNode {
         }
         bufferedWrites.lock();
         try {
+            allocateAhead(offset, src.remaining());
             long pos = offset;
             while (src.hasRemaining()) {
                 pos += channel.write(src, pos);
@@ -201,6 +202,47 @@ final class FileNode implements org.blockhaus.api.spi.PermissionAwareNode {
             throw ioError("write", e);
         } finally {
             bufferedWrites.unlock();
+        }
+    }
+
+    /** Writes smaller than this go without {@link #allocateAhead}: one more system call would not pay. */
+    static final int ALLOCATE_AHEAD_MIN = 256 * 1024;
+    /** 0 not decided yet, 1 allocate ahead of large writes, -1 never (not ext4, or fallocate refused). */
+    private volatile int allocateAhead;
+
+    /**
+     * On ext4, a buffered write into a hole (or past the end) reserves delayed-allocation space page
+     * by page; writing into blocks that one fallocate call reserved first costs about half the
+     * system time (measured on this project's 2-core VM, 1.5 GiB in 2 MiB writes: 0.21-0.32 s with
+     * against 0.44-0.77 s without, page cache warm). Bulk writers (convert, qcow2's new clusters)
+     * write whole ranges, so the blocks reserved are blocks the write fills anyway; the data, the
+     * file length and which ranges read as zero are the same either way (mode 0 only allocates and
+     * grows the length to what the write sets). Only ext4 is measured here: other file systems
+     * (tmpfs zeroes the pages it allocates, btrfs copies on write) are left alone. A failure of
+     * fallocate changes nothing: the write then reserves as it would have.
+     */
+    private void allocateAhead(long offset, int len) {
+        if (len < ALLOCATE_AHEAD_MIN || nat == null || device) {
+            return;
+        }
+        int mode = allocateAhead;
+        if (mode == 0) {
+            try {
+                mode = nat.fileSystemType(fd) == Native.EXT4_SUPER_MAGIC ? 1 : -1;
+            } catch (Native.Errno | RuntimeException e) {
+                mode = -1;
+            }
+            allocateAhead = mode;
+        }
+        if (mode < 0) {
+            return;
+        }
+        try {
+            nat.fallocate(fd, 0, offset, len);
+        } catch (Native.Errno e) {
+            if (notSupported(e)) {
+                allocateAhead = -1;
+            } // ENOSPC and the like: the write itself reports what it meets
         }
     }
 

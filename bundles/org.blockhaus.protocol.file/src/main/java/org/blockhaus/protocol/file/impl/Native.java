@@ -132,6 +132,7 @@ final class Native {
     private final Downcall pwrite;
     private final Downcall fdatasync;
     private final Downcall strerror;
+    private final Downcall fstatfs;
 
     /**
      * One C function: its symbol is looked up at once (a missing one makes {@link #get()} null),
@@ -191,6 +192,7 @@ final class Native {
                 errno);
         fdatasync = new Downcall("fdatasync", FunctionDescriptor.of(JAVA_INT, JAVA_INT), errno);
         strerror = new Downcall("strerror", FunctionDescriptor.of(ADDRESS, JAVA_INT));
+        fstatfs = new Downcall("fstatfs", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS), errno);
         open.get(); // every user opens a file first: fail here, not there, if native calls cannot be made
     }
 
@@ -286,6 +288,28 @@ final class Native {
             if ((int) fallocate.get().invokeExact(st, fd, mode, offset, len) < 0) {
                 throw fail(st);
             }
+        } catch (Errno e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new IllegalStateException(t);
+        }
+    }
+
+    /** ext4's f_type in struct statfs. */
+    static final long EXT4_SUPER_MAGIC = 0xEF53;
+
+    /**
+     * The file system type ({@code f_type} of {@code fstatfs}): the first field of struct statfs,
+     * a C long on the 64-bit Linux ABIs we run on; 256 bytes covers the whole struct (120 there).
+     */
+    long fileSystemType(int fd) throws Errno {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment st = a.allocate(CAPTURE);
+            MemorySegment buf = a.allocate(256, 8);
+            if ((int) fstatfs.get().invokeExact(st, fd, buf) < 0) {
+                throw fail(st);
+            }
+            return buf.get(JAVA_LONG, 0);
         } catch (Errno e) {
             throw e;
         } catch (Throwable t) {

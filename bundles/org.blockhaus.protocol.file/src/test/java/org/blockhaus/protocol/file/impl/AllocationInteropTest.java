@@ -171,6 +171,47 @@ class AllocationInteropTest {
                 ours.toString()).exit(), "same content");
     }
 
+    /**
+     * Large writes reserve their blocks with fallocate first (ext4): into a hole inside the file,
+     * right at its end and past it with a gap. The file must end up as plain pwrites leave a twin:
+     * same length, same qemu-img map (the gap and everything unwritten stay holes), same blocks,
+     * same bytes; small writes go as before.
+     */
+    @Test
+    void largeWritesAllocateOnlyWhatTheyWriteLikeQemuIo() throws Exception {
+        Path theirs = dir.resolve("theirs-big.raw");
+        Path ours = dir.resolve("ours-big.raw");
+        for (Path f : List.of(theirs, ours)) {
+            Peers.check("truncate", "-s", "8M", f.toString());
+        }
+        // offset, length, pattern: inside (hole), at the end, past the end after a 1 MiB gap, small
+        long[][] writes = {{1 << 20, 2 << 20, 0x11}, {8 << 20, 1 << 20, 0x22}, {10 << 20, 3 << 20, 0x33},
+            {5 << 20, 4096, 0x44}, {(6 << 20) + 512, 300 << 10, 0x55}};
+        // the twin gets plain pwrites (qemu's file-posix makes no others for these): qemu-io itself
+        // cannot write past the end of a raw image
+        try (var ch = java.nio.channels.FileChannel.open(theirs, java.nio.file.StandardOpenOption.WRITE)) {
+            for (long[] w : writes) {
+                byte[] b = new byte[(int) w[1]];
+                java.util.Arrays.fill(b, (byte) w[2]);
+                ByteBuffer src = ByteBuffer.wrap(b);
+                for (long at = w[0]; src.hasRemaining(); ) {
+                    at += ch.write(src, at);
+                }
+            }
+        }
+        try (BlockNode n = driver.open(TestContext.readWrite(ours.toString()))) {
+            for (long[] w : writes) {
+                byte[] b = new byte[(int) w[1]];
+                java.util.Arrays.fill(b, (byte) w[2]);
+                n.write(w[0], ByteBuffer.wrap(b), 0);
+            }
+            assertEquals(13L << 20, n.size());
+        }
+        assertEquals(sizeAndBlocks(theirs), sizeAndBlocks(ours));
+        assertEquals(qemuMap(theirs), qemuMap(ours));
+        assertArrayEquals(Files.readAllBytes(theirs), Files.readAllBytes(ours));
+    }
+
     @Test
     void writeZeroesAllocatesLikeQemuIoWriteZ() throws Exception {
         Path[] f = twoCopies();
