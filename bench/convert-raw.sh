@@ -30,8 +30,11 @@ fi
 sleep 15                              # which is assembled in the background after that first run
 load_start="$(uptime | sed 's/.*load average: //')"
 export BLK_NO_BUILD=1                 # timed runs must never include a build
+# fresh host backing for the pages both tools write into (free page reporting; see bench/qcow2.sh)
+warm='head -c 3G /dev/zero > /dev/shm/blk-bench-warm; rm -f /dev/shm/blk-bench-warm'
+[ -z "${BENCH_NO_WARM:-}" ] || warm=true
 hyperfine --warmup 1 --runs 5 --export-markdown "$work/convert.md" \
-  --prepare "rm -f $work/q.raw; sync" --prepare "rm -f $work/b.raw; sync" \
+  --prepare "rm -f $work/q.raw; sync; $warm" --prepare "rm -f $work/b.raw; sync; $warm" \
   "qemu-img convert -f raw -O raw $src $work/q.raw" \
   "$here/blk convert -f raw -O raw $src $work/b.raw"
 cmp "$work/q.raw" "$work/b.raw"
