@@ -14,6 +14,31 @@ public final class TlsDirs {
     private TlsDirs() {
     }
 
+    /**
+     * QEMU's tls-creds-x509 directory as its documentation makes one with certtool: a CA named
+     * {@code caName}, a server certificate for 127.0.0.1/localhost and a client certificate, each
+     * with its key ({@code ca-cert.pem}, {@code server-cert.pem}, {@code server-key.pem},
+     * {@code client-cert.pem}, {@code client-key.pem}). Needs certtool (gnutls-bin).
+     */
+    public static Path x509(Path d, String caName) throws Exception {
+        Files.createDirectories(d);
+        Files.writeString(d.resolve("ca.info"), "cn = " + caName + "\nca\ncert_signing_key\nexpiration_days = 30\n");
+        Files.writeString(d.resolve("server.info"), "cn = 127.0.0.1\nip_address = 127.0.0.1\ndns_name = localhost\n"
+                + "tls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n");
+        Files.writeString(d.resolve("client.info"), "cn = client\ntls_www_client\nencryption_key\nsigning_key\n"
+                + "expiration_days = 30\n");
+        run(d, "certtool", "--generate-privkey", "--outfile", "ca-key.pem");
+        run(d, "certtool", "--generate-self-signed", "--load-privkey", "ca-key.pem", "--template", "ca.info",
+                "--outfile", "ca-cert.pem");
+        for (String who : List.of("server", "client")) {
+            run(d, "certtool", "--generate-privkey", "--outfile", who + "-key.pem");
+            run(d, "certtool", "--generate-certificate", "--load-privkey", who + "-key.pem",
+                    "--load-ca-certificate", "ca-cert.pem", "--load-ca-privkey", "ca-key.pem", "--template",
+                    who + ".info", "--outfile", who + "-cert.pem");
+        }
+        return d;
+    }
+
     /** Makes the directories under {@code base}; needs certtool and psktool (gnutls-bin). */
     public static List<String> make(Path base) throws Exception {
         Path good = Files.createDirectories(base.resolve("x509"));

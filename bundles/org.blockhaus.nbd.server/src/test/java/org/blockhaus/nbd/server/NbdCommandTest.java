@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.blockhaus.testkit.Peers;
+import org.blockhaus.testkit.TlsDirs;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -207,7 +208,7 @@ class NbdCommandTest {
     @Test
     void tlsCredentialsFromAnObject() throws Exception {
         Path img = qcow2("disk.qcow2", "0x61");
-        Path creds = TlsServerTest.makeCredentials(dir.resolve("tls"));
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         int port = Peers.freePort();
         try (CommandRun r = CommandRun.start("-t", "-b", "127.0.0.1", "-p", String.valueOf(port), "-x", "disk",
                 "--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + creds + ",verify-peer=off",

@@ -8,6 +8,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.blockhaus.testkit.Peers;
+import org.blockhaus.testkit.TlsDirs;
 import java.net.InetSocketAddress;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
@@ -45,28 +46,6 @@ class TlsServerTest {
         }
     }
 
-    /** A CA, a server certificate for 127.0.0.1 and a client certificate, as QEMU's docs make them. */
-    static Path makeCredentials(Path d) throws Exception {
-        String certtool = Peers.require("certtool", "gnutls-bin");
-        Files.createDirectories(d);
-        Files.writeString(d.resolve("ca.info"), "cn = Test CA\nca\ncert_signing_key\nexpiration_days = 30\n");
-        Files.writeString(d.resolve("server.info"), "cn = 127.0.0.1\nip_address = 127.0.0.1\ndns_name = localhost\n"
-                + "tls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n");
-        Files.writeString(d.resolve("client.info"), "cn = client\ntls_www_client\nencryption_key\nsigning_key\n"
-                + "expiration_days = 30\n");
-        String s = d.toString() + "/";
-        Peers.check(certtool, "--generate-privkey", "--outfile", s + "ca-key.pem");
-        Peers.check(certtool, "--generate-self-signed", "--load-privkey", s + "ca-key.pem", "--template",
-                s + "ca.info", "--outfile", s + "ca-cert.pem");
-        for (String who : List.of("server", "client")) {
-            Peers.check(certtool, "--generate-privkey", "--outfile", s + who + "-key.pem");
-            Peers.check(certtool, "--generate-certificate", "--load-privkey", s + who + "-key.pem",
-                    "--load-ca-certificate", s + "ca-cert.pem", "--load-ca-privkey", s + "ca-key.pem", "--template",
-                    s + who + ".info", "--outfile", s + who + "-cert.pem");
-        }
-        return d;
-    }
-
     private NbdServer.Running serve(MemoryNode node, Path creds, boolean verifyPeer) throws Exception {
         running = NbdServer.standalone().start(List.of(new NbdServer.Export("disk", node, false, null)),
                 new InetSocketAddress("127.0.0.1", 0), NbdServer.Settings.DEFAULT
@@ -83,7 +62,7 @@ class TlsServerTest {
     /** Without peer verification the JDK negotiates TLS 1.3 with GnuTLS; with it, TLS 1.2 (see Session). */
     @Test
     void nbdinfoConnectsOverTls() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"));
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         NbdServer.Running r = serve(new MemoryNode(3 * MIB), creds, false);
         int port = ((InetSocketAddress) r.address()).getPort();
         String json = Peers.check(Peers.require("nbdinfo", "libnbd-bin"), "--json",
@@ -94,7 +73,7 @@ class TlsServerTest {
 
     @Test
     void qemuIoWritesOverTlsWithItsClientCertificate() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"));
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         MemoryNode node = new MemoryNode(4 * MIB);
         NbdServer.Running r = serve(node, creds, true);
         int port = ((InetSocketAddress) r.address()).getPort();
@@ -115,7 +94,7 @@ class TlsServerTest {
 
     @Test
     void ourClientTalksTlsToOurServer() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"));
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         MemoryNode node = new MemoryNode(4 * MIB);
         NbdServer.Running r = serve(node, creds, true);
         try (Image i = core().open(r.uri("disk").replace("nbd://", "nbds://") + "?tls-certificates=" + creds,
@@ -132,7 +111,7 @@ class TlsServerTest {
 
     @Test
     void plainClientsAreToldTlsIsRequired() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"));
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         NbdServer.Running r = serve(new MemoryNode(MIB), creds, false);
         BlockException e = assertThrows(BlockException.class,
                 () -> core().open(r.uri("disk"), Options.of("driver", "nbd"), OpenMode.READ_ONLY).close());
@@ -144,7 +123,7 @@ class TlsServerTest {
 
     @Test
     void clientWithoutACertificateIsRefusedWhenPeersAreVerified() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"));
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         Path caOnly = Files.createDirectories(dir.resolve("ca-only"));
         Files.copy(creds.resolve("ca-cert.pem"), caOnly.resolve("ca-cert.pem"));
         NbdServer.Running r = serve(new MemoryNode(MIB), creds, true);
@@ -166,7 +145,7 @@ class TlsServerTest {
      */
     @Test
     void clientCertificatesAreVerifiedOverTls13AndTls12() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"));
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         MemoryNode node = new MemoryNode(4 * MIB);
         running = NbdServer.standalone().start(List.of(new NbdServer.Export("disk", node, false, null)),
                 new InetSocketAddress("127.0.0.1", 0), NbdServer.Settings.DEFAULT
@@ -192,7 +171,7 @@ class TlsServerTest {
                 + ",priority=NORMAL:-VERS-ALL:+VERS-TLS1.3", "--image-opts", "-r", "-c", "read 0 4k", opts);
         assertNotEquals(0, refused.exit(), refused.out());
         // a client certificate from another CA: refused
-        Path other = makeCredentials(dir.resolve("other"));
+        Path other = TlsDirs.x509(dir.resolve("other"), "Test CA");
         Files.copy(creds.resolve("ca-cert.pem"), other.resolve("ca-cert.pem"),
                 java.nio.file.StandardCopyOption.REPLACE_EXISTING);
         Peers.Result foreign = Peers.run(qemuIo, "--object", "tls-creds-x509,id=tls0,endpoint=client,dir=" + other,

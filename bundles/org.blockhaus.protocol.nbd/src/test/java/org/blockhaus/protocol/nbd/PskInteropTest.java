@@ -19,6 +19,7 @@ import org.blockhaus.api.Options;
 import org.blockhaus.api.spi.UserObject;
 import org.blockhaus.core.BlockCore;
 import org.blockhaus.testkit.Peers;
+import org.blockhaus.testkit.TlsDirs;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -211,7 +212,7 @@ class PskInteropTest {
 
     @Test
     void x509CredentialsByObjectIdToo() throws Exception {
-        Path creds = TlsInteropTest.makeCredentials(dir.resolve("tls"), "Test CA");
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         Path sock = dir.resolve("x.sock");
         peers.qemuNbd(dir, "--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + creds + ",verify-peer=on",
                 "--tls-creds=tls0", "-f", "raw", "--socket=" + sock, "-x", "disk", image().toString());

@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.blockhaus.testkit.Peers;
+import org.blockhaus.testkit.TlsDirs;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -52,28 +53,6 @@ class TlsInteropTest {
         }
     }
 
-    /** A CA, a server certificate for 127.0.0.1 and a client certificate, as QEMU's docs make them. */
-    static Path makeCredentials(Path d, String caName) throws Exception {
-        String certtool = Peers.require("certtool", "gnutls-bin");
-        Files.createDirectories(d);
-        Files.writeString(d.resolve("ca.info"), "cn = " + caName + "\nca\ncert_signing_key\nexpiration_days = 30\n");
-        Files.writeString(d.resolve("server.info"), "cn = 127.0.0.1\nip_address = 127.0.0.1\ndns_name = localhost\n"
-                + "tls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n");
-        Files.writeString(d.resolve("client.info"), "cn = client\ntls_www_client\nencryption_key\nsigning_key\n"
-                + "expiration_days = 30\n");
-        String s = d.toString() + "/";
-        Peers.check(certtool, "--generate-privkey", "--outfile", s + "ca-key.pem");
-        Peers.check(certtool, "--generate-self-signed", "--load-privkey", s + "ca-key.pem", "--template",
-                s + "ca.info", "--outfile", s + "ca-cert.pem");
-        for (String who : List.of("server", "client")) {
-            Peers.check(certtool, "--generate-privkey", "--outfile", s + who + "-key.pem");
-            Peers.check(certtool, "--generate-certificate", "--load-privkey", s + who + "-key.pem",
-                    "--load-ca-certificate", s + "ca-cert.pem", "--load-ca-privkey", s + "ca-key.pem", "--template",
-                    s + who + ".info", "--outfile", s + who + "-cert.pem");
-        }
-        return d;
-    }
-
     private int qemuNbdTls(Path creds, boolean verifyPeer, Path img) throws Exception {
         int port = Peers.freePort();
         peers.qemuNbd(dir, "--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + creds + ",verify-peer="
@@ -105,7 +84,7 @@ class TlsInteropTest {
 
     @Test
     void readsAndWritesQemuNbdOverTls() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"), "Test CA");
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         Path img = image();
         int port = qemuNbdTls(creds, false, img);
         Image i = openNbd("nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + creds, Options.empty(), true);
@@ -123,7 +102,7 @@ class TlsInteropTest {
 
     @Test
     void presentsTheClientCertificateToAVerifyingServer() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"), "Test CA");
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         int port = qemuNbdTls(creds, true, image());
         Image i = openNbd(null, Options.of("server.type", "inet", "server.host", "127.0.0.1", "server.port",
                 String.valueOf(port), "export", "disk", "x-tls-creds-dir", creds.toString()), false);
@@ -132,7 +111,7 @@ class TlsInteropTest {
 
     @Test
     void serverRequiringTlsTellsAPlainClientWhatIsMissing() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"), "Test CA");
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         int port = qemuNbdTls(creds, false, image());
         BlockException e = assertThrows(BlockException.class,
                 () -> openNbd("nbd://127.0.0.1:" + port + "/disk", Options.empty(), false));
@@ -142,8 +121,8 @@ class TlsInteropTest {
 
     @Test
     void serverSignedByAnotherCaIsRejected() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"), "Test CA");
-        Path other = makeCredentials(dir.resolve("other"), "Other CA");
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
+        Path other = TlsDirs.x509(dir.resolve("other"), "Other CA");
         int port = qemuNbdTls(creds, false, image());
         BlockException e = assertThrows(BlockException.class,
                 () -> openNbd("nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + other, Options.empty(), false));
@@ -153,7 +132,7 @@ class TlsInteropTest {
 
     @Test
     void serverWithAnotherNameIsRejected() throws Exception {
-        Path creds = makeCredentials(dir.resolve("tls"), "Test CA");
+        Path creds = TlsDirs.x509(dir.resolve("tls"), "Test CA");
         int port = qemuNbdTls(creds, false, image());
         BlockException e = assertThrows(BlockException.class,
                 () -> openNbd("nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + creds,
