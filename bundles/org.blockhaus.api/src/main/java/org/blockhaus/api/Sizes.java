@@ -45,6 +45,15 @@ public final class Sizes {
             shift = idx * 10;
             t = t.substring(0, t.length() - 1);
         }
+        if (t.length() <= 18 && isDigits(t)) {
+            // whole numbers (nearly every size) without BigDecimal: its class initialisation alone
+            // costs about 6 ms, a few percent of a short command's start-up
+            long n = Long.parseLong(t);
+            if (n > (Long.MAX_VALUE >> shift)) {
+                throw new BlockException(BlockException.Reason.OUT_OF_RANGE, "size too large: '" + text + "'");
+            }
+            return n << shift;
+        }
         if (!t.matches("[0-9]+(\\.[0-9]*)?")) {
             throw BlockException.invalid("invalid size '" + text + "'");
         }
@@ -72,9 +81,65 @@ public final class Sizes {
         double scaled = bytes * 1.024;
         int log2 = 63 - Long.numberOfLeadingZeros((long) Math.floor(scaled));
         int unit = Math.min(log2 / 10, units.length - 1);
-        BigDecimal value = new BigDecimal(bytes).divide(new BigDecimal(java.math.BigInteger.ONE.shiftLeft(unit * 10)));
-        return threeSignificant(value) + " " + units[unit];
+        return threeSignificant(bytes, unit * 10) + " " + units[unit];
     }
+
+    private static boolean isDigits(String t) {
+        for (int i = 0; i < t.length(); i++) {
+            if (t.charAt(i) < '0' || t.charAt(i) > '9') {
+                return false;
+            }
+        }
+        return !t.isEmpty();
+    }
+
+    /**
+     * {@code bytes / 2^shift} as printf's %.3g prints it (the exact binary value rounded half to
+     * even), in long arithmetic: the unit is chosen so that the value lies in [0.9765, 1000), so
+     * it needs at most three decimals, and {@code bytes * 10^decimals} fits a long below 2^53
+     * bytes; beyond that BigDecimal does it.
+     */
+    static String threeSignificant(long bytes, int shift) {
+        if (shift == 0) {
+            return Long.toString(bytes); // whole bytes below 1000
+        }
+        long whole = bytes >>> shift;
+        int decimals = whole >= 100 ? 0 : whole >= 10 ? 1 : whole >= 1 ? 2 : 3;
+        if (bytes >= 1L << 53) {
+            BigDecimal value = new BigDecimal(bytes).divide(new BigDecimal(java.math.BigInteger.ONE.shiftLeft(shift)));
+            return threeSignificant(value);
+        }
+        long n = bytes * POW10[decimals];
+        long q = n >>> shift;
+        long rem = n & ((1L << shift) - 1);
+        long half = 1L << (shift - 1);
+        if (rem > half || (rem == half && (q & 1) == 1)) {
+            q++;
+        }
+        if (q == 1000 && decimals == 0) {
+            return "1e+03";
+        }
+        // q has three digits (or is 1000 after rounding up, a power of ten): place the point
+        String digits = Long.toString(q);
+        while (digits.length() <= decimals) {
+            digits = "0" + digits;
+        }
+        String out = decimals == 0 ? digits
+                : digits.substring(0, digits.length() - decimals) + "." + digits.substring(digits.length() - decimals);
+        if (out.indexOf('.') >= 0) {
+            int end = out.length();
+            while (out.charAt(end - 1) == '0') {
+                end--;
+            }
+            if (out.charAt(end - 1) == '.') {
+                end--;
+            }
+            out = out.substring(0, end);
+        }
+        return out;
+    }
+
+    private static final long[] POW10 = {1, 10, 100, 1000};
 
     /** printf's %.3g for positive values below 1000 after rounding (switches to e-notation at 1000). */
     private static String threeSignificant(BigDecimal v) {
