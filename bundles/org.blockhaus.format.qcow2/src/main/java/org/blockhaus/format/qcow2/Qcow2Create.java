@@ -167,18 +167,25 @@ final class Qcow2Create {
         }
         table.clear();
         f.write(reftableOffset, table);
+        // The L1 table is written (as zeroes), not left a hole, and the header below fills its
+        // whole cluster: qemu-img writes both, so the file occupies the same blocks and `info`
+        // reports the same disk size for a new image (CreateLayoutTest).
+        ByteBuffer zeroes = ByteBuffer.allocate((int) Math.min(l1Entries * 8, 1 << 20));
+        for (long at = 0; at < l1Entries * 8; at += zeroes.capacity()) {
+            f.write(l1Offset + at, zeroes.clear().limit((int) Math.min(zeroes.capacity(), l1Entries * 8 - at)));
+        }
         f.flush();
-        f.write(0, hdr); // last: until here the file is not a qcow2 image
+        f.write(0, java.util.Arrays.copyOf(hdr, (int) Math.max(hdr.length, c))); // last: until here the file is not a qcow2 image
         f.flush();
         HostFile data = null;
         if (dataFile != null) {
-            // as qemu-img: the data file gets the virtual size; a raw one is mapped 1:1 from the start
-            data = new HostFile(ctx.createFile(dataFile, Options.empty()));
-            if (prealloc.equals("falloc") || prealloc.equals("full")) {
-                data.growWith(size, org.blockhaus.api.Preallocation.parse(prealloc));
-            } else {
-                data.ensureSize(size);
-            }
+            // as qemu-img: the data file is created at the virtual size by its protocol, with the
+            // preallocation asked for (or its first block allocated, as QEMU's file-posix does);
+            // a raw one is mapped 1:1 from the start
+            boolean dataPrealloc = prealloc.equals("falloc") || prealloc.equals("full");
+            data = new HostFile(ctx.createFile(dataFile, Options.of("size", Long.toString(size))
+                    .with("preallocation", dataPrealloc ? prealloc : "off")));
+            data.ensureSize(size);
             if (dataFileRaw && prealloc.equals("off")) {
                 prealloc = "metadata";
             }

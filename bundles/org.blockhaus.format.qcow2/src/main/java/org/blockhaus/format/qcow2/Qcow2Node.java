@@ -1623,6 +1623,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
             host = total == 0 ? -1 : refcounts.allocate(total);
         }
+        long runStart = host;
         long last = 0;
         for (long region = start & -perL2; region < to; region += perL2) {
             long first = Math.max(region, start);
@@ -1658,6 +1659,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
             data.growWith(to, mode == Preallocation.METADATA ? Preallocation.OFF : mode);
         } else if (oneRun) {
+            // only the data run is reserved, as qemu reserves it: what lies before it (the rest of
+            // the L1 table's cluster, new L2 tables, written at the flush below) stays plain
+            if (runStart > 0) {
+                file.ensureSize(runStart);
+            }
             file.growWith(last, mode);
         } else {
             file.ensureSize(last);
