@@ -102,6 +102,22 @@ final class HostFile {
         size = file.size();
     }
 
+    /**
+     * Gives a range of free clusters back to the file system (a hole), as qemu's discards of
+     * freed clusters do. Advisory: a file (or protocol) that cannot discard keeps the bytes, which
+     * nothing reads, so a failure is not an error of the operation that freed them.
+     */
+    void punch(long offset, long len) {
+        if (offset >= size || len <= 0) {
+            return;
+        }
+        try {
+            file.discard(offset, Math.min(len, size - offset));
+        } catch (BlockException e) {
+            // qemu ignores a failed discard too
+        }
+    }
+
     void flush() throws BlockException {
         file.flush();
     }

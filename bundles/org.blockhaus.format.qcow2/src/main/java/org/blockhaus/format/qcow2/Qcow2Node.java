@@ -1552,7 +1552,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
         }
         invalidateInflated();
-        flushLocked(); // tables first, then the freed clusters
+        refcounts.punchFreed(true); // qemu discards what a shrink frees: "disk size" drops as there
+        try {
+            flushLocked(); // tables first, then the freed clusters
+        } finally {
+            refcounts.punchFreed(false);
+        }
         file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
         file.flush();
         size = newSize;

@@ -38,6 +38,8 @@ final class Refcounts {
     private long freeHint;
     /** Changes whenever refcounts drop, so cached "this cluster is in use" facts can be dropped. */
     private long freeGeneration;
+    /** While set, clusters a flush frees are punched out of the file afterwards (see {@link #punchFreed}). */
+    private boolean punchFreed;
 
     /** One refcount block in memory. */
     private static final class Block {
@@ -454,12 +456,23 @@ final class Refcounts {
         }
     }
 
+    /**
+     * qemu discards the clusters some operations free (a shrink: its "always" discard class), so
+     * their space goes back to the file system; while this is on, the frees a flush applies punch
+     * every cluster whose count reaches zero, after the counts are on disk (a crash in between
+     * leaves free clusters with old data, which nothing reads).
+     */
+    void punchFreed(boolean on) {
+        punchFreed = on;
+    }
+
     /** Last step of a flush: the decreases, now that no table on disk refers to those clusters. */
     void applyQueuedFrees() throws BlockException {
         if (queuedFrees.isEmpty()) {
             return;
         }
         freeGeneration++;
+        List<long[]> freed = new ArrayList<>();
         for (long[] r : queuedFrees) {
             for (long i = r[0]; i <= r[1]; i++) {
                 if (!hasBlock(i)) {
@@ -470,6 +483,14 @@ final class Refcounts {
                     set(i, v - 1);
                     if (v == 1) {
                         freeHint = Math.min(freeHint, i);
+                        if (punchFreed) {
+                            long[] last = freed.isEmpty() ? null : freed.get(freed.size() - 1);
+                            if (last != null && last[1] == i) {
+                                last[1] = i + 1;
+                            } else {
+                                freed.add(new long[] {i, i + 1});
+                            }
+                        }
                     }
                 }
             }
@@ -477,6 +498,9 @@ final class Refcounts {
         queuedFrees.clear();
         writeBlocks();
         file.flush();
+        for (long[] run : freed) {
+            file.punch(run[0] << clusterBits, (run[1] - run[0]) << clusterBits);
+        }
     }
 
     private void writeBlocks() throws BlockException {
