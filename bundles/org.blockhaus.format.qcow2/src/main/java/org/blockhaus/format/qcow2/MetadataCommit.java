@@ -207,12 +207,35 @@ final class MetadataCommit {
         writeLongs(tableOffset, table);
         file.flush();
 
+        // Clusters the old state uses and the new one does not: qemu passes the discards of
+        // snapshot operations to the file (pass-discard-snapshot is on by default), so they become
+        // holes once the new state is on disk. Advisory: unreadable old counts punch nothing.
+        List<long[]> freed = new ArrayList<>();
+        try {
+            Refcounts old = node.refcounts();
+            for (long i = 1; i < start; i++) {
+                if (refs[(int) i] == 0 && old.get(i) > 0) {
+                    long[] last = freed.isEmpty() ? null : freed.get(freed.size() - 1);
+                    if (last != null && last[1] == i) {
+                        last[1] = i + 1;
+                    } else {
+                        freed.add(new long[] {i, i + 1});
+                    }
+                }
+            }
+        } catch (BlockException e) {
+            freed.clear();
+        }
+
         // 4. One write switches the header to the new state.
         ByteBuffer hdr = ByteBuffer.allocate(48).putLong(size).putInt((int) h.cryptMethod()).putInt(l1Length)
                 .putLong(l1Offset).putLong(tableOffset).putInt((int) tableClusters).putInt(entries.size())
                 .putLong(snapOffset).flip();
         file.write(24, hdr);
         file.flush();
+        for (long[] run : freed) {
+            file.punch(run[0] << clusterBits, (run[1] - run[0]) << clusterBits);
+        }
         node.reloadMetadata();
     }
 
