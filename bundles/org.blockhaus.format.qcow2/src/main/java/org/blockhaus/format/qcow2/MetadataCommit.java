@@ -210,6 +210,26 @@ final class MetadataCommit {
         // Clusters the old state uses and the new one does not: qemu passes the discards of
         // snapshot operations to the file (pass-discard-snapshot is on by default), so they become
         // holes once the new state is on disk. Advisory: unreadable old counts punch nothing.
+        List<long[]> freed = node.passDiscardSnapshot() ? freedByCommit() : List.of();
+
+        // 4. One write switches the header to the new state.
+        ByteBuffer hdr = ByteBuffer.allocate(48).putLong(size).putInt((int) h.cryptMethod()).putInt(l1Length)
+                .putLong(l1Offset).putLong(tableOffset).putInt((int) tableClusters).putInt(entries.size())
+                .putLong(snapOffset).flip();
+        file.write(24, hdr);
+        file.flush();
+        for (long[] run : freed) {
+            file.punch(run[0] << clusterBits, (run[1] - run[0]) << clusterBits);
+        }
+        node.reloadMetadata();
+    }
+
+    /**
+     * Clusters the old state uses and the new one does not: qemu passes the discards of snapshot
+     * operations to the file (pass-discard-snapshot, on by default), so they become holes once the
+     * new state is on disk. Advisory: old counts that cannot be read punch nothing.
+     */
+    private List<long[]> freedByCommit() {
         List<long[]> freed = new ArrayList<>();
         try {
             Refcounts old = node.refcounts();
@@ -226,17 +246,7 @@ final class MetadataCommit {
         } catch (BlockException e) {
             freed.clear();
         }
-
-        // 4. One write switches the header to the new state.
-        ByteBuffer hdr = ByteBuffer.allocate(48).putLong(size).putInt((int) h.cryptMethod()).putInt(l1Length)
-                .putLong(l1Offset).putLong(tableOffset).putInt((int) tableClusters).putInt(entries.size())
-                .putLong(snapOffset).flip();
-        file.write(24, hdr);
-        file.flush();
-        for (long[] run : freed) {
-            file.punch(run[0] << clusterBits, (run[1] - run[0]) << clusterBits);
-        }
-        node.reloadMetadata();
+        return freed;
     }
 
     private long[] readL2(long off) throws BlockException {

@@ -63,8 +63,10 @@ public final class Qcow2Driver implements BlockDriver {
             OptionSpec.of("cache-clean-interval", OptionType.NUMBER, "Accepted for compatibility; no effect"),
             OptionSpec.of("lazy-refcounts", OptionType.BOOL,
                     "Postpone refcount updates (default: the image's lazy_refcounts bit; needs compat 1.1)"),
-            OptionSpec.of("pass-discard-request", OptionType.BOOL, "Accepted for compatibility; no effect"),
-            OptionSpec.of("pass-discard-snapshot", OptionType.BOOL, "Accepted for compatibility; no effect"),
+            OptionSpec.of("pass-discard-request", OptionType.BOOL,
+                    "Free clusters of guest discards are discarded in the file too (default: discard=unmap)"),
+            OptionSpec.of("pass-discard-snapshot", OptionType.BOOL, "on",
+                    "Clusters freed by snapshot operations are discarded in the file too"),
             OptionSpec.of("pass-discard-other", OptionType.BOOL, "Accepted for compatibility; no effect"),
             OptionSpec.of("overlap-check.*", OptionType.STRING,
                     "Accepted for compatibility; allocation never overwrites known metadata"));
@@ -135,6 +137,10 @@ public final class Qcow2Driver implements BlockDriver {
             throw Qcow2Header.corrupt("data-file-raw (autoclear bit 1) is set without an external data file");
         }
         Qcow2Node node = new Qcow2Node(file, dataFile, h, backing, readOnly, cache);
+        String discardMode = ctx.options().get("discard", "ignore");
+        node.setDiscardPassThrough(ctx.options().getBool("pass-discard-request",
+                discardMode.equals("unmap") || discardMode.equals("on")),
+                ctx.options().getBool("pass-discard-snapshot", true));
         if (ctx.options().has("lazy-refcounts")) {
             node.setLazyRefcounts(ctx.options().getBool("lazy-refcounts", false));
         }

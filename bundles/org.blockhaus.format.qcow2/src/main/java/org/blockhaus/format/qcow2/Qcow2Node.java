@@ -707,13 +707,32 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             return; // clusters of an external data file are not refcounted
         }
         if ((w & OFLAG_COMPRESSED) != 0) {
-            refcounts.queueFree(compression.refStart(w), compression.refLength(w));
+            refcounts.queueFree(compression.refStart(w), compression.refLength(w), punchReleased);
         } else {
             long host = w & L2_OFFSET_MASK;
             if (host != 0) {
-                refcounts.queueFree(host, clusterSize);
+                refcounts.queueFree(host, clusterSize, punchReleased);
             }
         }
+    }
+
+    /**
+     * qemu's pass-discard-* options: whether the clusters a guest discard frees (default: on when
+     * the node is opened with discard=unmap, as qemu-io and qemu-nbd --discard=unmap open it) and
+     * those snapshot operations free (default on) are punched out of the file as well.
+     */
+    private boolean passDiscardRequest;
+    private boolean passDiscardSnapshot = true;
+    /** True while a guest discard releases clusters (under the lock). */
+    private boolean punchReleased;
+
+    void setDiscardPassThrough(boolean request, boolean snapshot) {
+        passDiscardRequest = request;
+        passDiscardSnapshot = snapshot;
+    }
+
+    boolean passDiscardSnapshot() {
+        return passDiscardSnapshot;
     }
 
     /**
@@ -1327,8 +1346,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
             long guest = (offset + clusterSize - 1) & -clusterSize;
             long end = offset + length == size ? size : (offset + length) & -clusterSize;
-            for (; guest < end; guest += clusterSize) {
-                discardCluster(guest);
+            punchReleased = passDiscardRequest;
+            try {
+                for (; guest < end; guest += clusterSize) {
+                    discardCluster(guest);
+                }
+            } finally {
+                punchReleased = false;
             }
         } finally {
             lock.unlock();

@@ -421,10 +421,18 @@ final class Refcounts {
 
     /** Queues a decrease for every cluster touched by {@code [offset, offset+bytes)}. */
     void queueFree(long offset, long bytes) {
+        queueFree(offset, bytes, false);
+    }
+
+    /**
+     * As {@link #queueFree(long, long)}; with {@code punch} the clusters that reach zero are
+     * punched out of the file after the counts are on disk (qemu's discard pass-through).
+     */
+    void queueFree(long offset, long bytes, boolean punch) {
         if (bytes <= 0) {
             return;
         }
-        queuedFrees.add(new long[] {offset >>> clusterBits, (offset + bytes - 1) >>> clusterBits});
+        queuedFrees.add(new long[] {offset >>> clusterBits, (offset + bytes - 1) >>> clusterBits, punch ? 1 : 0});
     }
 
     boolean hasQueuedFrees() {
@@ -483,7 +491,7 @@ final class Refcounts {
                     set(i, v - 1);
                     if (v == 1) {
                         freeHint = Math.min(freeHint, i);
-                        if (punchFreed) {
+                        if (punchFreed || r[2] != 0) {
                             long[] last = freed.isEmpty() ? null : freed.get(freed.size() - 1);
                             if (last != null && last[1] == i) {
                                 last[1] = i + 1;

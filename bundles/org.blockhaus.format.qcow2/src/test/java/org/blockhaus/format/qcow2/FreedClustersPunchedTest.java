@@ -102,6 +102,41 @@ class FreedClustersPunchedTest {
         }
     }
 
+    /**
+     * A guest discard frees clusters; with discard=unmap (qemu-io opens so) qemu also punches them
+     * out of the file (pass-discard-request follows discard=unmap), with pass-discard-request=off
+     * it keeps them allocated. The twins must agree in both cases.
+     */
+    @Test
+    void guestDiscardsPunchAsPassDiscardRequestSays() throws Exception {
+        BlockCore core = Fixtures.core();
+        for (String mode : List.of("unmap", "request-off")) {
+            Path theirs = dir.resolve("q-" + mode + ".qcow2");
+            Path ours = dir.resolve("b-" + mode + ".qcow2");
+            for (Path p : List.of(theirs, ours)) {
+                Qemu.img("create", "-q", "-f", "qcow2", p.toString(), "64M").ok();
+                Qemu.io("-f", "qcow2", "-c", "write -P 1 0 32M", p.toString()).ok();
+            }
+            org.blockhaus.api.Options opts = org.blockhaus.api.Options.of("driver", "qcow2", "discard", "unmap");
+            if (mode.equals("unmap")) {
+                Qemu.io("-f", "qcow2", "-c", "discard 4M 16M", theirs.toString()).ok();
+            } else {
+                Qemu.io("--image-opts", "-c", "discard 4M 16M", "driver=qcow2,pass-discard-request=off,file.filename="
+                        + theirs).ok();
+                opts = opts.with("pass-discard-request", "off");
+            }
+            try (Image i = core.open(ours.toString(), opts, org.blockhaus.api.BlockService.OpenMode.READ_WRITE)) {
+                i.discard(4 << 20, 16 << 20);
+            }
+            assertEquals(0, Qemu.img("check", ours.toString()).exit(), mode);
+            assertEquals(0, Qemu.img("compare", theirs.toString(), ours.toString()).exit(), mode);
+            assertEquals(fileMap(theirs), fileMap(ours), "file map, " + mode);
+            long q = Long.parseLong(blocks(theirs));
+            long b = Long.parseLong(blocks(ours));
+            org.junit.jupiter.api.Assertions.assertTrue(Math.abs(q - b) <= 16, mode + ": qemu " + q + " blocks, ours " + b);
+        }
+    }
+
     /** st_blocks (512-byte units), as stat(1) reports them. */
     private static String blocks(Path f) throws Exception {
         Process p = new ProcessBuilder("stat", "-c", "%b", f.toString()).start();

@@ -239,6 +239,24 @@ class NbdCommandTest {
             String map = Peers.check(qemuImg(), "map", "--output=json", "-f", "qcow2", img.toString()).out();
             boolean stillData = map.lines().anyMatch(l -> l.contains("\"start\": 0,") && l.contains("\"data\": true"));
             assertEquals(!unmap, stillData, "discard " + (unmap ? "unmap" : "ignore") + ": " + map);
+            // the same through qemu-nbd: with --discard=unmap the freed clusters leave the file too
+            Path twin = dir.resolve("q" + unmap + ".qcow2");
+            Peers.check(qemuImg(), "create", "-q", "-f", "qcow2", twin.toString(), "16M");
+            Peers.check(qemuIo(), "-f", "qcow2", "-c", "write -P 0x44 0 2M", twin.toString());
+            try (Peers peers = new Peers()) {
+                Path q = dir.resolve("q" + unmap + ".sock");
+                List<String> qargs = new ArrayList<>(List.of("-t", "-f", "qcow2", "-k", q.toString()));
+                if (unmap) {
+                    qargs.add("--discard=unmap");
+                }
+                qargs.add(twin.toString());
+                peers.qemuNbd(dir, qargs.toArray(String[]::new));
+                Peers.check(qemuIo(), "-f", "raw", "-c", "discard 0 2M", unixUri("", q));
+            }
+            long theirs = Long.parseLong(Peers.check("stat", "-c", "%b", twin.toString()).out().trim());
+            long ours = Long.parseLong(Peers.check("stat", "-c", "%b", img.toString()).out().trim());
+            assertTrue(Math.abs(theirs - ours) <= 16, "allocated blocks after discard " + unmap + ": qemu-nbd "
+                    + theirs + ", ours " + ours);
         }
     }
 

@@ -291,6 +291,11 @@ record ServeConfig(List<Image> images, String format, boolean imageOpts, boolean
         if (aio != null && !o.has("file.aio")) {
             o = o.with("file.aio", aio);
         }
+        if (discardUnmap && !o.has("discard")) {
+            // as qemu-nbd: the node is opened with discard=unmap, so a format passes the clusters
+            // a trim frees down to its file too (qcow2's pass-discard-request follows it)
+            o = o.with("discard", "unmap");
+        }
         return o;
     }
 }
