@@ -93,6 +93,10 @@ final class Compression {
         if (compressionType == Qcow2Header.COMPRESSION_ZSTD) {
             return Zstd.compress(cluster, len, limit);
         }
+        ZlibNative z = ZlibNative.get();
+        if (z != null) {
+            return z.compress(cluster, len, limit); // qemu's exact deflate (see ZlibNative)
+        }
         byte[] out = new byte[limit + 64];
         Deflater d = new Deflater(Deflater.DEFAULT_COMPRESSION, true);
         try {

@@ -943,13 +943,24 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         long old = word(t, idx);
         long at;
         long inCluster = compressedFree & (clusterSize - 1);
-        if (compressedFreeGeneration == refcounts.freeGeneration() && compressedFree != 0 && inCluster != 0
-                && clusterSize - inCluster >= data.length
+        boolean open = compressedFreeGeneration == refcounts.freeGeneration() && compressedFree != 0 && inCluster != 0
                 // as qemu: a cluster whose refcount is at the width's maximum takes no more
                 // compressed clusters (with refcount_bits=1, each one gets its own)
-                && refcounts.get(compressedFree >>> clusterBits) < refcounts.maxRefcount()) {
+                && refcounts.get(compressedFree >>> clusterBits) < refcounts.maxRefcount();
+        if (open && clusterSize - inCluster >= data.length) {
             at = compressedFree;
             refcounts.increment(at >>> clusterBits, 1); // one more compressed cluster lives here
+        } else if (open) {
+            // As qemu packs them: data that does not fit the rest of the current cluster runs on
+            // into the next one when the next free cluster is the adjacent one (compressed data
+            // may span host clusters); otherwise it starts the new cluster and the rest is lost.
+            long next = refcounts.allocate(1);
+            if (next == compressedFree - inCluster + clusterSize) {
+                at = compressedFree;
+                refcounts.increment(at >>> clusterBits, 1);
+            } else {
+                at = next;
+            }
         } else {
             at = refcounts.allocate(1);
         }

@@ -45,7 +45,8 @@ class FreedClustersPunchedTest {
                     }
                 }
             }
-            assertEquals(blocks(theirs), blocks(ours), "twins differ before the shrink");
+            // (ext4 may give two identically written files a different extent-tree block count)
+            assertEquals(fileMap(theirs), fileMap(ours), "twins differ before the shrink");
             Qemu.img("resize", "-q", "--shrink", theirs.toString(), "32M").ok();
             try (Image i = Fixtures.openRw(core, ours)) {
                 i.truncate(32 << 20, false, Preallocation.OFF);
