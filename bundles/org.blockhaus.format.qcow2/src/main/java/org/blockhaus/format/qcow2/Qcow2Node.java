@@ -2108,6 +2108,46 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         rewriteHeader(h.version(), h.backingFile(), h.backingFormat(), h.compatibleFeatures());
     }
 
+    /**
+     * Writes {@code entries} as a new snapshot table (check's repair of incomplete entries), in the
+     * order that keeps a crash harmless: the new clusters are allocated and their refcounts made
+     * durable, the table is written and synced, one write of header bytes 60..71 switches to it,
+     * and only then are the old table's clusters freed. A crash leaks at most the new clusters.
+     * Caller holds the lock and has flushed.
+     */
+    void rewriteSnapshotTable(List<Snapshots.Entry> entries) throws BlockException {
+        byte[] table = Snapshots.serialize(entries);
+        long oldOffset = header.snapshotsOffset();
+        long oldBytes = header.nbSnapshots() == 0 ? 0 : Snapshots.tableBytes(file, header);
+        long offset = 0;
+        if (table.length > 0) {
+            long clusters = Qcow2Header.ceilShift(table.length, clusterBits);
+            offset = refcounts.allocate((int) clusters);
+            refcounts.writeIncreases();
+            file.write(offset, table);
+            file.flush();
+        }
+        ByteBuffer b = ByteBuffer.allocate(12).putInt(entries.size()).putLong(offset).flip();
+        file.write(60, b);
+        file.flush();
+        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
+                file.size());
+        refcounts.queueFree(oldOffset, oldBytes);
+        refcounts.applyQueuedFrees();
+        // as qemu: the old table's clusters that are free now are discarded in the file (read as zero)
+        for (long c = oldOffset >>> clusterBits; oldBytes > 0 && c <= (oldOffset + oldBytes - 1) >>> clusterBits; c++) {
+            long at = c << clusterBits;
+            if (refcounts.get(c) == 0 && at < file.size()) {
+                try {
+                    // the file may end inside the cluster (a table written last); the node's range ends there
+                    file.node().discard(at, Math.min(clusterSize, file.size() - at));
+                } catch (BlockException e) {
+                    // discarding is advisory: the cluster is free either way
+                }
+            }
+        }
+    }
+
     // ---- for SnapshotOps (callers hold the lock) ------------------------------------------------
 
     long[] readTable(long offset, int entries) throws BlockException {
