@@ -18,7 +18,8 @@ import org.blockhaus.api.BlockException.Reason;
  * changes is written to clusters that are free in the current state instead (refcount 0 in the
  * structure the header describes, referenced by neither state; found by the allocator's search, so
  * holes inside the file come first and the file grows only when there are none): copies of the
- * active L2 tables (COPIED computed from the final counts), the active L1 table, a new snapshot's L1
+ * active L2 tables whose COPIED flags change (computed from the final counts; a table that stays as
+ * it is on disk is kept, only its refcount changes), the active L1 table, a new snapshot's L1
  * table, the snapshot table, and a whole new refcount table with blocks whose counts are recounted
  * from every reference of the new state. Then bytes 24..71 of the header (virtual size, L1 table,
  * refcount table, snapshot table) are rewritten by one write. Before that write the old state is
@@ -136,9 +137,9 @@ final class MetadataCommit {
     }
 
     /**
-     * Makes this the image's state: an active tree made of copies of the L2 tables {@code source}
-     * points to, in an L1 table of {@code l1Length} entries; virtual size {@code size}; the snapshot
-     * table {@code snaps}, in which an entry whose L1 offset is -1 gets {@code newSnapshotL1} (a
+     * Makes this the image's state: an active tree made of the L2 tables {@code source} points to
+     * (copies where COPIED flags change), in an L1 table of {@code l1Length} entries; virtual size
+     * {@code size}; the snapshot table {@code snaps}, in which an entry whose L1 offset is -1 gets {@code newSnapshotL1} (a
      * table written fresh). The caller has flushed the node and holds its lock.
      */
     void commit(long[] source, int l1Length, long size, List<Snapshots.Entry> snaps, long[] newSnapshotL1)
@@ -193,13 +194,24 @@ final class MetadataCommit {
                 }
             }
         }
+        // An L2 table whose COPIED flags come out as they are on disk serves the new active state as
+        // it is (its own refcount and the L1 entry's COPIED flag change, both in new structures).
+        boolean[] keep = new boolean[source.length];
+        for (int i = 0; i < source.length; i++) {
+            long off = source[i] & Qcow2Node.L1_OFFSET_MASK;
+            if (off != 0 && java.util.Arrays.equals(activeWords(off), node.l2Table(off).words)) {
+                keep[i] = true;
+                addRef(off, clusterSize, false);
+            }
+        }
         markOldMetadata(entries);
 
         // 2. Lay out the new clusters in free ones (nothing is written yet).
         long[] newL1 = new long[l1Length];
         for (int i = 0; i < source.length; i++) {
-            if ((source[i] & Qcow2Node.L1_OFFSET_MASK) != 0) {
-                newL1[i] = place(clusterSize);
+            long off = source[i] & Qcow2Node.L1_OFFSET_MASK;
+            if (off != 0) {
+                newL1[i] = keep[i] ? off : place(clusterSize);
             }
         }
         long l1Offset = l1Length == 0 ? node.activeL1Offset() : place((long) l1Length * 8);
@@ -246,7 +258,7 @@ final class MetadataCommit {
         refs = java.util.Arrays.copyOf(refs, (int) Math.max(start, placed.length()));
         addRef(l1Offset, (long) l1Length * 8, true);
         for (int i = 0; i < source.length; i++) {
-            if ((source[i] & Qcow2Node.L1_OFFSET_MASK) != 0) {
+            if ((source[i] & Qcow2Node.L1_OFFSET_MASK) != 0 && !keep[i]) { // kept ones are counted
                 addRef(newL1[i], clusterSize, true);
             }
         }
@@ -271,17 +283,9 @@ final class MetadataCommit {
             if (off == 0) {
                 continue;
             }
-            long[] words = node.l2Table(off).words.clone();
-            for (int j = 0; j < words.length && !node.external(); j += step) { // data file clusters stay owned
-                long w = words[j];
-                if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0) {
-                    continue;
-                }
-                long host = w & Qcow2Node.L2_OFFSET_MASK;
-                boolean owned = host != 0 && refs[(int) (host >>> clusterBits)] == 1;
-                words[j] = owned ? w | Qcow2Node.OFLAG_COPIED : w & ~Qcow2Node.OFLAG_COPIED;
+            if (!keep[i]) {
+                writeLongs(newL1[i], activeWords(off));
             }
-            writeLongs(newL1[i], words);
             newL1[i] |= refs[(int) (newL1[i] >>> clusterBits)] == 1 ? Qcow2Node.OFLAG_COPIED : 0;
         }
         if (l1Length > 0) {
@@ -318,6 +322,21 @@ final class MetadataCommit {
         file.write(24, hdr);
         file.flush();
         node.reloadMetadata();
+    }
+
+    /** The L2 table at {@code off} with COPIED set where the data cluster's final refcount is 1. */
+    private long[] activeWords(long off) throws BlockException {
+        long[] words = node.l2Table(off).words.clone();
+        for (int j = 0; j < words.length && !node.external(); j += step) { // data file clusters stay owned
+            long w = words[j];
+            if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0) {
+                continue;
+            }
+            long host = w & Qcow2Node.L2_OFFSET_MASK;
+            boolean owned = host != 0 && refs[(int) (host >>> clusterBits)] == 1;
+            words[j] = owned ? w | Qcow2Node.OFLAG_COPIED : w & ~Qcow2Node.OFLAG_COPIED;
+        }
+        return words;
     }
 
     /** Highest cluster an existing reference of the new state reaches, or -1. */
