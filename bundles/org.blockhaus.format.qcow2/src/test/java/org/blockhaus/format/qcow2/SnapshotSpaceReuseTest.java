@@ -84,6 +84,36 @@ class SnapshotSpaceReuseTest {
                 opts + ": ours " + lengths + ", qemu's " + qemuLengths);
     }
 
+    /** Without guest writes in between qemu's file stops growing at once; ours must stop too. */
+    @ParameterizedTest
+    @ValueSource(strings = {"cluster_size=65536", "cluster_size=16384,extended_l2=on,refcount_bits=2", "cluster_size=2097152"})
+    void createApplyDeleteCyclesStopGrowing(String opts) throws Exception {
+        Path ours = dir.resolve("ours.qcow2");
+        Path theirs = dir.resolve("theirs.qcow2");
+        Qemu.img("create", "-f", "qcow2", "-o", opts, theirs.toString(), "16M").ok();
+        Qemu.io("-f", "qcow2", "-c", "write -P 0x5a 0 5M", "-c", "write -P 0x21 12M 3M", theirs.toString()).ok();
+        Files.copy(theirs, ours);
+        BlockCore core = Fixtures.core();
+        List<Long> lengths = new ArrayList<>();
+        List<Long> qemuLengths = new ArrayList<>();
+        for (int c = 0; c < CYCLES; c++) {
+            String s = "x" + c;
+            op(core, ours, theirs, "snapshot -c " + s, n -> n.createSnapshot(s));
+            op(core, ours, theirs, "snapshot -a " + s, n -> n.applySnapshot(s));
+            op(core, ours, theirs, "snapshot -d " + s, n -> n.deleteSnapshot(s));
+            lengths.add(Files.size(ours));
+            qemuLengths.add(Files.size(theirs));
+        }
+        Qemu.img("compare", "-f", "qcow2", "-F", "qcow2", ours.toString(), theirs.toString()).ok();
+        assertEquals(qemuLengths.get(1), qemuLengths.get(CYCLES - 1), "qemu's lengths " + qemuLengths);
+        assertEquals(lengths.get(1), lengths.get(CYCLES - 1), opts + ": ours " + lengths + ", qemu's " + qemuLengths);
+        int clusterSize = Integer.parseInt(opts.replaceAll(".*cluster_size=(\\d+).*", "$1"));
+        long slack = 2 * rewrittenMetadataClusters(ours, clusterSize) * clusterSize;
+        assertTrue(lengths.get(CYCLES - 1) <= qemuLengths.get(CYCLES - 1) + slack,
+                opts + ": ours " + lengths + ", qemu's " + qemuLengths + ", allowed " + slack + " more");
+        System.out.printf("%s: ours %s qemu %s%n", opts, lengths, qemuLengths);
+    }
+
     interface SnapOp {
         void run(SnapshotNode n) throws Exception;
     }
