@@ -77,6 +77,72 @@ class CheckFindingsTest extends QemuComparison {
         }
     }
 
+    /**
+     * Snapshot table entries without the extra data version 3 requires (disk size): made by raising
+     * nb_snapshots of a qemu-img image so the table runs on into zero bytes (past the end of the
+     * file: qemu reads those as zeroes), or by shortening the extra data of real entries. A normal
+     * open lists them (info, snapshot -l); check reports "snapshot table entry N is incomplete",
+     * and -r all writes the table anew with full entries, keeping every entry, as qemu-img does.
+     */
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"one-more", "three-more", "short-extra"})
+    void incompleteSnapshotEntriesAsQemuImg(String kind) throws Exception {
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "c.qcow2", "16M");
+        sh("qemu-io", "-c", "write -P 1 0 1M", "c.qcow2");
+        sh("qemu-img", "snapshot", "-c", "s1", "c.qcow2");
+        sh("qemu-io", "-c", "write -P 2 512k 1M", "c.qcow2");
+        sh("qemu-img", "snapshot", "-c", "s2", "c.qcow2");
+        try (RandomAccessFile f = new RandomAccessFile(dir.resolve("c.qcow2").toFile(), "rw")) {
+            f.seek(60);
+            int nb = f.readInt();
+            long table = f.readLong();
+            switch (kind) {
+                case "one-more" -> { f.seek(60); f.writeInt(nb + 1); }
+                case "three-more" -> { f.seek(60); f.writeInt(nb + 3); }
+                default -> {
+                    // entry 0 keeps only 8 bytes of extra data (vm state size): id and name move up
+                    f.seek(table + 12);
+                    int idLen = f.readUnsignedShort();
+                    int nameLen = f.readUnsignedShort();
+                    f.seek(table + 36);
+                    int extra = f.readInt();
+                    byte[] names = new byte[idLen + nameLen];
+                    f.seek(table + 40 + extra);
+                    f.readFully(names);
+                    int oldLen = (40 + extra + names.length + 7) & ~7;
+                    int newLen = (40 + 8 + names.length + 7) & ~7;
+                    // the rest of the table moves up inside its own cluster (qemu gives the table clusters of its own)
+                    long clusterEnd = (table | 0xffff) + 1;
+                    byte[] rest = new byte[(int) (Math.min(f.length(), clusterEnd) - table - oldLen)];
+                    f.seek(table + oldLen);
+                    f.readFully(rest);
+                    f.seek(table + 36);
+                    f.writeInt(8);
+                    f.seek(table + 48);
+                    f.write(names);
+                    f.write(new byte[newLen - 48 - names.length]);
+                    f.write(rest);
+                }
+            }
+        }
+        String[][] commands = {
+            {"info", "c.qcow2"}, {"info", "--output=json", "c.qcow2"}, {"snapshot", "-l", "c.qcow2"},
+            CHECKS[0], CHECKS[1], CHECKS[2], CHECKS[3], CHECKS[4], CHECKS[5],
+        };
+        for (String[] c : commands) {
+            Twin t = twin(List.of("c.qcow2"), c);
+            try {
+                assertSame(t.theirs(), t.ours());
+                if (c[0].equals("check") && c[1].equals("-r") && c[2].equals("all")) {
+                    assertSameImages(t);
+                    assertSame(qemuIn(t.q(), "snapshot", "-l", "c.qcow2"), qemuIn(t.b(), "snapshot", "-l", "c.qcow2"));
+                }
+            } catch (AssertionError e) {
+                throw new AssertionError(kind + ": " + String.join(" ", c) + ": " + e.getMessage(), e);
+            }
+        }
+    }
+
     /** The host cluster of guest offset 0, from qemu-img map. */
     private long firstDataCluster() throws Exception {
         String json = sh("qemu-img", "map", "--output=json", "c.qcow2").out();

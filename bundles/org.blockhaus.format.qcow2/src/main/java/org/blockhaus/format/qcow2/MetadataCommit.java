@@ -2,6 +2,7 @@ package org.blockhaus.format.qcow2;
 
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.BitSet;
 import java.util.List;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockException.Reason;
@@ -14,13 +15,17 @@ import org.blockhaus.api.BlockException.Reason;
  * active tables. A snapshot operation moves many clusters between refcount 1 and 2; the refcount
  * and the flag live in different clusters, so updating them in place leaves a window in which a
  * killed writer leaves an image that check calls corrupt, whatever the order. Here everything that
- * changes is written to fresh clusters past the end of the file instead: copies of the active L2
- * tables (COPIED computed from the final counts), the active L1 table, a new snapshot's L1 table,
- * the snapshot table, and a whole new refcount table with blocks whose counts are recounted from
- * every reference of the new state. Then bytes 24..71 of the header (virtual size, L1 table,
+ * changes is written to clusters that are free in the current state instead (refcount 0 in the
+ * structure the header describes, referenced by neither state; found by the allocator's search, so
+ * holes inside the file come first and the file grows only when there are none): copies of the
+ * active L2 tables whose COPIED flags change (computed from the final counts; a table that stays as
+ * it is on disk is kept, only its refcount changes), the active L1 table, a new snapshot's L1
+ * table, the snapshot table, and a whole new refcount table with blocks whose counts are recounted
+ * from every reference of the new state. Then bytes 24..71 of the header (virtual size, L1 table,
  * refcount table, snapshot table) are rewritten by one write. Before that write the old state is
  * intact and the new clusters are unreferenced with refcount 0 (free); after it the new state is
- * complete and the old metadata is free. Snapshot trees' COPIED flags are left alone: the spec
+ * complete and the old metadata is free, in the new refcounts only, so nothing reuses it before the
+ * switch is on disk. Snapshot trees' COPIED flags are left alone: the spec
  * says they are only meaningful in tables reachable from the active L1 table.
  *
  * <p>The recount also drops leaks, as {@code check -r leaks} would. The cost is one read of every
@@ -35,10 +40,15 @@ final class MetadataCommit {
     private final int step;
     private final int refcountBits;
     private final long maxRefcount;
-    /** First cluster index past the file: everything new goes from here on. */
+    /** First cluster index past the file: references to existing clusters lie below it. */
     private final long start;
-    private long next;
     private int[] refs;
+    /** Tables of the old state: left untouched until the header write has switched away from them. */
+    private final BitSet busy = new BitSet();
+    /** Clusters laid out for the new metadata so far. */
+    private BitSet placed = new BitSet();
+    /** No cluster below this one can still take new metadata. */
+    private long cursor = 1;
 
     MetadataCommit(Qcow2Node node) throws BlockException {
         this.node = node;
@@ -50,20 +60,86 @@ final class MetadataCommit {
         this.refcountBits = h.refcountBits();
         this.maxRefcount = refcountBits == 64 ? Long.MAX_VALUE : (1L << refcountBits) - 1;
         this.start = Qcow2Header.ceilShift(file.size(), clusterBits);
-        this.next = start;
-    }
-
-    /** Reserves fresh clusters past the file for {@code bytes} bytes of new metadata. */
-    private long place(long bytes) {
-        long off = next << clusterBits;
-        next += Qcow2Header.ceilShift(bytes, clusterBits);
-        return off;
     }
 
     /**
-     * Makes this the image's state: an active tree made of copies of the L2 tables {@code source}
-     * points to, in an L1 table of {@code l1Length} entries; virtual size {@code size}; the snapshot
-     * table {@code snaps}, in which an entry whose L1 offset is -1 gets {@code newSnapshotL1} (a
+     * Lays out clusters for {@code bytes} bytes of new metadata, through the allocator's search for
+     * free clusters (lowest first, as every allocation): they have refcount 0 in the structure the
+     * header describes now, and neither the old state nor the new one references them. Writing
+     * there before the switch harms nothing a crash could leave behind; nothing is marked in the
+     * old refcounts, as the new structure is recounted.
+     */
+    private long place(long bytes) throws BlockException {
+        int n = (int) Qcow2Header.ceilShift(bytes, clusterBits);
+        long first = node.refcounts().findFree(cursor, n, this::unusable);
+        if (first + n > Qcow2Check.MAX_CLUSTERS) {
+            throw new BlockException(Reason.UNSUPPORTED, "qcow2: the image file would have " + (first + n)
+                    + " clusters; snapshot operations count at most " + Qcow2Check.MAX_CLUSTERS);
+        }
+        placed.set((int) first, (int) (first + n));
+        if (n == 1) {
+            cursor = first + 1; // everything from the cursor up to here was unusable
+        }
+        return first << clusterBits;
+    }
+
+    private boolean unusable(long c) {
+        if (c == 0 || c > Qcow2Check.MAX_CLUSTERS) {
+            return c == 0;
+        }
+        int i = (int) c;
+        return busy.get(i) || placed.get(i) || (i < refs.length && refs[i] != 0);
+    }
+
+    /** Marks {@code [offset, offset+bytes)} as a table of the old state. */
+    private void markBusy(long offset, long bytes) {
+        if (bytes <= 0 || offset < 0) {
+            return;
+        }
+        long first = offset >>> clusterBits;
+        long last = Math.min((offset + bytes - 1) >>> clusterBits, Qcow2Check.MAX_CLUSTERS);
+        if (first <= last) {
+            busy.set((int) first, (int) last + 1);
+        }
+    }
+
+    /**
+     * The tables of the state the header describes now (active L1 and L2 tables, refcount table and
+     * blocks, snapshot table, the L1 and L2 tables of snapshots that go away) keep their clusters
+     * until the switch, whatever their refcounts say: a crash before it must find them intact.
+     */
+    private void markOldMetadata(List<Snapshots.Entry> kept) throws BlockException {
+        long[] oldL1 = node.activeL1();
+        markBusy(node.activeL1Offset(), (long) oldL1.length * 8);
+        for (long e : oldL1) {
+            markBusy(e & Qcow2Node.L1_OFFSET_MASK, (e & Qcow2Node.L1_OFFSET_MASK) == 0 ? 0 : clusterSize);
+        }
+        Refcounts rc = node.refcounts();
+        markBusy(rc.tableOffset(), (long) rc.tableClusters() << clusterBits);
+        for (long b : rc.table()) {
+            markBusy(b, b == 0 ? 0 : clusterSize);
+        }
+        if (h.nbSnapshots() > 0) {
+            long[] bytes = new long[1];
+            Snapshots.read(file, h, bytes);
+            markBusy(h.snapshotsOffset(), bytes[0]);
+        }
+        for (Snapshots.Entry e : node.snapshotEntries()) {
+            if (kept.contains(e)) {
+                continue; // its tables are references of the new state
+            }
+            markBusy(e.l1TableOffset(), (long) e.l1Size() * 8);
+            for (long le : node.readTable(e.l1TableOffset(), e.l1Size())) {
+                long off = le & Qcow2Node.L1_OFFSET_MASK;
+                markBusy(off, off == 0 ? 0 : clusterSize);
+            }
+        }
+    }
+
+    /**
+     * Makes this the image's state: an active tree made of the L2 tables {@code source} points to
+     * (copies where COPIED flags change), in an L1 table of {@code l1Length} entries; virtual size
+     * {@code size}; the snapshot table {@code snaps}, in which an entry whose L1 offset is -1 gets {@code newSnapshotL1} (a
      * table written fresh). The caller has flushed the node and holds its lock.
      */
     void commit(long[] source, int l1Length, long size, List<Snapshots.Entry> snaps, long[] newSnapshotL1)
@@ -71,70 +147,38 @@ final class MetadataCommit {
         if (l1Length < source.length) {
             throw new IllegalArgumentException("L1 table shorter than its source");
         }
-        // 1. Lay out the new clusters (nothing is written yet).
-        long[] newL1 = new long[l1Length];
-        for (int i = 0; i < source.length; i++) {
-            if ((source[i] & Qcow2Node.L1_OFFSET_MASK) != 0) {
-                newL1[i] = place(clusterSize);
-            }
+        if (start > Qcow2Check.MAX_CLUSTERS) {
+            throw new BlockException(Reason.UNSUPPORTED, "qcow2: the image file has " + start
+                    + " clusters; snapshot operations count at most " + Qcow2Check.MAX_CLUSTERS);
         }
-        long l1Offset = l1Length == 0 ? node.activeL1Offset() : place((long) l1Length * 8);
         List<Snapshots.Entry> entries = new ArrayList<>(snaps);
         // the new snapshot is known by its index: an existing entry may name any offset (a
         // hostile one past the end of the file, with an empty L1 table, passes validation)
         int newEntry = -1;
         for (int i = 0; i < entries.size(); i++) {
-            Snapshots.Entry e = entries.get(i);
-            if (e.l1TableOffset() == -1) {
+            if (entries.get(i).l1TableOffset() == -1) {
                 newEntry = i;
-                long off = newSnapshotL1.length == 0 ? 0 : place((long) newSnapshotL1.length * 8);
-                entries.set(i, new Snapshots.Entry(off, newSnapshotL1.length, e.id(), e.name(), e.dateSec(),
-                        e.dateNsec(), e.vmClockNsec(), e.vmStateSize(), e.diskSize(), e.icount()));
             }
-        }
-        byte[] snapTable = Snapshots.serialize(entries);
-        long snapOffset = snapTable.length == 0 ? 0 : place(snapTable.length);
-        int blockEntries = clusterSize * 8 / refcountBits;
-        long metaEnd = next;
-        long blocks = 0;
-        long tableClusters = 1;
-        while (true) {
-            long end = metaEnd + tableClusters + blocks;
-            long b = Qcow2Header.ceilShift(end, Integer.numberOfTrailingZeros(blockEntries));
-            long t = Math.max(1, Qcow2Header.ceilShift(b * 8, clusterBits));
-            if (b == blocks && t == tableClusters) {
-                break;
-            }
-            blocks = b;
-            tableClusters = t;
-        }
-        if (tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
-            throw new BlockException(Reason.NO_SPACE, "qcow2: the reference count table would exceed "
-                    + Qcow2Header.MAX_REFTABLE_BYTES + " bytes");
-        }
-        long tableOffset = place(tableClusters * clusterSize);
-        long firstBlock = next;
-        next += blocks;
-        if (next > Qcow2Check.MAX_CLUSTERS) {
-            throw new BlockException(Reason.UNSUPPORTED, "qcow2: the image file would have " + next
-                    + " clusters; snapshot operations count at most " + Qcow2Check.MAX_CLUSTERS);
         }
 
-        // 2. Count every reference of the new state.
-        refs = new int[(int) next];
+        // 1. Count every reference the new state keeps to clusters that exist already.
+        refs = new int[(int) start];
         addRef(0, clusterSize, false);
-        addRef(l1Offset, (long) l1Length * 8, true);
-        for (int i = 0; i < source.length; i++) {
-            long off = source[i] & Qcow2Node.L1_OFFSET_MASK;
+        for (long le : source) {
+            long off = le & Qcow2Node.L1_OFFSET_MASK;
             if (off != 0) {
-                addRef(newL1[i], clusterSize, true);
                 countData(node.l2Table(off).words);
             }
         }
         for (int k = 0; k < entries.size(); k++) {
             Snapshots.Entry e = entries.get(k);
-            addRef(e.l1TableOffset(), (long) e.l1Size() * 8, true);
-            long[] sl1 = k == newEntry ? newSnapshotL1 : node.readTable(e.l1TableOffset(), e.l1Size());
+            long[] sl1;
+            if (k == newEntry) {
+                sl1 = newSnapshotL1;
+            } else {
+                addRef(e.l1TableOffset(), (long) e.l1Size() * 8, false);
+                sl1 = node.readTable(e.l1TableOffset(), e.l1Size());
+            }
             for (long le : sl1) {
                 long off = le & Qcow2Node.L1_OFFSET_MASK;
                 if (off != 0) {
@@ -143,7 +187,6 @@ final class MetadataCommit {
                 }
             }
         }
-        addRef(snapOffset, snapTable.length, true);
         if ((h.autoclearFeatures() & Qcow2Header.AUTOCLEAR_BITMAPS) != 0) {
             for (Qcow2Header.Extension x : h.unknownExtensions()) {
                 if (x.type() == Qcow2Header.EXT_BITMAPS) {
@@ -151,9 +194,81 @@ final class MetadataCommit {
                 }
             }
         }
+        // An L2 table whose COPIED flags come out as they are on disk serves the new active state as
+        // it is (its own refcount and the L1 entry's COPIED flag change, both in new structures).
+        boolean[] keep = new boolean[source.length];
+        for (int i = 0; i < source.length; i++) {
+            long off = source[i] & Qcow2Node.L1_OFFSET_MASK;
+            if (off != 0 && java.util.Arrays.equals(activeWords(off), node.l2Table(off).words)) {
+                keep[i] = true;
+                addRef(off, clusterSize, false);
+            }
+        }
+        markOldMetadata(entries);
+
+        // 2. Lay out the new clusters in free ones (nothing is written yet).
+        long[] newL1 = new long[l1Length];
+        for (int i = 0; i < source.length; i++) {
+            long off = source[i] & Qcow2Node.L1_OFFSET_MASK;
+            if (off != 0) {
+                newL1[i] = keep[i] ? off : place(clusterSize);
+            }
+        }
+        long l1Offset = l1Length == 0 ? node.activeL1Offset() : place((long) l1Length * 8);
+        if (newEntry >= 0) {
+            Snapshots.Entry e = entries.get(newEntry);
+            long off = newSnapshotL1.length == 0 ? 0 : place((long) newSnapshotL1.length * 8);
+            entries.set(newEntry, new Snapshots.Entry(off, newSnapshotL1.length, e.id(), e.name(), e.dateSec(),
+                    e.dateNsec(), e.vmClockNsec(), e.vmStateSize(), e.diskSize(), e.icount()));
+        }
+        byte[] snapTable = Snapshots.serialize(entries);
+        long snapOffset = snapTable.length == 0 ? 0 : place(snapTable.length);
+        // The refcount structure covers every cluster in use, its own included: lay it out, and
+        // again with more blocks if it landed past what it covers.
+        int blockEntries = clusterSize * 8 / refcountBits;
+        int blockBits = Integer.numberOfTrailingZeros(blockEntries);
+        long cover = Math.max(highestReferenced() + 1, placed.length());
+        long tableOffset;
+        long tableClusters;
+        long[] blockAt;
+        while (true) {
+            long blocks = Qcow2Header.ceilShift(cover, blockBits);
+            tableClusters = Math.max(1, Qcow2Header.ceilShift(blocks * 8, clusterBits));
+            if (tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+                throw new BlockException(Reason.NO_SPACE, "qcow2: the reference count table would exceed "
+                        + Qcow2Header.MAX_REFTABLE_BYTES + " bytes");
+            }
+            BitSet savedPlaced = (BitSet) placed.clone();
+            long savedCursor = cursor;
+            tableOffset = place(tableClusters * clusterSize);
+            blockAt = new long[(int) blocks];
+            for (int b = 0; b < blocks; b++) {
+                blockAt[b] = place(clusterSize);
+            }
+            long end = Math.max(cover, placed.length());
+            if (Qcow2Header.ceilShift(end, blockBits) <= blocks) {
+                break;
+            }
+            placed = savedPlaced;
+            cursor = savedCursor;
+            cover = end;
+        }
+
+        // 3. Count the new clusters.
+        refs = java.util.Arrays.copyOf(refs, (int) Math.max(start, placed.length()));
+        addRef(l1Offset, (long) l1Length * 8, true);
+        for (int i = 0; i < source.length; i++) {
+            if ((source[i] & Qcow2Node.L1_OFFSET_MASK) != 0 && !keep[i]) { // kept ones are counted
+                addRef(newL1[i], clusterSize, true);
+            }
+        }
+        if (newEntry >= 0) {
+            addRef(entries.get(newEntry).l1TableOffset(), (long) newSnapshotL1.length * 8, true);
+        }
+        addRef(snapOffset, snapTable.length, true);
         addRef(tableOffset, tableClusters * clusterSize, true);
-        for (long b = 0; b < blocks; b++) {
-            addRef((firstBlock + b) << clusterBits, clusterSize, true);
+        for (long b : blockAt) {
+            addRef(b, clusterSize, true);
         }
         for (int i = 0; i < refs.length; i++) {
             if (Integer.toUnsignedLong(refs[i]) > maxRefcount) {
@@ -162,23 +277,15 @@ final class MetadataCommit {
             }
         }
 
-        // 3. Write the new clusters, all past the old end of the file.
+        // 4. Write the new clusters, none of which the old state uses.
         for (int i = 0; i < source.length; i++) {
             long off = source[i] & Qcow2Node.L1_OFFSET_MASK;
             if (off == 0) {
                 continue;
             }
-            long[] words = node.l2Table(off).words.clone();
-            for (int j = 0; j < words.length && !node.external(); j += step) { // data file clusters stay owned
-                long w = words[j];
-                if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0) {
-                    continue;
-                }
-                long host = w & Qcow2Node.L2_OFFSET_MASK;
-                boolean owned = host != 0 && refs[(int) (host >>> clusterBits)] == 1;
-                words[j] = owned ? w | Qcow2Node.OFLAG_COPIED : w & ~Qcow2Node.OFLAG_COPIED;
+            if (!keep[i]) {
+                writeLongs(newL1[i], activeWords(off));
             }
-            writeLongs(newL1[i], words);
             newL1[i] |= refs[(int) (newL1[i] >>> clusterBits)] == 1 ? Qcow2Node.OFLAG_COPIED : 0;
         }
         if (l1Length > 0) {
@@ -195,13 +302,13 @@ final class MetadataCommit {
             file.write(snapOffset, snapTable);
         }
         long[] table = new long[(int) (tableClusters * clusterSize / 8)];
-        for (int b = 0; b < blocks; b++) {
+        for (int b = 0; b < blockAt.length; b++) {
             byte[] block = new byte[clusterSize];
             long base = (long) b * blockEntries;
             for (int i = 0; i < blockEntries && base + i < refs.length; i++) {
                 Refcounts.putEntry(block, refcountBits, i, Integer.toUnsignedLong(refs[(int) (base + i)]));
             }
-            table[b] = (firstBlock + b) << clusterBits;
+            table[b] = blockAt[b];
             file.write(table[b], block);
         }
         writeLongs(tableOffset, table);
@@ -212,7 +319,8 @@ final class MetadataCommit {
         // holes once the new state is on disk. Advisory: unreadable old counts punch nothing.
         List<long[]> freed = node.passDiscardSnapshot() ? freedByCommit() : List.of();
 
-        // 4. One write switches the header to the new state.
+        // 5. One write switches the header to the new state; only now is the old metadata free
+        // (in the new refcounts), and only the reloaded node allocates from them.
         ByteBuffer hdr = ByteBuffer.allocate(48).putLong(size).putInt((int) h.cryptMethod()).putInt(l1Length)
                 .putLong(l1Offset).putLong(tableOffset).putInt((int) tableClusters).putInt(entries.size())
                 .putLong(snapOffset).flip();
@@ -234,7 +342,7 @@ final class MetadataCommit {
         try {
             Refcounts old = node.refcounts();
             for (long i = 1; i < start; i++) {
-                if (refs[(int) i] == 0 && old.get(i) > 0) {
+                if ((i >= refs.length || refs[(int) i] == 0) && old.get(i) > 0) {
                     long[] last = freed.isEmpty() ? null : freed.get(freed.size() - 1);
                     if (last != null && last[1] == i) {
                         last[1] = i + 1;
@@ -247,6 +355,31 @@ final class MetadataCommit {
             freed.clear();
         }
         return freed;
+    }
+
+    /** The L2 table at {@code off} with COPIED set where the data cluster's final refcount is 1. */
+    private long[] activeWords(long off) throws BlockException {
+        long[] words = node.l2Table(off).words.clone();
+        for (int j = 0; j < words.length && !node.external(); j += step) { // data file clusters stay owned
+            long w = words[j];
+            if ((w & Qcow2Node.OFLAG_COMPRESSED) != 0) {
+                continue;
+            }
+            long host = w & Qcow2Node.L2_OFFSET_MASK;
+            boolean owned = host != 0 && refs[(int) (host >>> clusterBits)] == 1;
+            words[j] = owned ? w | Qcow2Node.OFLAG_COPIED : w & ~Qcow2Node.OFLAG_COPIED;
+        }
+        return words;
+    }
+
+    /** Highest cluster an existing reference of the new state reaches, or -1. */
+    private long highestReferenced() {
+        for (int i = refs.length - 1; i >= 0; i--) {
+            if (refs[i] != 0) {
+                return i;
+            }
+        }
+        return -1;
     }
 
     private long[] readL2(long off) throws BlockException {

@@ -97,6 +97,15 @@ final class Qcow2Check {
 
     CheckResult run(CheckResult.Repair repair) throws BlockException {
         repairAll = repair == CheckResult.Repair.ALL;
+        // qemu reads the snapshot table first: entries without the extra data version 3 requires
+        List<Snapshots.Entry> snapshots = node.snapshotEntries();
+        long incomplete = 0;
+        for (int i = 0; i < snapshots.size(); i++) {
+            if (snapshots.get(i).incomplete(h.version())) {
+                findings.accept((repairAll ? "Repairing" : "ERROR") + " snapshot table entry " + i + " is incomplete");
+                incomplete++;
+            }
+        }
         calculate();
         long preCorruptions = corruptions;
         long preLeaks = leaks;
@@ -146,6 +155,15 @@ final class Qcow2Check {
             }
         }
         checkCopied(repair == CheckResult.Repair.ALL);
+        if (incomplete > 0 && repairAll) {
+            // as qemu, after the refcounts: the table written anew, every entry with full extra data
+            // (disk size as read: the image's size where the entry had none; icount unknown)
+            node.flushLocked();
+            node.rewriteSnapshotTable(snapshots);
+            corruptionsFixed += incomplete;
+        } else {
+            corruptions += incomplete;
+        }
         long total = Qcow2Header.ceilShift(h.size(), clusterBits);
         return new CheckResult(corruptions, leaks, checkErrors, corruptionsFixed, leaksFixed,
                 (highest + 1) * clusterSize, total, allocated, fragmented, compressed);

@@ -1293,19 +1293,21 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
      * Discard of one whole cluster, as qemu's (not a full discard): an allocated cluster, or any
      * cluster over a backing file, becomes a zero cluster (version 2: unallocated) and its host
      * space is released; an unallocated cluster without a backing file stays as it is. Version 2
-     * over a backing file ignores discards (the backing data would show through).
+     * over a backing file ignores discards (the backing data would show through). Returns the
+     * host offset of the uncompressed cluster it let go of, or -1.
      */
-    private void discardCluster(long guest) throws BlockException {
+    private long discardCluster(long guest) throws BlockException {
         if (header.version() < 3 && backing != null) {
-            return;
+            return -1;
         }
         L2Cache.Table cur = l2For(guest);
         int idx = l2Index(guest);
         long w = cur == null ? 0 : word(cur, idx);
         long bm = cur == null ? 0 : bitmap(cur, idx);
-        boolean allocated = (w & OFLAG_COMPRESSED) != 0 || mapped(w, hostOf(w, guest));
+        boolean compressed = (w & OFLAG_COMPRESSED) != 0;
+        boolean allocated = compressed || mapped(w, hostOf(w, guest));
         if (backing == null && !allocated) {
-            return;
+            return -1;
         }
         long nw;
         long nbm = 0;
@@ -1316,14 +1318,30 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             nw = header.version() >= 3 ? OFLAG_ZERO : 0;
         }
         if (nw == w && nbm == bm) {
-            return;
+            return -1;
         }
         L2Cache.Table t = l2ForWrite(guest);
         releaseEntry(w);
-        if ((w & OFLAG_COMPRESSED) != 0) {
+        if (compressed) {
             invalidateInflated();
         }
         setEntry(t, idx, nw, nbm);
+        return allocated && !compressed ? hostOf(w, guest) : -1;
+    }
+
+    /**
+     * With data_file_raw the data file must stay the guest's view: a cluster that discard made a
+     * zero cluster is punched out of the data file too, as qemu discards it there, so both read
+     * zeroes. A zero write that may unmap, not a discard: a discard is advisory (and rounded to the
+     * file's alignment, so a 512-byte cluster would keep its bytes), and the data file must read as
+     * zeroes wherever the image says so. The L2 change waits for a flush; until then the old entry
+     * still points here and reads those zeroes, which is what the discard asked for.
+     */
+    private void discardRawData(long host) throws BlockException {
+        long len = Math.min(clusterSize, data.size() - host);
+        if (len > 0) {
+            data.node().writeZeroes(host, len, org.blockhaus.api.BlockNode.MAY_UNMAP);
+        }
     }
 
     /** Drops the mapping of one whole cluster (reads go to the backing file afterwards). */
@@ -1352,15 +1370,15 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             prepareWrite();
             awaitNotAllocating(offset, length);
             trackWrite(offset, length);
-            if (rawExternal) {
-                return; // the data file must keep the guest's view
-            }
             long guest = (offset + clusterSize - 1) & -clusterSize;
             long end = offset + length == size ? size : (offset + length) & -clusterSize;
             punchReleased = passDiscardRequest;
             try {
                 for (; guest < end; guest += clusterSize) {
-                    discardCluster(guest);
+                    long host = discardCluster(guest);
+                    if (rawExternal && host >= 0) {
+                        discardRawData(host);
+                    }
                 }
             } finally {
                 punchReleased = false;
@@ -2146,6 +2164,46 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 h.refcountOrder(), h.headerLength(), h.compressionType(), h.backingFile(), h.backingFormat(),
                 h.dataFile(), h.featureNames(), List.copyOf(exts));
         rewriteHeader(h.version(), h.backingFile(), h.backingFormat(), h.compatibleFeatures());
+    }
+
+    /**
+     * Writes {@code entries} as a new snapshot table (check's repair of incomplete entries), in the
+     * order that keeps a crash harmless: the new clusters are allocated and their refcounts made
+     * durable, the table is written and synced, one write of header bytes 60..71 switches to it,
+     * and only then are the old table's clusters freed. A crash leaks at most the new clusters.
+     * Caller holds the lock and has flushed.
+     */
+    void rewriteSnapshotTable(List<Snapshots.Entry> entries) throws BlockException {
+        byte[] table = Snapshots.serialize(entries);
+        long oldOffset = header.snapshotsOffset();
+        long oldBytes = header.nbSnapshots() == 0 ? 0 : Snapshots.tableBytes(file, header);
+        long offset = 0;
+        if (table.length > 0) {
+            long clusters = Qcow2Header.ceilShift(table.length, clusterBits);
+            offset = refcounts.allocate((int) clusters);
+            refcounts.writeIncreases();
+            file.write(offset, table);
+            file.flush();
+        }
+        ByteBuffer b = ByteBuffer.allocate(12).putInt(entries.size()).putLong(offset).flip();
+        file.write(60, b);
+        file.flush();
+        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
+                file.size());
+        refcounts.queueFree(oldOffset, oldBytes);
+        refcounts.applyQueuedFrees();
+        // as qemu: the old table's clusters that are free now are discarded in the file (read as zero)
+        for (long c = oldOffset >>> clusterBits; oldBytes > 0 && c <= (oldOffset + oldBytes - 1) >>> clusterBits; c++) {
+            long at = c << clusterBits;
+            if (refcounts.get(c) == 0 && at < file.size()) {
+                try {
+                    // the file may end inside the cluster (a table written last); the node's range ends there
+                    file.node().discard(at, Math.min(clusterSize, file.size() - at));
+                } catch (BlockException e) {
+                    // discarding is advisory: the cluster is free either way
+                }
+            }
+        }
     }
 
     // ---- for SnapshotOps (callers hold the lock) ------------------------------------------------

@@ -337,6 +337,27 @@ final class Refcounts {
         return i;
     }
 
+    /**
+     * The allocator's search without its side effects: the first index at or after {@code from}
+     * (and the free hint, below which nothing is free) that begins {@code n} clusters with refcount
+     * 0 none of which is {@code excluded}. Nothing is marked: {@link MetadataCommit} places new
+     * metadata there and counts it in the refcount structure it writes itself.
+     */
+    long findFree(long from, int n, java.util.function.LongPredicate excluded) throws BlockException {
+        long i = Math.max(from, freeHint);
+        long run = 0;
+        while (run < n) {
+            long c = i + run;
+            if (!excluded.test(c) && get(c) == 0) {
+                run++;
+            } else {
+                i = c + 1;
+                run = 0;
+            }
+        }
+        return i;
+    }
+
     /** Moves the refcount table to a bigger place at the end of the used space. */
     private void growTable(long minEntries) throws BlockException {
         int perCluster = clusterSize / 8;

@@ -11,10 +11,30 @@ import org.blockhaus.api.BlockException;
  * table. Parsing is bounded by the header's count and the file size.
  */
 final class Snapshots {
-    /** One snapshot table entry. */
+    /**
+     * One snapshot table entry; {@code extraSize} is the size of its extra data on disk (entries we
+     * write always carry {@link #EXTRA} bytes).
+     */
     record Entry(long l1TableOffset, int l1Size, String id, String name, long dateSec, long dateNsec,
-            long vmClockNsec, long vmStateSize, long diskSize, long icount) {
+            long vmClockNsec, long vmStateSize, long diskSize, long icount, int extraSize) {
+        Entry(long l1TableOffset, int l1Size, String id, String name, long dateSec, long dateNsec,
+                long vmClockNsec, long vmStateSize, long diskSize, long icount) {
+            this(l1TableOffset, l1Size, id, name, dateSec, dateNsec, vmClockNsec, vmStateSize, diskSize, icount,
+                    EXTRA);
+        }
+
+        /**
+         * Version 3 requires the large VM state size and the disk size in the extra data (spec:
+         * "Snapshots"); qemu-img check calls an entry without them incomplete. Such an entry is
+         * still used, with the image's size as its disk size, and a rewrite of the table completes it.
+         */
+        boolean incomplete(int version) {
+            return version >= 3 && extraSize < MIN_EXTRA_V3;
+        }
     }
+
+    /** Extra data a version 3 entry must have: large VM state size and disk size. */
+    static final int MIN_EXTRA_V3 = 16;
 
     /** Largest snapshot table qemu accepts. */
     static final long MAX_TABLE_BYTES = 64L << 20;
@@ -73,11 +93,19 @@ final class Snapshots {
                         file.size());
             }
             out.add(new Entry(l1Offset, (int) l1Size, new String(id, StandardCharsets.UTF_8),
-                    new String(name, StandardCharsets.UTF_8), dateSec, dateNsec, vmClock, vmState, diskSize, icount));
+                    new String(name, StandardCharsets.UTF_8), dateSec, dateNsec, vmClock, vmState, diskSize, icount,
+                    (int) extraLen));
             pos += entryLen;
         }
         tableBytes[0] = total;
         return out;
+    }
+
+    /** Size in bytes of the table the header describes. */
+    static long tableBytes(HostFile file, Qcow2Header h) throws BlockException {
+        long[] bytes = new long[1];
+        read(file, h, bytes);
+        return bytes[0];
     }
 
     /** Size of the extra data we write: large VM state size, disk size, icount (as qemu 7.2). */
