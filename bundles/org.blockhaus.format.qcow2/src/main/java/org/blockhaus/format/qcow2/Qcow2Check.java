@@ -190,8 +190,13 @@ final class Qcow2Check {
                     corruptions++;
                     continue;
                 }
-                addRef(b, clusterSize);
                 long c = b >>> clusterBits;
+                if (c >= refs.length) {
+                    if (!outsideImage(i, c)) {
+                        continue;
+                    }
+                }
+                addRef(b, clusterSize);
                 if (c < refs.length && refs[(int) c] != 1) {
                     // something else (an L2 table, data) claims the block too: only a rebuild untangles it
                     findings.accept("ERROR refcount block " + i + " refcount=" + Integer.toUnsignedLong(refs[(int) c]));
@@ -200,6 +205,39 @@ final class Qcow2Check {
                 }
             }
         }
+    }
+
+    /**
+     * A refcount table entry points past the end of the file. As qemu: plain check and -r leaks
+     * report it; -r all grows the file so the block lies inside it (the block reads as zeroes:
+     * every cluster it describes has refcount 0, so the rebuild follows) and counts the block as
+     * referenced. The growth is bounded: past {@link #MAX_GROWN_CLUSTERS} clusters (the counters
+     * and the rebuild's copy of them must fit in a small heap) the file is not grown and the
+     * rebuild, which builds a table without the entry, repairs the image instead; qemu would grow
+     * the file to any size. Returns whether the block now lies inside the file.
+     */
+    private boolean outsideImage(int index, long cluster) throws BlockException {
+        if (repairAll && cluster < MAX_GROWN_CLUSTERS) {
+            findings.accept("Repairing refcount block " + index + " is outside image");
+            file.ensureSize((cluster + 1) << clusterBits);
+            refs = java.util.Arrays.copyOf(refs, (int) cluster + 1);
+            corruptionsFixed++;
+            return true;
+        }
+        findings.accept("ERROR refcount block " + index + " is outside image");
+        corruptions++;
+        if (repairAll) {
+            rebuild = true;
+        }
+        return false;
+    }
+
+    /** The largest cluster count the file is grown to when -r all brings a refcount block into it. */
+    static final long MAX_GROWN_CLUSTERS = 1L << 20;
+
+    /** A stored refcount as qemu's check reads it: 0 where the refcount block lies past the end of the file. */
+    private long stored(Refcounts rc, long cluster) throws BlockException {
+        return rc.blockPastEnd(cluster) ? 0 : rc.get(cluster);
     }
 
     /**
@@ -212,7 +250,7 @@ final class Qcow2Check {
         for (int i = 0; i < refs.length; i++) {
             long stored;
             try {
-                stored = rc.get(i);
+                stored = stored(rc, i);
             } catch (BlockException e) {
                 findings.accept("Can't get refcount for cluster " + i + ": Input/output error");
                 checkErrors++;
@@ -286,7 +324,7 @@ final class Qcow2Check {
             }
             long refcount;
             try {
-                refcount = rc.get(off >>> clusterBits);
+                refcount = stored(rc, off >>> clusterBits);
             } catch (BlockException ex) {
                 continue;
             }
@@ -317,7 +355,7 @@ final class Qcow2Check {
                 }
                 long count;
                 try {
-                    count = node.external() ? 1 : rc.get(host >>> clusterBits);
+                    count = node.external() ? 1 : stored(rc, host >>> clusterBits);
                 } catch (BlockException ex) {
                     continue;
                 }

@@ -169,6 +169,20 @@ final class Refcounts {
         return b == null ? 0 : entry(b.data, (int) (index & (blockEntries - 1)));
     }
 
+    /**
+     * Whether the refcount block that holds cluster {@code index}'s refcount starts at or past the
+     * end of the file. qemu's check reads such a block as zeroes (a read past the end of the
+     * file), so every refcount it describes is 0; our reads refuse the range, so check asks first.
+     */
+    boolean blockPastEnd(long index) {
+        long ti = index >>> blockEntryBits;
+        if (ti >= table.length) {
+            return false;
+        }
+        long off = table[(int) ti];
+        return off != 0 && off >= file.size();
+    }
+
     private long entry(byte[] d, int i) {
         switch (refcountBits) {
             case 1, 2, 4 -> {

@@ -24,7 +24,8 @@ class MetadataFuzzTest {
     @TempDir
     Path dir;
 
-    private static final int CASES = 60;
+    /** 60 in the suite; {@code -Dfuzz.cases=N} explores more. */
+    private static final int CASES = Integer.getInteger("fuzz.cases", 60);
 
     private Path image(String kind) throws Exception {
         Path img = dir.resolve(kind + ".qcow2");
@@ -84,7 +85,8 @@ class MetadataFuzzTest {
         Path img = image(kind);
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         List<String> cmd = List.of(java, "-Xmx96m", "-XX:+ExitOnOutOfMemoryError", "--enable-native-access=ALL-UNNAMED",
-                "--sun-misc-unsafe-memory-access=allow", "-cp", System.getProperty("java.class.path"),
+                "--sun-misc-unsafe-memory-access=allow", "-Dfuzz.verbose=" + Boolean.getBoolean("fuzz.verbose"),
+                "-Dfuzz.keep=" + System.getProperty("fuzz.keep", ""), "-cp", System.getProperty("java.class.path"),
                 MetadataFuzzer.class.getName(), img.toString(), Long.toString(seed), Integer.toString(CASES), "10");
         File out = dir.resolve("fuzz.out").toFile();
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(out).start();
