@@ -181,6 +181,7 @@ final class Qcow2Check {
         }
         addRef(rc.tableOffset(), (long) rc.tableClusters() * clusterSize);
         long[] table = rc.table();
+        long grown = growForRefcountBlocks(table);
         for (int i = 0; i < table.length; i++) {
             long b = table[i];
             if (b != 0) {
@@ -191,10 +192,11 @@ final class Qcow2Check {
                     continue;
                 }
                 long c = b >>> clusterBits;
-                if (c >= refs.length) {
+                if (c >= grown) {
                     if (!outsideImage(i, c)) {
                         continue;
                     }
+                    grown = c + 1;
                 }
                 addRef(b, clusterSize);
                 if (c < refs.length && refs[(int) c] != 1) {
@@ -219,8 +221,6 @@ final class Qcow2Check {
     private boolean outsideImage(int index, long cluster) throws BlockException {
         if (repairAll && cluster < MAX_GROWN_CLUSTERS) {
             findings.accept("Repairing refcount block " + index + " is outside image");
-            file.ensureSize((cluster + 1) << clusterBits);
-            refs = java.util.Arrays.copyOf(refs, (int) cluster + 1);
             corruptionsFixed++;
             return true;
         }
@@ -230,6 +230,30 @@ final class Qcow2Check {
             rebuild = true;
         }
         return false;
+    }
+
+    /**
+     * With -r all, grows the file (and the counters) once, to the end of the farthest refcount
+     * block that {@link #outsideImage} brings inside: the size qemu's growth entry by entry ends
+     * at, without copying the counters once per entry. Returns the cluster count before.
+     */
+    private long growForRefcountBlocks(long[] table) throws BlockException {
+        long before = refs.length;
+        if (!repairAll) {
+            return before;
+        }
+        long end = before;
+        for (long b : table) {
+            long c = b >>> clusterBits;
+            if (b != 0 && (b & (clusterSize - 1)) == 0 && c >= end && c < MAX_GROWN_CLUSTERS) {
+                end = c + 1;
+            }
+        }
+        if (end > before) {
+            file.ensureSize(end << clusterBits);
+            refs = java.util.Arrays.copyOf(refs, (int) end);
+        }
+        return before;
     }
 
     /** The largest cluster count the file is grown to when -r all brings a refcount block into it. */

@@ -129,6 +129,17 @@ class RefcountBlockOutsideImageTest {
     }
 
     @Test
+    void blocksOutsideTheGrownFileOnlyAreRepairedLikeQemu() throws Exception {
+        // entry 1 grows the file to 512 MiB; entry 2's block at 256 MiB is inside by then, entry 3's not
+        Path img = image("cluster_size=64k", 1, 0x2000_0000L);
+        long table = Patch.readLong(img, 48);
+        Patch.writeLong(img, table + 16, 0x1000_0000L);
+        Patch.writeLong(img, table + 24, 0x3000_0000L);
+        assertPlainCheckLikeQemu(img);
+        assertRepairLikeQemu(img, true);
+    }
+
+    @Test
     void smallClustersAndNarrowRefcountsAreRepairedLikeQemu() throws Exception {
         Path img = image("cluster_size=4k,refcount_bits=8", 0, 0x40_0000L);
         assertPlainCheckLikeQemu(img);
