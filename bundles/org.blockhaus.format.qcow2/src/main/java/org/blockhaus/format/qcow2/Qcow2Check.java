@@ -184,6 +184,13 @@ final class Qcow2Check {
         long grown = growForRefcountBlocks(table);
         for (int i = 0; i < table.length; i++) {
             long b = table[i];
+            if (rc.hasReservedBits(i)) {
+                // as qemu: the block is not counted, and only a new refcount structure is trusted
+                findings.accept("ERROR refcount table entry " + i + " has reserved bits set");
+                corruptions++;
+                rebuild = true;
+                continue;
+            }
             if (b != 0) {
                 if ((b & (clusterSize - 1)) != 0) {
                     findings.accept("ERROR refcount block " + i + " is not cluster aligned; refcount table entry"
@@ -193,7 +200,7 @@ final class Qcow2Check {
                 }
                 long c = b >>> clusterBits;
                 if (c >= grown) {
-                    if (!outsideImage(i, c)) {
+                    if (!outsideImage(i, b)) {
                         continue;
                     }
                     grown = c + 1;
@@ -213,23 +220,34 @@ final class Qcow2Check {
      * A refcount table entry points past the end of the file. As qemu: plain check and -r leaks
      * report it; -r all grows the file so the block lies inside it (the block reads as zeroes:
      * every cluster it describes has refcount 0, so the rebuild follows) and counts the block as
-     * referenced. The growth is bounded: past {@link #MAX_GROWN_CLUSTERS} clusters (the counters
-     * and the rebuild's copy of them must fit in a small heap) the file is not grown and the
-     * rebuild, which builds a table without the entry, repairs the image instead; qemu would grow
-     * the file to any size. Returns whether the block now lies inside the file.
+     * referenced. Where the growth fails, qemu says why and the rebuild, which builds a table
+     * without the entry, repairs the image instead: past 2^63 bytes the size is invalid, and ours
+     * also fails the growth past {@link #MAX_GROWN_CLUSTERS} clusters (the counters and the
+     * rebuild's copy of them must fit a small heap), with qemu's words for a size past the file
+     * system's limit; qemu grows the file up to that limit (16 TiB on ext4). Returns whether the
+     * block now lies inside the file.
      */
-    private boolean outsideImage(int index, long cluster) throws BlockException {
-        if (repairAll && cluster < MAX_GROWN_CLUSTERS) {
-            findings.accept("Repairing refcount block " + index + " is outside image");
+    private boolean outsideImage(int index, long offset) throws BlockException {
+        if (!repairAll) {
+            findings.accept("ERROR refcount block " + index + " is outside image");
+            corruptions++;
+            return false;
+        }
+        findings.accept("Repairing refcount block " + index + " is outside image");
+        if (growable(offset)) {
             corruptionsFixed++;
             return true;
         }
-        findings.accept("ERROR refcount block " + index + " is outside image");
+        findings.accept("ERROR could not resize image: "
+                + (offset < 0 || offset > Long.MAX_VALUE - clusterSize ? "Invalid argument" : "File too large"));
         corruptions++;
-        if (repairAll) {
-            rebuild = true;
-        }
+        rebuild = true;
         return false;
+    }
+
+    /** Whether -r all grows the file to bring the refcount block at {@code offset} inside it. */
+    private boolean growable(long offset) {
+        return offset >= 0 && offset >>> clusterBits < MAX_GROWN_CLUSTERS;
     }
 
     /**
@@ -243,9 +261,11 @@ final class Qcow2Check {
             return before;
         }
         long end = before;
-        for (long b : table) {
+        Refcounts rc = node.refcounts();
+        for (int i = 0; i < table.length; i++) {
+            long b = table[i];
             long c = b >>> clusterBits;
-            if (b != 0 && (b & (clusterSize - 1)) == 0 && c >= end && c < MAX_GROWN_CLUSTERS) {
+            if (b != 0 && !rc.hasReservedBits(i) && (b & (clusterSize - 1)) == 0 && c >= end && growable(b)) {
                 end = c + 1;
             }
         }

@@ -21,15 +21,19 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * A refcount table entry that points past the end of the file (found by {@link MetadataFuzzTest}):
- * qemu-img 7.2's check reads that block's refcounts as 0, and {@code check -r all} grows the file
- * until the block lies inside it, then rebuilds the refcount structure. Each case runs qemu-img and
- * ours on twins of the same bytes and compares what check prints (the finding lines, the counts,
- * the exit code) and what the image is afterwards.
+ * Broken refcount table entries found by {@link MetadataFuzzTest}, which qemu-img 7.2's
+ * {@code check -r all} repairs: an entry that points past the end of the file (check reads that
+ * block's refcounts as 0; {@code -r all} grows the file until the block lies inside it, then
+ * rebuilds the refcount structure) and an entry with reserved bits set (normal opens refuse the
+ * image; check reports the entry and {@code -r all} rebuilds). Each case runs qemu-img and ours on
+ * twins of the same bytes and compares what check prints (the finding lines, the counts, the exit
+ * code) and what the image is afterwards.
  */
-class RefcountBlockOutsideImageTest {
+class RefcountTableRepairTest {
     @TempDir
     Path dir;
+
+    private int images;
 
     private record Ours(CheckResult result, List<String> findings) {
     }
@@ -39,9 +43,13 @@ class RefcountBlockOutsideImageTest {
         List<String> lines = new ArrayList<>();
         OpenMode mode = new OpenMode(repair != CheckResult.Repair.NONE, false, w -> { }, true);
         try (Image i = core.open(img.toString(), Options.of("driver", "qcow2"), mode)) {
+            ourCheckLines = lines;
             return new Ours(((CheckableNode) i.driverNode()).check(repair, lines::add), lines);
         }
     }
+
+    /** What our last check printed. */
+    private List<String> ourCheckLines = List.of();
 
     private static long field(String json, String name) {
         Matcher m = Pattern.compile("\"" + name + "\": (\\d+)").matcher(json);
@@ -66,7 +74,7 @@ class RefcountBlockOutsideImageTest {
 
     /** A 1 GiB image (one refcount block covers it all) whose refcount table entry {@code index} points at {@code offset}. */
     private Path image(String opts, int index, long offset) throws Exception {
-        Path img = dir.resolve("o.qcow2");
+        Path img = dir.resolve("o" + images++ + ".qcow2");
         Qemu.img("create", "-q", "-f", "qcow2", "-o", opts, img.toString(), "1G").ok();
         Qemu.io("-f", "qcow2", "-c", "write -P 1 0 192k", "-c", "write -P 2 1M 64k", "-c", "write -P 3 700M 8k",
                 img.toString()).ok();
@@ -165,6 +173,68 @@ class RefcountBlockOutsideImageTest {
     }
 
     @Test
+    void entryWithReservedBitsIsCountedAndRepairedLikeQemu() throws Exception {
+        // entry 1 describes clusters past the end of the file; offset part zero, then a cluster inside
+        for (long entry : new long[] {0x1, 0x7_0100L, 0x1000_0001L}) {
+            Path img = image("cluster_size=64k", 1, entry);
+            assertPlainCheckLikeQemu(img);
+            assertRepairLikeQemu(img, true);
+        }
+    }
+
+    @Test
+    void entryWithReservedBitsNextToABlockOutsideIsRepairedLikeQemu() throws Exception {
+        Path img = image("cluster_size=4k,refcount_bits=8", 1, 0x40_0000L);
+        Patch.writeLong(img, Patch.readLong(img, 48) + 16, 0x20_0000L | 0x100);
+        assertPlainCheckLikeQemu(img);
+        assertRepairLikeQemu(img, true);
+    }
+
+    @Test
+    void normalOpensStillRefuseReservedBitsAndLeakModeFailsLikeQemu() throws Exception {
+        Path img = image("cluster_size=64k", 0, 0x2_0001L); // the only block, with a reserved bit
+        byte[] before = Files.readAllBytes(img);
+        for (boolean rw : new boolean[] {false, true}) {
+            try (Image i = rw ? Fixtures.openRw(Fixtures.core(), img) : Fixtures.openRo(Fixtures.core(), img)) {
+                throw new AssertionError("opened an image with reserved bits in a refcount table entry");
+            } catch (org.blockhaus.api.BlockException expected) {
+                assertTrue(expected.getMessage().contains("Reference count table entry 0 has reserved bits set"),
+                        expected.getMessage());
+            }
+        }
+        assertPlainCheckLikeQemu(img);
+        Path twin = twin(img);
+        Qemu.Result q = Qemu.img("check", "-r", "leaks", twin.toString());
+        assertEquals(1, q.exit(), q.out() + q.err());
+        List<String> lines = new ArrayList<>();
+        try (Image i = Fixtures.core().open(img.toString(), Options.of("driver", "qcow2"),
+                new OpenMode(true, false, w -> { }, true))) {
+            ((CheckableNode) i.driverNode()).check(CheckResult.Repair.LEAKS, lines::add);
+            throw new AssertionError("-r leaks cannot rebuild the refcount structure");
+        } catch (org.blockhaus.api.BlockException expected) {
+            // qemu-img: "Check failed"
+        }
+        assertEquals(lines(q.err()).subList(0, lines.size()), lines);
+        assertTrue(Arrays.equals(before, Files.readAllBytes(img)), "refused opens and -r leaks write nothing");
+        // qemu's -r all fails here (its rebuild writes the new block where its overlap check still
+        // sees the old one, and marks the image corrupt); ours repairs it
+        Ours ours = ourCheck(img, CheckResult.Repair.ALL);
+        assertEquals(0, ours.result().corruptions(), ours.findings().toString());
+        Qemu.Result after = Qemu.img("check", img.toString());
+        assertEquals(0, after.exit(), after.out() + after.err());
+        Path good = image("cluster_size=64k", 5, 0); // the same image unbroken (entry 5 was 0)
+        Qemu.img("compare", "-f", "qcow2", "-F", "qcow2", good.toString(), img.toString()).ok();
+    }
+
+    @Test
+    void blockPastTwoToTheSixtyThreeIsRepairedLikeQemu() throws Exception {
+        // qemu cannot grow the file that far ("Invalid argument"); the rebuild drops the entry
+        Path img = image("cluster_size=64k", 1, 0x8000_0000_0000_0000L);
+        assertPlainCheckLikeQemu(img);
+        assertRepairLikeQemu(img, true);
+    }
+
+    @Test
     void blockFarOutsideIsDroppedByTheRebuildWithoutGrowingTheFile() throws Exception {
         // 1 TiB: qemu grows the file to that size (sparse); our counters would need 2^24 entries,
         // so the rebuild drops the entry instead. Different layout, same repaired image.
@@ -173,5 +243,7 @@ class RefcountBlockOutsideImageTest {
         long before = Files.size(img);
         assertRepairLikeQemu(img, false);
         assertTrue(Files.size(img) < before + (64L << 20), "not grown to 1 TiB: " + Files.size(img));
+        assertEquals(List.of("Repairing refcount block 0 is outside image", "ERROR could not resize image: File too large"),
+                ourCheckLines.subList(0, 2));
     }
 }
