@@ -196,6 +196,7 @@ final class Qcow2Check {
                     findings.accept("ERROR refcount block " + i + " is not cluster aligned; refcount table entry"
                             + " corrupted");
                     corruptions++;
+                    rebuild = true; // as qemu: only a new refcount structure repairs the entry
                     continue;
                 }
                 long c = b >>> clusterBits;

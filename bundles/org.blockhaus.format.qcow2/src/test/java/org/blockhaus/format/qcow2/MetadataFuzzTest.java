@@ -26,6 +26,8 @@ class MetadataFuzzTest {
 
     /** 60 in the suite; {@code -Dfuzz.cases=N} explores more. */
     private static final int CASES = Integer.getInteger("fuzz.cases", 60);
+    /** 0 in the suite; {@code -Dfuzz.seedBase=N} explores other seeds. */
+    private static final long SEED_BASE = Long.getLong("fuzz.seedBase", 0);
 
     private Path image(String kind) throws Exception {
         Path img = dir.resolve(kind + ".qcow2");
@@ -87,7 +89,7 @@ class MetadataFuzzTest {
         List<String> cmd = List.of(java, "-Xmx96m", "-XX:+ExitOnOutOfMemoryError", "--enable-native-access=ALL-UNNAMED",
                 "--sun-misc-unsafe-memory-access=allow", "-Dfuzz.verbose=" + Boolean.getBoolean("fuzz.verbose"),
                 "-Dfuzz.keep=" + System.getProperty("fuzz.keep", ""), "-cp", System.getProperty("java.class.path"),
-                MetadataFuzzer.class.getName(), img.toString(), Long.toString(seed), Integer.toString(CASES), "10");
+                MetadataFuzzer.class.getName(), img.toString(), Long.toString(seed + SEED_BASE), Integer.toString(CASES), "10");
         File out = dir.resolve("fuzz.out").toFile();
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(out).start();
         if (!p.waitFor(300, TimeUnit.SECONDS)) {
@@ -95,7 +97,7 @@ class MetadataFuzzTest {
         }
         String log = Files.readString(out.toPath(), StandardCharsets.UTF_8);
         System.out.print(log);
-        assertEquals(0, p.exitValue(), "fuzzer (java " + MetadataFuzzer.class.getName() + " IMAGE " + seed + " "
+        assertEquals(0, p.exitValue(), "fuzzer (java " + MetadataFuzzer.class.getName() + " IMAGE " + (seed + SEED_BASE) + " "
                 + CASES + " 10):\n" + log);
     }
 }

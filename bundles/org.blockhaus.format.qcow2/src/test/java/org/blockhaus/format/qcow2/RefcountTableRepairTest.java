@@ -24,8 +24,9 @@ import org.junit.jupiter.api.io.TempDir;
  * Broken refcount table entries found by {@link MetadataFuzzTest}, which qemu-img 7.2's
  * {@code check -r all} repairs: an entry that points past the end of the file (check reads that
  * block's refcounts as 0; {@code -r all} grows the file until the block lies inside it, then
- * rebuilds the refcount structure) and an entry with reserved bits set (normal opens refuse the
- * image; check reports the entry and {@code -r all} rebuilds). Each case runs qemu-img and ours on
+ * rebuilds the refcount structure), an entry with reserved bits set (normal opens refuse the
+ * image; check reports the entry and {@code -r all} rebuilds) and an entry that is not cluster
+ * aligned (reported; {@code -r all} rebuilds). Each case runs qemu-img and ours on
  * twins of the same bytes and compares what check prints (the finding lines, the counts, the exit
  * code) and what the image is afterwards.
  */
@@ -180,6 +181,15 @@ class RefcountTableRepairTest {
             assertPlainCheckLikeQemu(img);
             assertRepairLikeQemu(img, true);
         }
+    }
+
+    @Test
+    void misalignedEntriesAreCountedAndRebuiltLikeQemu() throws Exception {
+        // entry 1 at a cluster inside the file plus one sector, entry 3 past the end of the file
+        Path img = image("cluster_size=64k", 1, 0x7_0200L);
+        Patch.writeLong(img, Patch.readLong(img, 48) + 24, 0x1000_0200L);
+        assertPlainCheckLikeQemu(img);
+        assertRepairLikeQemu(img, true);
     }
 
     @Test
