@@ -199,17 +199,32 @@ final class Qcow2Check {
         }
         addRef(rc.tableOffset(), (long) rc.tableClusters() * clusterSize);
         long[] table = rc.table();
+        long grown = growForRefcountBlocks(table);
         for (int i = 0; i < table.length; i++) {
             long b = table[i];
+            if (rc.hasReservedBits(i)) {
+                // as qemu: the block is not counted, and only a new refcount structure is trusted
+                findings.accept("ERROR refcount table entry " + i + " has reserved bits set");
+                corruptions++;
+                rebuild = true;
+                continue;
+            }
             if (b != 0) {
                 if ((b & (clusterSize - 1)) != 0) {
                     findings.accept("ERROR refcount block " + i + " is not cluster aligned; refcount table entry"
                             + " corrupted");
                     corruptions++;
+                    rebuild = true; // as qemu: only a new refcount structure repairs the entry
                     continue;
                 }
-                addRef(b, clusterSize);
                 long c = b >>> clusterBits;
+                if (c >= grown) {
+                    if (!outsideImage(i, b)) {
+                        continue;
+                    }
+                    grown = c + 1;
+                }
+                addRef(b, clusterSize);
                 if (c < refs.length && refs[(int) c] != 1) {
                     // something else (an L2 table, data) claims the block too: only a rebuild untangles it
                     findings.accept("ERROR refcount block " + i + " refcount=" + Integer.toUnsignedLong(refs[(int) c]));
@@ -218,6 +233,74 @@ final class Qcow2Check {
                 }
             }
         }
+    }
+
+    /**
+     * A refcount table entry points past the end of the file. As qemu: plain check and -r leaks
+     * report it; -r all grows the file so the block lies inside it (the block reads as zeroes:
+     * every cluster it describes has refcount 0, so the rebuild follows) and counts the block as
+     * referenced. Where the growth fails, qemu says why and the rebuild, which builds a table
+     * without the entry, repairs the image instead: past 2^63 bytes the size is invalid, and ours
+     * also fails the growth past {@link #MAX_GROWN_CLUSTERS} clusters (the counters and the
+     * rebuild's copy of them must fit a small heap), with qemu's words for a size past the file
+     * system's limit; qemu grows the file up to that limit (16 TiB on ext4). Returns whether the
+     * block now lies inside the file.
+     */
+    private boolean outsideImage(int index, long offset) throws BlockException {
+        if (!repairAll) {
+            findings.accept("ERROR refcount block " + index + " is outside image");
+            corruptions++;
+            return false;
+        }
+        findings.accept("Repairing refcount block " + index + " is outside image");
+        if (growable(offset)) {
+            corruptionsFixed++;
+            return true;
+        }
+        findings.accept("ERROR could not resize image: "
+                + (offset < 0 || offset > Long.MAX_VALUE - clusterSize ? "Invalid argument" : "File too large"));
+        corruptions++;
+        rebuild = true;
+        return false;
+    }
+
+    /** Whether -r all grows the file to bring the refcount block at {@code offset} inside it. */
+    private boolean growable(long offset) {
+        return offset >= 0 && offset >>> clusterBits < MAX_GROWN_CLUSTERS;
+    }
+
+    /**
+     * With -r all, grows the file (and the counters) once, to the end of the farthest refcount
+     * block that {@link #outsideImage} brings inside: the size qemu's growth entry by entry ends
+     * at, without copying the counters once per entry. Returns the cluster count before.
+     */
+    private long growForRefcountBlocks(long[] table) throws BlockException {
+        long before = refs.length;
+        if (!repairAll) {
+            return before;
+        }
+        long end = before;
+        Refcounts rc = node.refcounts();
+        for (int i = 0; i < table.length; i++) {
+            long b = table[i];
+            long c = b >>> clusterBits;
+            if (b != 0 && !rc.hasReservedBits(i) && (b & (clusterSize - 1)) == 0 && c >= end && growable(b)) {
+                end = c + 1;
+            }
+        }
+        if (end > before) {
+            file.ensureSize(end << clusterBits);
+            refs = java.util.Arrays.copyOf(refs, (int) end);
+        }
+        return before;
+    }
+
+    /** The largest cluster count the file is grown to when -r all brings a refcount block into it. */
+    static final long MAX_GROWN_CLUSTERS = 1L << 20;
+
+    /** A stored refcount as qemu's check reads it: 0 where the refcount block lies past the end of the file. */
+    private long stored(Refcounts rc, long cluster) throws BlockException {
+        return rc.blockPastEnd(cluster) ? 0 : rc.get(cluster);
     }
 
     /**
@@ -230,7 +313,7 @@ final class Qcow2Check {
         for (int i = 0; i < refs.length; i++) {
             long stored;
             try {
-                stored = rc.get(i);
+                stored = stored(rc, i);
             } catch (BlockException e) {
                 findings.accept("Can't get refcount for cluster " + i + ": Input/output error");
                 checkErrors++;
@@ -304,7 +387,7 @@ final class Qcow2Check {
             }
             long refcount;
             try {
-                refcount = rc.get(off >>> clusterBits);
+                refcount = stored(rc, off >>> clusterBits);
             } catch (BlockException ex) {
                 continue;
             }
@@ -335,7 +418,7 @@ final class Qcow2Check {
                 }
                 long count;
                 try {
-                    count = node.external() ? 1 : rc.get(host >>> clusterBits);
+                    count = node.external() ? 1 : stored(rc, host >>> clusterBits);
                 } catch (BlockException ex) {
                     continue;
                 }

@@ -136,7 +136,7 @@ public final class Qcow2Driver implements BlockDriver {
         } else if ((h.autoclearFeatures() & Qcow2Header.AUTOCLEAR_DATA_FILE_RAW) != 0) {
             throw Qcow2Header.corrupt("data-file-raw (autoclear bit 1) is set without an external data file");
         }
-        Qcow2Node node = new Qcow2Node(file, dataFile, h, backing, readOnly, cache);
+        Qcow2Node node = new Qcow2Node(file, dataFile, h, backing, readOnly, cache, ctx.forCheck());
         String discardMode = ctx.options().get("discard", "ignore");
         node.setDiscardPassThrough(ctx.options().getBool("pass-discard-request",
                 discardMode.equals("unmap") || discardMode.equals("on")),

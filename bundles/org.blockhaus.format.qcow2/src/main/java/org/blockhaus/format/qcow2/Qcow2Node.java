@@ -92,6 +92,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
      */
     private long mappingGeneration;
     private boolean closed;
+    /** Opened for check (OpenContext.forCheck): check reports what a normal open refuses. */
+    private final boolean forCheck;
+
     /** Persistent dirty bitmaps; null until {@link #openBitmaps} (the driver calls it after open). */
     private PersistentBitmaps bitmaps;
 
@@ -102,6 +105,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
 
     Qcow2Node(HostFile file, HostFile dataFile, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes)
             throws BlockException {
+        this(file, dataFile, h, backing, readOnly, l2CacheBytes, false);
+    }
+
+    /** @param forCheck opened for check: validation that check reports itself is relaxed (see {@link Refcounts}) */
+    Qcow2Node(HostFile file, HostFile dataFile, Qcow2Header h, BlockNode backing, boolean readOnly, long l2CacheBytes,
+            boolean forCheck) throws BlockException {
+        this.forCheck = forCheck;
         this.file = file;
         this.external = dataFile != null;
         this.data = external ? dataFile : file;
@@ -118,7 +128,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         this.l1Offset = h.l1TableOffset();
         this.compression = new Compression(clusterBits, h.compressionType());
         this.l1 = readL1(h.l1TableOffset(), h.l1Size());
-        this.refcounts = new Refcounts(file, h, this::refcountTableMoved);
+        this.refcounts = new Refcounts(file, h, this::refcountTableMoved, forCheck);
         this.refcounts.setGuard(this::isKnownMetadata);
         this.refcounts.setBeforeIncrease(this::markDirtyIfLazy);
         this.lazyRefcounts = h.version() >= 3 && h.lazyRefcounts();
@@ -1808,7 +1818,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     void replaceRefcounts() throws BlockException {
         header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
                 file.size());
-        refcounts = new Refcounts(file, header, this::refcountTableMoved);
+        refcounts = new Refcounts(file, header, this::refcountTableMoved, forCheck);
         refcounts.setGuard(this::isKnownMetadata);
         refcounts.setBeforeIncrease(this::markDirtyIfLazy);
     }
@@ -2224,7 +2234,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         l1 = readL1(l1Offset, header.l1Size());
         l1DirtyClusters.clear();
         l2.clear();
-        refcounts = new Refcounts(file, header, this::refcountTableMoved);
+        refcounts = new Refcounts(file, header, this::refcountTableMoved, forCheck);
         refcounts.setGuard(this::isKnownMetadata);
         refcounts.setBeforeIncrease(this::markDirtyIfLazy);
         invalidateInflated();

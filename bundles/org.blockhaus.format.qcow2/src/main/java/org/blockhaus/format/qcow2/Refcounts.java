@@ -82,7 +82,19 @@ final class Refcounts {
         this.beforeIncrease = hook;
     }
 
+    /** Refcount table entries with reserved bits set (check opens only; the others refuse them). */
+    private final java.util.BitSet reservedBits = new java.util.BitSet();
+
     Refcounts(HostFile file, Qcow2Header h, TableMoved tableMoved) throws BlockException {
+        this(file, h, tableMoved, false);
+    }
+
+    /**
+     * @param forCheck an open for check (qemu's BDRV_O_CHECK): a table entry with reserved bits
+     *        set is kept, as its offset part (qemu reads the refcounts there too), and remembered
+     *        for check to report and rebuild, instead of refusing the image
+     */
+    Refcounts(HostFile file, Qcow2Header h, TableMoved tableMoved, boolean forCheck) throws BlockException {
         this.file = file;
         this.clusterBits = h.clusterBits();
         this.clusterSize = h.clusterSize();
@@ -100,13 +112,22 @@ final class Refcounts {
         for (int i = 0; i < n; i++) {
             table[i] = t.getLong();
             if ((table[i] & 0x1ffL) != 0) {
-                throw Qcow2Header.corrupt("Reference count table entry " + i + " has reserved bits set");
+                if (!forCheck) {
+                    throw Qcow2Header.corrupt("Reference count table entry " + i + " has reserved bits set");
+                }
+                reservedBits.set(i);
+                table[i] &= ~0x1ffL;
             }
         }
     }
 
     int refcountBits() {
         return refcountBits;
+    }
+
+    /** Whether table entry {@code index} had reserved bits set (only a check open gets this far). */
+    boolean hasReservedBits(int index) {
+        return reservedBits.get(index);
     }
 
     long tableOffset() {
@@ -169,6 +190,20 @@ final class Refcounts {
         }
         Block b = block((int) ti);
         return b == null ? 0 : entry(b.data, (int) (index & (blockEntries - 1)));
+    }
+
+    /**
+     * Whether the refcount block that holds cluster {@code index}'s refcount starts at or past the
+     * end of the file. qemu's check reads such a block as zeroes (a read past the end of the
+     * file), so every refcount it describes is 0; our reads refuse the range, so check asks first.
+     */
+    boolean blockPastEnd(long index) {
+        long ti = index >>> blockEntryBits;
+        if (ti >= table.length) {
+            return false;
+        }
+        long off = table[(int) ti];
+        return off != 0 && off >= file.size();
     }
 
     private long entry(byte[] d, int i) {

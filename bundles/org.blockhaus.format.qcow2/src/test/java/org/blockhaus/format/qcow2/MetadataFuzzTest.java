@@ -24,7 +24,10 @@ class MetadataFuzzTest {
     @TempDir
     Path dir;
 
-    private static final int CASES = 60;
+    /** 60 in the suite; {@code -Dfuzz.cases=N} explores more. */
+    private static final int CASES = Integer.getInteger("fuzz.cases", 60);
+    /** 0 in the suite; {@code -Dfuzz.seedBase=N} explores other seeds. */
+    private static final long SEED_BASE = Long.getLong("fuzz.seedBase", 0);
 
     private Path image(String kind) throws Exception {
         Path img = dir.resolve(kind + ".qcow2");
@@ -84,8 +87,9 @@ class MetadataFuzzTest {
         Path img = image(kind);
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         List<String> cmd = List.of(java, "-Xmx96m", "-XX:+ExitOnOutOfMemoryError", "--enable-native-access=ALL-UNNAMED",
-                "--sun-misc-unsafe-memory-access=allow", "-cp", System.getProperty("java.class.path"),
-                MetadataFuzzer.class.getName(), img.toString(), Long.toString(seed), Integer.toString(CASES), "10");
+                "--sun-misc-unsafe-memory-access=allow", "-Dfuzz.verbose=" + Boolean.getBoolean("fuzz.verbose"),
+                "-Dfuzz.keep=" + System.getProperty("fuzz.keep", ""), "-cp", System.getProperty("java.class.path"),
+                MetadataFuzzer.class.getName(), img.toString(), Long.toString(seed + SEED_BASE), Integer.toString(CASES), "10");
         File out = dir.resolve("fuzz.out").toFile();
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(out).start();
         if (!p.waitFor(300, TimeUnit.SECONDS)) {
@@ -93,7 +97,7 @@ class MetadataFuzzTest {
         }
         String log = Files.readString(out.toPath(), StandardCharsets.UTF_8);
         System.out.print(log);
-        assertEquals(0, p.exitValue(), "fuzzer (java " + MetadataFuzzer.class.getName() + " IMAGE " + seed + " "
+        assertEquals(0, p.exitValue(), "fuzzer (java " + MetadataFuzzer.class.getName() + " IMAGE " + (seed + SEED_BASE) + " "
                 + CASES + " 10):\n" + log);
     }
 }
