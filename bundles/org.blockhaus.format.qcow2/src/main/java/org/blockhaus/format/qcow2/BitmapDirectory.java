@@ -131,6 +131,16 @@ final class BitmapDirectory {
      * a consistent bitmap has exactly the size the virtual disk needs and lies inside the file.
      */
     static List<Entry> read(HostFile file, Extension ext, int clusterBits, long virtualSize) throws BlockException {
+        return read(file, ext, clusterBits, virtualSize, false);
+    }
+
+    /**
+     * As {@link #read(HostFile, Extension, int, long)}; with {@code pastEndAsZero} (opens for
+     * check only) a table that runs past the end of the file is kept: qemu-img 7.2's check reads
+     * what lies past the end as zeroes, and {@link #readTable} does the same.
+     */
+    static List<Entry> read(HostFile file, Extension ext, int clusterBits, long virtualSize, boolean pastEndAsZero)
+            throws BlockException {
         long fileSize = file.size();
         ByteBuffer dir = file.read(ext.directoryOffset(), (int) ext.directorySize(), "Bitmap directory");
         List<Entry> out = new ArrayList<>(ext.count());
@@ -204,7 +214,7 @@ final class BitmapDirectory {
                 throw new BlockException(Reason.UNSUPPORTED, "qcow2: bitmaps: the bitmap tables take more than "
                         + MAX_ALL_TABLES_BYTES + " bytes together; this driver keeps at most that in memory");
             }
-            if (tableSize > 0) {
+            if (tableSize > 0 && !(pastEndAsZero && tableOffset > 0 && (tableOffset & ((1L << clusterBits) - 1)) == 0)) {
                 Qcow2Header.checkTable("Bitmap table of '" + name + "'", tableOffset, tableSize * 8, 1L << clusterBits,
                         fileSize);
             }
@@ -219,12 +229,28 @@ final class BitmapDirectory {
 
     /** Reads a bitmap table and checks each entry: reserved bits zero, data clusters aligned and inside the file. */
     static long[] readTable(HostFile file, Entry e, int clusterBits) throws BlockException {
+        return readTable(file, e, clusterBits, false);
+    }
+
+    /**
+     * As {@link #readTable(HostFile, Entry, int)}; with {@code pastEndAsZero} (opens for check
+     * only) an aligned entry at or past the end of the file is kept instead of refused: qemu-img
+     * 7.2's check opens such an image, reads that cluster as zeroes (a read past the end of the
+     * file) and, opened read-write, stores the bitmap anew on close without it.
+     */
+    static long[] readTable(HostFile file, Entry e, int clusterBits, boolean pastEndAsZero) throws BlockException {
         long[] t = new long[e.tableSize()];
         if (t.length == 0) {
             return t;
         }
-        file.read(e.tableOffset(), t.length * 8, "Bitmap table").asLongBuffer().get(t);
         long fileSize = file.size();
+        if (pastEndAsZero) {
+            ByteBuffer b = ByteBuffer.allocate(t.length * 8);
+            file.readClamped(e.tableOffset(), b); // the part past the end of the file reads as zeroes
+            b.clear().asLongBuffer().get(t);
+        } else {
+            file.read(e.tableOffset(), t.length * 8, "Bitmap table").asLongBuffer().get(t);
+        }
         long clusterSize = 1L << clusterBits;
         for (int i = 0; i < t.length; i++) {
             long w = t[i];
@@ -234,6 +260,9 @@ final class BitmapDirectory {
             if (reservedSet) {
                 throw corrupt("bitmap table entry " + i + " of '" + e.name() + "' (0x" + Long.toHexString(w)
                         + ") has reserved bits set");
+            }
+            if (pastEndAsZero && off != 0 && (off & (clusterSize - 1)) == 0 && off >= fileSize) {
+                continue;
             }
             if (off != 0 && ((off & (clusterSize - 1)) != 0 || off > fileSize - clusterSize)) {
                 throw corrupt("bitmap table entry " + i + " of '" + e.name() + "' points at " + off

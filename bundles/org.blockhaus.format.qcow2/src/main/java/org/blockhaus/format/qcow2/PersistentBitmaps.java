@@ -73,7 +73,7 @@ final class PersistentBitmaps {
         byte[] ext = extension(h);
         if (ext != null && h.version() >= 3 && (h.autoclearFeatures() & Qcow2Header.AUTOCLEAR_BITMAPS) != 0) {
             BitmapDirectory.Extension e = BitmapDirectory.parseExtension(ext, h.clusterBits(), node.hostFile().size());
-            for (Entry entry : BitmapDirectory.read(node.hostFile(), e, h.clusterBits(), h.size())) {
+            for (Entry entry : BitmapDirectory.read(node.hostFile(), e, h.clusterBits(), h.size(), node.forCheck())) {
                 pb.list.add(new Bitmap(entry, entry.inUse()));
             }
             pb.dirOffset = e.directoryOffset();
@@ -403,7 +403,21 @@ final class PersistentBitmaps {
 
     private long[] table(Bitmap b) throws BlockException {
         if (b.table == null) {
-            b.table = BitmapDirectory.readTable(file, b.entry, clusterBits);
+            long[] t = BitmapDirectory.readTable(file, b.entry, clusterBits, node.forCheck());
+            long size = file.size();
+            if (b.entry.tableOffset() > size - (long) t.length * 8) { // (no overflow: offset < 2^63, size too)
+                b.tableChanged = true; // (opens for check only) read as zeroes past the end: stored anew
+            }
+            for (int i = 0; i < t.length; i++) {
+                if ((t[i] & BitmapDirectory.TABLE_OFFSET_MASK) >= size) {
+                    // (opens for check only) qemu reads that cluster past the end of the file as
+                    // zeroes and its close stores the bitmap without the entry: so do we (a store
+                    // happens only read-write, and the entry holds no refcount to free)
+                    t[i] = 0;
+                    b.tableChanged = true;
+                }
+            }
+            b.table = t;
         }
         return b.table;
     }
@@ -491,7 +505,7 @@ final class PersistentBitmaps {
         }
         frees.addAll(b.freeAfterStore);
         b.freeAfterStore.clear();
-        if (b.entry.tableOffset() != 0 && b.entry.tableSize() > 0) {
+        if (b.entry.tableOffset() != 0 && b.entry.tableSize() > 0 && !tablePastEnd(b.entry)) {
             frees.add(new long[] {b.entry.tableOffset(), (long) b.entry.tableSize() * 8});
         }
         long tableOffset = 0;
@@ -517,14 +531,22 @@ final class PersistentBitmaps {
         if (b.entry.tableOffset() == 0 || b.entry.tableSize() == 0) {
             return out;
         }
-        for (long e : BitmapDirectory.readTable(file, b.entry, clusterBits)) {
+        long size = file.size();
+        for (long e : BitmapDirectory.readTable(file, b.entry, clusterBits, node.forCheck())) {
             long host = e & BitmapDirectory.TABLE_OFFSET_MASK;
-            if (host != 0) {
+            if (host != 0 && host < size) { // past the end (opens for check only): nothing to free
                 out.add(new long[] {host, clusterSize});
             }
         }
-        out.add(new long[] {b.entry.tableOffset(), (long) b.entry.tableSize() * 8});
+        if (!tablePastEnd(b.entry)) {
+            out.add(new long[] {b.entry.tableOffset(), (long) b.entry.tableSize() * 8});
+        }
         return out;
+    }
+
+    /** A table that runs past the end of the file (opens for check only): it holds no refcount to free. */
+    private boolean tablePastEnd(Entry e) throws BlockException {
+        return e.tableOffset() > file.size() - (long) e.tableSize() * 8;
     }
 
     /**

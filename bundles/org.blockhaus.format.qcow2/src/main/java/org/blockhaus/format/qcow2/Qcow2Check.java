@@ -59,9 +59,13 @@ final class Qcow2Check {
         this.refs = newCounters();
     }
 
+    /** The length of the file when the counters were made. */
+    private long fileLength;
+
     /** One counter per cluster of the file as it is now. */
     private int[] newCounters() throws BlockException {
-        long n = Qcow2Header.ceilShift(file.size(), clusterBits);
+        fileLength = file.size();
+        long n = Qcow2Header.ceilShift(fileLength, clusterBits);
         if (n > MAX_CLUSTERS) {
             throw new BlockException(BlockException.Reason.UNSUPPORTED, "qcow2: the image file has " + n
                     + " clusters; check counts at most " + MAX_CLUSTERS);
@@ -75,6 +79,14 @@ final class Qcow2Check {
         }
         long first = offset >>> clusterBits;
         long last = (offset + bytes - 1) >>> clusterBits;
+        if (last >= refs.length) {
+            // as qemu: a region that ends less than a cluster past the end of the file (a file
+            // whose length is not a multiple of the cluster size) is counted, the counters grown
+            long pastEnd = offset > Long.MAX_VALUE - bytes ? Long.MAX_VALUE : offset + bytes - fileLength;
+            if (pastEnd < clusterSize && last < MAX_CLUSTERS) {
+                refs = java.util.Arrays.copyOf(refs, (int) last + 1);
+            }
+        }
         if (last >= refs.length) {
             findings.accept("ERROR: counting reference for region exceeding the end of the file by one cluster or"
                     + " more: offset 0x" + Long.toHexString(offset) + " size 0x" + Long.toHexString(bytes));
@@ -602,12 +614,16 @@ final class Qcow2Check {
                 continue;
             }
             if (tableEntries * 8 > Qcow2Header.MAX_L1_BYTES || (tableOffset & (clusterSize - 1)) != 0
-                    || tableOffset <= 0 || tableOffset > file.size() - tableEntries * 8) {
+                    || tableOffset <= 0) {
                 corruptions++;
                 continue;
             }
+            // as qemu: a table past the end of the file is reported by its reference and read as
+            // zeroes (opens for check take such a table, see BitmapDirectory.read)
             addRef(tableOffset, tableEntries * 8);
-            ByteBuffer table = file.read(tableOffset, (int) (tableEntries * 8), "Bitmap table");
+            ByteBuffer table = ByteBuffer.allocate((int) (tableEntries * 8));
+            file.readClamped(tableOffset, table);
+            table.clear();
             for (int k = 0; k < tableEntries; k++) {
                 long data = table.getLong(k * 8) & Qcow2Node.L2_OFFSET_MASK;
                 if (data != 0) {

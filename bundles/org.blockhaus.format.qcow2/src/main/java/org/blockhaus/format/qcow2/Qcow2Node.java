@@ -177,6 +177,11 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
 
     // ---- opening-time fixes -----------------------------------------------------------------
 
+    /** Opened for check (OpenContext.forCheck). */
+    boolean forCheck() {
+        return forCheck;
+    }
+
     /** Reads the bitmap directory; read-write, also marks the bitmaps in use (see {@link PersistentBitmaps}). */
     void openBitmaps() throws BlockException {
         lock.lock();

@@ -307,7 +307,7 @@ public final class MetadataFuzzer {
      * (qemu's check also drops broken snapshots and repairs refcount tables ours refuses to open),
      * except for the classes of gap closed since: a refcount table entry left outside the image or
      * unaligned fails, as does a check that refuses a refcount table entry with reserved bits (see
-     * oneCase).
+     * oneCase) or a bitmap table or table entry past the end of the file.
      */
     private static String compareRepair(Path mutated, Path ours, Repaired rep, String id) throws Exception {
         Path twin = mutated.resolveSibling(mutated.getFileName() + ".twin");
@@ -322,6 +322,21 @@ public final class MetadataFuzzer {
             // clusters are repaired as leaks. A "repair" that relies on that is not one to copy.
             boolean droppedAll = nbSnapshots(mutated) > 0 && nbSnapshots(twin) == 0;
             if (rep.refusal() != null) {
+                // a class of gap closed: check opens take a bitmap table entry at or past the end of
+                // the file (or a table there), read what lies there as zeroes and store the bitmap
+                // anew, as qemu (BitmapTableRepairTest)
+                java.util.regex.Matcher m = java.util.regex.Pattern
+                        .compile("points at (\\d+), which is not a cluster inside the file \\((\\d+) bytes\\)")
+                        .matcher(rep.refusal());
+                if (m.find() && Long.parseLong(m.group(1)) >= Long.parseLong(m.group(2))
+                        && Long.parseLong(m.group(1)) % (1L << headerInt(mutated, 20)) == 0) {
+                    return "check -r all refused a bitmap table entry past the end of the file, which qemu's"
+                            + " check repairs: " + rep.refusal();
+                }
+                if (rep.refusal().contains("Bitmap table of ") && rep.refusal().contains("lies beyond the end")) {
+                    return "check -r all refused a bitmap table past the end of the file, which qemu's check"
+                            + " repairs: " + rep.refusal();
+                }
                 countGap(rep, id, mutated, droppedAll);
                 return null;
             }
@@ -368,6 +383,13 @@ public final class MetadataFuzzer {
     /** Gaps where qemu's repair dropped every snapshot of an image with bitmaps (see compareRepair). */
     private static final java.util.concurrent.atomic.AtomicInteger SNAPSHOTS_DROPPED = new java.util.concurrent.atomic.AtomicInteger();
     private static final java.util.Map<String, Integer> GAP_CLASSES = new java.util.concurrent.ConcurrentHashMap<>();
+
+    private static int headerInt(Path img, long at) throws java.io.IOException {
+        try (var ch = java.nio.channels.FileChannel.open(img)) {
+            ByteBuffer b = ByteBuffer.allocate(4);
+            return ch.read(b, at) == 4 ? b.flip().getInt() : 0;
+        }
+    }
 
     private static int nbSnapshots(Path img) throws java.io.IOException {
         try (var ch = java.nio.channels.FileChannel.open(img)) {
