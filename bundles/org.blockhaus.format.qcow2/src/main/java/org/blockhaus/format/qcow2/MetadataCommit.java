@@ -326,9 +326,7 @@ final class MetadataCommit {
                 .putLong(snapOffset).flip();
         file.write(24, hdr);
         file.flush();
-        for (long[] run : freed) {
-            file.punch(run[0] << clusterBits, (run[1] - run[0]) << clusterBits);
-        }
+        node.refcounts().punchRuns(freed);
         node.reloadMetadata();
     }
 
@@ -343,12 +341,7 @@ final class MetadataCommit {
             Refcounts old = node.refcounts();
             for (long i = 1; i < start; i++) {
                 if ((i >= refs.length || refs[(int) i] == 0) && old.get(i) > 0) {
-                    long[] last = freed.isEmpty() ? null : freed.get(freed.size() - 1);
-                    if (last != null && last[1] == i) {
-                        last[1] = i + 1;
-                    } else {
-                        freed.add(new long[] {i, i + 1});
-                    }
+                    Refcounts.addToRuns(freed, i);
                 }
             }
         } catch (BlockException e) {

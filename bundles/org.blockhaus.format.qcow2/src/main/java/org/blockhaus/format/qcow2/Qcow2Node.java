@@ -738,7 +738,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
      */
     private boolean passDiscardRequest;
     private boolean passDiscardSnapshot = true;
-    /** True while a guest discard releases clusters (under the lock). */
+    /** True while a guest discard or a shrink releases clusters (under the lock): they get punched. */
     private boolean punchReleased;
 
     void setDiscardPassThrough(boolean request, boolean snapshot) {
@@ -1605,27 +1605,28 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 continue;
             }
             long regionStart = i * perL2;
-            if (regionStart >= firstDropped) {
-                L2Cache.Table t = l2.get(off);
-                for (int j = 0; j < (1 << l2Bits); j++) {
-                    releaseEntry(word(t, j));
+            // qemu discards what a shrink frees (its "always" class): "disk size" drops as there
+            punchReleased = true;
+            try {
+                if (regionStart >= firstDropped) {
+                    L2Cache.Table t = l2.get(off);
+                    for (int j = 0; j < (1 << l2Bits); j++) {
+                        releaseEntry(word(t, j));
+                    }
+                    l1[i] = 0;
+                    markL1Dirty(i);
+                    refcounts.queueFree(off, clusterSize, true);
+                } else {
+                    for (long guest = firstDropped; guest < regionStart + perL2 && guest < size; guest += clusterSize) {
+                        makeUnallocated(guest);
+                    }
                 }
-                l1[i] = 0;
-                markL1Dirty(i);
-                refcounts.queueFree(off, clusterSize);
-            } else {
-                for (long guest = firstDropped; guest < regionStart + perL2 && guest < size; guest += clusterSize) {
-                    makeUnallocated(guest);
-                }
+            } finally {
+                punchReleased = false;
             }
         }
         invalidateInflated();
-        refcounts.punchFreed(true); // qemu discards what a shrink frees: "disk size" drops as there
-        try {
-            flushLocked(); // tables first, then the freed clusters
-        } finally {
-            refcounts.punchFreed(false);
-        }
+        flushLocked(); // tables first, then the freed clusters (punched once their counts are on disk)
         file.write(24, ByteBuffer.allocate(8).putLong(0, newSize));
         file.flush();
         size = newSize;
@@ -2205,20 +2206,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         file.flush();
         header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
                 file.size());
-        refcounts.queueFree(oldOffset, oldBytes);
-        refcounts.applyQueuedFrees();
         // as qemu: the old table's clusters that are free now are discarded in the file (read as zero)
-        for (long c = oldOffset >>> clusterBits; oldBytes > 0 && c <= (oldOffset + oldBytes - 1) >>> clusterBits; c++) {
-            long at = c << clusterBits;
-            if (refcounts.get(c) == 0 && at < file.size()) {
-                try {
-                    // the file may end inside the cluster (a table written last); the node's range ends there
-                    file.node().discard(at, Math.min(clusterSize, file.size() - at));
-                } catch (BlockException e) {
-                    // discarding is advisory: the cluster is free either way
-                }
-            }
-        }
+        refcounts.queueFree(oldOffset, oldBytes, true);
+        refcounts.applyQueuedFrees();
     }
 
     // ---- for SnapshotOps (callers hold the lock) ------------------------------------------------

@@ -38,8 +38,6 @@ final class Refcounts {
     private long freeHint;
     /** Changes whenever refcounts drop, so cached "this cluster is in use" facts can be dropped. */
     private long freeGeneration;
-    /** While set, clusters a flush frees are punched out of the file afterwards (see {@link #punchFreed}). */
-    private boolean punchFreed;
 
     /** One refcount block in memory. */
     private static final class Block {
@@ -482,7 +480,8 @@ final class Refcounts {
 
     /**
      * As {@link #queueFree(long, long)}; with {@code punch} the clusters that reach zero are
-     * punched out of the file after the counts are on disk (qemu's discard pass-through).
+     * punched out of the file after the counts are on disk (qemu's discards of freed clusters: a
+     * shrink's, a discard request's under pass-discard-request, a repaired snapshot table's).
      */
     void queueFree(long offset, long bytes, boolean punch) {
         if (bytes <= 0) {
@@ -520,16 +519,6 @@ final class Refcounts {
         }
     }
 
-    /**
-     * qemu discards the clusters some operations free (a shrink: its "always" discard class), so
-     * their space goes back to the file system; while this is on, the frees a flush applies punch
-     * every cluster whose count reaches zero, after the counts are on disk (a crash in between
-     * leaves free clusters with old data, which nothing reads).
-     */
-    void punchFreed(boolean on) {
-        punchFreed = on;
-    }
-
     /** Last step of a flush: the decreases, now that no table on disk refers to those clusters. */
     void applyQueuedFrees() throws BlockException {
         if (queuedFrees.isEmpty()) {
@@ -547,13 +536,8 @@ final class Refcounts {
                     set(i, v - 1);
                     if (v == 1) {
                         freeHint = Math.min(freeHint, i);
-                        if (punchFreed || r[2] != 0) {
-                            long[] last = freed.isEmpty() ? null : freed.get(freed.size() - 1);
-                            if (last != null && last[1] == i) {
-                                last[1] = i + 1;
-                            } else {
-                                freed.add(new long[] {i, i + 1});
-                            }
+                        if (r[2] != 0) {
+                            addToRuns(freed, i);
                         }
                     }
                 }
@@ -562,7 +546,22 @@ final class Refcounts {
         queuedFrees.clear();
         writeBlocks();
         file.flush();
-        for (long[] run : freed) {
+        punchRuns(freed); // after the counts are on disk: a crash in between leaves free clusters with old data
+    }
+
+    /** Adds cluster {@code index} to runs of ascending {@code [start, end)} cluster ranges. */
+    static void addToRuns(List<long[]> runs, long index) {
+        long[] last = runs.isEmpty() ? null : runs.get(runs.size() - 1);
+        if (last != null && last[1] == index) {
+            last[1] = index + 1;
+        } else {
+            runs.add(new long[] {index, index + 1});
+        }
+    }
+
+    /** Punches runs of free clusters out of the file (qemu's discards of freed clusters; advisory). */
+    void punchRuns(List<long[]> runs) {
+        for (long[] run : runs) {
             file.punch(run[0] << clusterBits, (run[1] - run[0]) << clusterBits);
         }
     }
