@@ -76,28 +76,15 @@ class CreateLayoutTest {
     }
 
     private static void compare(String what, Path theirs, Path ours, List<String> diffs) throws Exception {
-        String a = Files.size(theirs) + " bytes, " + fileMap(theirs);
-        String b = Files.size(ours) + " bytes, " + fileMap(ours);
-        long qb = Long.parseLong(blocks(theirs));
-        long ob = Long.parseLong(blocks(ours));
+        String a = Files.size(theirs) + " bytes, " + Fixtures.fileMap(theirs);
+        String b = Files.size(ours) + " bytes, " + Fixtures.fileMap(ours);
+        long qb = Long.parseLong(Fixtures.blocks(theirs));
+        long ob = Long.parseLong(Fixtures.blocks(ours));
         // st_blocks may differ by ext4's own extent-tree blocks, never by a cluster
         if (!a.equals(b) || Math.abs(qb - ob) > 16) {
             diffs.add(what + ":\n  qemu: " + qb + " blocks, " + a + "\n  ours: " + ob + " blocks, " + b);
         }
     }
 
-    /** st_blocks (512-byte units), as stat(1) reports them. */
-    private static String blocks(Path f) throws Exception {
-        Process p = new ProcessBuilder("stat", "-c", "%b", f.toString()).start();
-        String out = new String(p.getInputStream().readAllBytes()).trim();
-        assertEquals(0, p.waitFor());
-        return out;
-    }
 
-    /** The file's data and holes as qemu-img map of the file protocol reports them. */
-    private static String fileMap(Path f) {
-        Qemu.Result r = Qemu.img("map", "-f", "file", "--output=json", f.toString());
-        assertEquals(0, r.exit(), r.err());
-        return r.out().replaceAll("\\s+", " ").trim();
-    }
 }

@@ -66,4 +66,19 @@ final class Fixtures {
         r.nextBytes(b);
         return b;
     }
+
+    /** st_blocks (512-byte units) of a file, as stat(1) reports them. */
+    static String blocks(Path f) throws Exception {
+        Process p = new ProcessBuilder("stat", "-c", "%b", f.toString()).start();
+        String out = new String(p.getInputStream().readAllBytes()).trim();
+        if (p.waitFor() != 0) {
+            throw new AssertionError("stat failed for " + f);
+        }
+        return out;
+    }
+
+    /** A file's data and holes as qemu-img map of the file protocol reports them. */
+    static String fileMap(Path f) {
+        return Qemu.img("map", "-f", "file", "--output=json", f.toString()).ok().out().replaceAll("\\s+", " ").trim();
+    }
 }

@@ -46,7 +46,7 @@ class FreedClustersPunchedTest {
                 }
             }
             // (ext4 may give two identically written files a different extent-tree block count)
-            assertEquals(fileMap(theirs), fileMap(ours), "twins differ before the shrink");
+            assertEquals(Fixtures.fileMap(theirs), Fixtures.fileMap(ours), "twins differ before the shrink");
             Qemu.img("resize", "-q", "--shrink", theirs.toString(), "32M").ok();
             try (Image i = Fixtures.openRw(core, ours)) {
                 i.truncate(32 << 20, false, Preallocation.OFF);
@@ -56,16 +56,13 @@ class FreedClustersPunchedTest {
             assertEquals(java.nio.file.Files.size(theirs), java.nio.file.Files.size(ours), "length, case " + n);
             // the same data and holes; st_blocks may differ by ext4's own extent-tree blocks
             // (holes punched in other batches split the extent tree differently)
-            assertEquals(fileMap(theirs), fileMap(ours), "file map, case " + n);
-            long diff = Math.abs(Long.parseLong(blocks(theirs)) - Long.parseLong(blocks(ours)));
+            assertEquals(Fixtures.fileMap(theirs), Fixtures.fileMap(ours), "file map, case " + n);
+            long diff = Math.abs(Long.parseLong(Fixtures.blocks(theirs)) - Long.parseLong(Fixtures.blocks(ours)));
             org.junit.jupiter.api.Assertions.assertTrue(diff <= 16, "allocated blocks, case " + n + ": qemu "
-                    + blocks(theirs) + ", ours " + blocks(ours));
+                    + Fixtures.blocks(theirs) + ", ours " + Fixtures.blocks(ours));
         }
     }
 
-    private static String fileMap(Path f) {
-        return Qemu.img("map", "-f", "file", "--output=json", f.toString()).ok().out();
-    }
 
     /**
      * Deleting a snapshot frees the clusters only it used, applying one frees what only the
@@ -96,8 +93,8 @@ class FreedClustersPunchedTest {
             }
             assertEquals(0, Qemu.img("check", ours.toString()).exit(), op);
             assertEquals(0, Qemu.img("compare", theirs.toString(), ours.toString()).exit(), op);
-            long q = Long.parseLong(blocks(theirs));
-            long b = Long.parseLong(blocks(ours));
+            long q = Long.parseLong(Fixtures.blocks(theirs));
+            long b = Long.parseLong(Fixtures.blocks(ours));
             org.junit.jupiter.api.Assertions.assertTrue(b >= q - 16 && b <= q + 4 * 128, op + ": qemu " + q
                     + " blocks, ours " + b);
         }
@@ -131,18 +128,11 @@ class FreedClustersPunchedTest {
             }
             assertEquals(0, Qemu.img("check", ours.toString()).exit(), mode);
             assertEquals(0, Qemu.img("compare", theirs.toString(), ours.toString()).exit(), mode);
-            assertEquals(fileMap(theirs), fileMap(ours), "file map, " + mode);
-            long q = Long.parseLong(blocks(theirs));
-            long b = Long.parseLong(blocks(ours));
+            assertEquals(Fixtures.fileMap(theirs), Fixtures.fileMap(ours), "file map, " + mode);
+            long q = Long.parseLong(Fixtures.blocks(theirs));
+            long b = Long.parseLong(Fixtures.blocks(ours));
             org.junit.jupiter.api.Assertions.assertTrue(Math.abs(q - b) <= 16, mode + ": qemu " + q + " blocks, ours " + b);
         }
     }
 
-    /** st_blocks (512-byte units), as stat(1) reports them. */
-    private static String blocks(Path f) throws Exception {
-        Process p = new ProcessBuilder("stat", "-c", "%b", f.toString()).start();
-        String out = new String(p.getInputStream().readAllBytes()).trim();
-        assertEquals(0, p.waitFor());
-        return out;
-    }
 }
