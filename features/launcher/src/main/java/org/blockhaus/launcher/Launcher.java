@@ -101,8 +101,10 @@ final class Launcher {
                         + " (framework/org.apache.felix.framework.jar is missing)"));
         Framework fw = factory.newFramework(config);
         framework = fw;
+        time("new framework");
         try {
             fw.init();
+            time("framework init");
             BundleContext ctx = fw.getBundleContext();
             List<Path> feature = jars(settings.home().resolve("bundles"));
             if (cli) {
@@ -113,7 +115,9 @@ final class Launcher {
             if (cli && settings.deploy() != null && Files.isDirectory(settings.deploy())) {
                 bundles.addAll(installDeployed(ctx, jars(settings.deploy())));
             }
+            time("installed");
             fw.start();
+            time("framework started");
             fw.adapt(FrameworkWiring.class).resolveBundles(null);
             time("installed and resolved " + bundles.size() + " bundles");
             Bundle console = null;
@@ -130,6 +134,7 @@ final class Launcher {
                     continue; // saves their start-up; the shell bundle only imports Gogo's API
                 } else {
                     startQuietly(b);
+                    time("  started " + b.getSymbolicName());
                 }
             }
             time("started bundles");
@@ -310,10 +315,11 @@ final class Launcher {
     }
 
     /** "reference:" keeps Felix from copying every jar into its storage: faster start, less disk. */
-    private static List<Bundle> install(BundleContext ctx, List<Path> jars) throws BundleException {
+    private List<Bundle> install(BundleContext ctx, List<Path> jars) throws BundleException {
         List<Bundle> installed = new ArrayList<>();
         for (Path jar : jars) {
             installed.add(ctx.installBundle("reference:" + jar.toUri()));
+            time("  installed " + jar.getFileName());
         }
         return installed;
     }
