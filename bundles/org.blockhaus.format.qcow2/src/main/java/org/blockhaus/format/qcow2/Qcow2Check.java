@@ -310,9 +310,42 @@ final class Qcow2Check {
     /** The largest cluster count the file is grown to when -r all brings a refcount block into it. */
     static final long MAX_GROWN_CLUSTERS = 1L << 20;
 
-    /** A stored refcount as qemu's check reads it: 0 where the refcount block lies past the end of the file. */
-    private long stored(Refcounts rc, long cluster) throws BlockException {
-        return rc.blockPastEnd(cluster) ? 0 : rc.get(cluster);
+    /**
+     * Stored refcounts as qemu's check reads them (0 where the refcount block lies past the end of
+     * the file), decoded a window at a time: check asks for every cluster's, millions on a large
+     * image, nearly always in order. A phase that changes refcounts other than the one it just
+     * read makes a new reader.
+     */
+    private static final class StoredRefcounts {
+        private static final int MAX_WINDOW_BITS = 16;
+        private final Refcounts rc;
+        private final int windowBits;
+        private final long[] window;
+        private long loaded = -1;
+        private BlockException failure;
+
+        StoredRefcounts(Refcounts rc) {
+            this.rc = rc;
+            this.windowBits = Math.min(Integer.numberOfTrailingZeros(rc.blockEntries()), MAX_WINDOW_BITS);
+            this.window = new long[1 << windowBits];
+        }
+
+        long get(long cluster) throws BlockException {
+            long w = cluster >>> windowBits;
+            if (w != loaded) {
+                loaded = w;
+                failure = null;
+                try {
+                    rc.storedRange(w << windowBits, window, window.length);
+                } catch (BlockException e) {
+                    failure = e; // every cluster of the block fails alike, as its lookups did one by one
+                }
+            }
+            if (failure != null) {
+                throw failure;
+            }
+            return window[(int) (cluster & (window.length - 1))];
+        }
     }
 
     /**
@@ -321,11 +354,13 @@ final class Qcow2Check {
      */
     private void compare(CheckResult.Repair fix) throws BlockException {
         Refcounts rc = node.refcounts();
+        // repairs below change only the refcount just read: one reader serves the whole loop
+        StoredRefcounts reader = new StoredRefcounts(rc);
         boolean repaired = false;
         for (int i = 0; i < refs.length; i++) {
             long stored;
             try {
-                stored = stored(rc, i);
+                stored = reader.get(i);
             } catch (BlockException e) {
                 findings.accept("Can't get refcount for cluster " + i + ": Input/output error");
                 checkErrors++;
@@ -388,7 +423,7 @@ final class Qcow2Check {
      * check_oflag_copied); with -r all the L1 entry or L2 entry is set right.
      */
     private void checkCopied(boolean fix) throws BlockException {
-        Refcounts rc = node.refcounts();
+        StoredRefcounts stored = new StoredRefcounts(node.refcounts()); // this phase changes no refcount
         long[] l1 = node.activeL1();
         int step = h.extendedL2() ? 2 : 1;
         for (int li = 0; li < l1.length; li++) {
@@ -399,7 +434,7 @@ final class Qcow2Check {
             }
             long refcount;
             try {
-                refcount = stored(rc, off >>> clusterBits);
+                refcount = stored.get(off >>> clusterBits);
             } catch (BlockException ex) {
                 continue;
             }
@@ -430,7 +465,7 @@ final class Qcow2Check {
                 }
                 long count;
                 try {
-                    count = node.external() ? 1 : stored(rc, host >>> clusterBits);
+                    count = node.external() ? 1 : stored.get(host >>> clusterBits);
                 } catch (BlockException ex) {
                     continue;
                 }

@@ -30,6 +30,8 @@ final class Refcounts {
     private boolean tableDirty;
     /** Cached refcount blocks, least recently used first; bounded by {@link #maxBlocks}. */
     private final java.util.LinkedHashMap<Long, Block> blocks = new java.util.LinkedHashMap<>(16, 0.75f, true);
+    /** The block block() returned last (a memo in front of {@link #blocks}); null or evicted: none. */
+    private Block lastBlock;
     private final int maxBlocks;
     /** Tests shrink the cache to exercise write-back; 0 = the normal bound. */
     static volatile int maxBlocksForTests;
@@ -44,6 +46,8 @@ final class Refcounts {
         final long offset;
         final byte[] data;
         boolean dirty;
+        /** Set when the block leaves the cache, so that the one-block memo in block() drops it. */
+        boolean evicted;
 
         Block(long offset, byte[] data) {
             this.offset = offset;
@@ -149,6 +153,12 @@ final class Refcounts {
         if (off == 0) {
             return null;
         }
+        Block last = lastBlock;
+        if (last != null && last.offset == off && !last.evicted) {
+            // check and allocation ask for neighbouring clusters one by one: millions of lookups
+            // of the same block, each a boxed key and a hash lookup without this memo
+            return last;
+        }
         Block b = blocks.get(off);
         if (b == null) {
             if ((off & (clusterSize - 1)) != 0) {
@@ -158,6 +168,7 @@ final class Refcounts {
             b = new Block(off, data.array());
             cache(b);
         }
+        lastBlock = b;
         return b;
     }
 
@@ -167,7 +178,10 @@ final class Refcounts {
      * so writing one early can only leak clusters, never lose a reference.
      */
     private void cache(Block b) throws BlockException {
-        blocks.put(b.offset, b);
+        Block replaced = blocks.put(b.offset, b);
+        if (replaced != null && replaced != b) {
+            replaced.evicted = true;
+        }
         if (blocks.size() > maxBlocks) {
             Block eldest = blocks.values().iterator().next();
             if (eldest != b) {
@@ -176,6 +190,7 @@ final class Refcounts {
                     eldest.dirty = false;
                 }
                 blocks.remove(eldest.offset);
+                eldest.evicted = true;
             }
         }
     }
@@ -188,6 +203,30 @@ final class Refcounts {
         }
         Block b = block((int) ti);
         return b == null ? 0 : entry(b.data, (int) (index & (blockEntries - 1)));
+    }
+
+    /**
+     * The refcounts of clusters {@code first} to {@code first + n - 1}, which lie in one refcount
+     * block, into {@code out}, as check reads them: 0 where there is no block or where the block
+     * lies at or past the end of the file (see {@link #blockPastEnd}).
+     */
+    void storedRange(long first, long[] out, int n) throws BlockException {
+        long ti = first >>> blockEntryBits;
+        if (ti >= table.length || blockPastEnd(first) || table[(int) ti] == 0) {
+            java.util.Arrays.fill(out, 0, n, 0);
+            return;
+        }
+        byte[] d = block((int) ti).data;
+        int e = (int) (first & (blockEntries - 1));
+        if (refcountBits == 16) { // the default width: decoded without a call per entry
+            for (int k = 0; k < n; k++, e++) {
+                out[k] = (d[2 * e] & 0xffL) << 8 | (d[2 * e + 1] & 0xffL);
+            }
+            return;
+        }
+        for (int k = 0; k < n; k++, e++) {
+            out[k] = entry(d, e);
+        }
     }
 
     /**
@@ -217,10 +256,16 @@ final class Refcounts {
                 return ((d[2 * i] & 0xffL) << 8) | (d[2 * i + 1] & 0xffL);
             }
             case 32 -> {
-                return ByteBuffer.wrap(d).getInt(4 * i) & 0xffffffffL;
+                // assembled by hand: a ByteBuffer wrapper per lookup is an allocation C1 keeps
+                int p = 4 * i;
+                return (d[p] & 0xffL) << 24 | (d[p + 1] & 0xffL) << 16 | (d[p + 2] & 0xffL) << 8 | d[p + 3] & 0xffL;
             }
             default -> {
-                return ByteBuffer.wrap(d).getLong(8 * i);
+                long v = 0;
+                for (int p = 8 * i, end = p + 8; p < end; p++) {
+                    v = v << 8 | (d[p] & 0xffL);
+                }
+                return v;
             }
         }
     }
@@ -640,6 +685,7 @@ final class Refcounts {
             }
             table[ti] = 0;
             blocks.remove(b.offset);
+            b.evicted = true;
             dropped.add(self);
         }
         if (dropped.isEmpty()) {
