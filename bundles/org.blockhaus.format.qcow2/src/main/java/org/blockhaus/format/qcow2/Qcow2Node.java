@@ -388,6 +388,13 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             return r;
         }
         while (len < max) {
+            if (!extL2 && ((guest + len) & (clusterSize - 1)) == 0) {
+                long more = continuing(r, len, guest + len, max - len, memo);
+                if (more > 0) {
+                    len += more;
+                    continue;
+                }
+            }
             Run n = classify(guest + len, max - len, memo);
             if (n.kind() != r.kind()) {
                 break;
@@ -401,6 +408,41 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             len += n.length();
         }
         return new Run(r.kind(), r.host(), len);
+    }
+
+    /**
+     * How many whole clusters from the cluster-aligned {@code guest} on, within its L2 table and at
+     * most {@code max} bytes, continue run {@code r} (already {@code done} bytes long) exactly as
+     * {@link #map}'s merge would take them: the same kind, DATA contiguous in the file, ZERO with or
+     * without a host cluster alike. Standard L2 entries only, scanned in place: a map of a large
+     * image asks for hundreds of thousands of clusters, and a Run per cluster was most of its time.
+     * Anything else (compressed, unaligned, an empty L1 entry) stops the scan and is left to
+     * {@link #classify}.
+     */
+    private long continuing(Run r, long done, long guest, long max, L2Lookup memo) throws BlockException {
+        L2Cache.Table t = memo.table(guest);
+        if (t == null) {
+            return 0;
+        }
+        long[] words = t.words;
+        long maxClusters = max >>> clusterBits;
+        long expectHost = r.host() + done;
+        long count = 0;
+        for (int idx = l2Index(guest); idx < words.length && count < maxClusters; idx++) {
+            long w = words[idx];
+            long host = w & L2_OFFSET_MASK;
+            if ((w & OFLAG_COMPRESSED) != 0 || (host & (clusterSize - 1)) != 0) {
+                break;
+            }
+            boolean hasHost = mapped(w, host);
+            int kind = (w & OFLAG_ZERO) != 0 ? ZERO : hasHost ? DATA : UNALLOCATED;
+            if (kind != r.kind() || kind == DATA && host != expectHost || kind == ZERO && hasHost != r.host() >= 0) {
+                break;
+            }
+            count++;
+            expectHost += clusterSize;
+        }
+        return count << clusterBits;
     }
 
     // ---- BlockNode ---------------------------------------------------------------------------
