@@ -214,13 +214,11 @@ public final class Options {
         if (v == null) {
             return defaultValue;
         }
-        try {
-            return Sizes.parse(v);
-        } catch (BlockException e) {
-            throw BlockException.invalid("Parameter '" + key + "' expects a non-negative number below 2^64\n"
-                    + "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                    + "and exabytes, respectively.");
+        long size = Sizes.parseOption(key, v, w -> { });
+        if (size < 0) { // QEMU's option parser takes up to 2^64 - 1; no size here goes past 2^63 - 1
+            throw BlockException.invalid("Value '" + v + "' is out of range for parameter '" + key + "'");
         }
+        return size;
     }
 
     /** Options below {@code prefix.}, with the prefix removed. */

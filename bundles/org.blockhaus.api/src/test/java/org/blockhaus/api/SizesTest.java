@@ -76,4 +76,29 @@ class SizesTest {
         assertThrows(BlockException.class, () -> Sizes.parse("12q"));
         assertThrows(BlockException.class, () -> Sizes.parse("1 "));
     }
+
+    @Test
+    void theFullGrammarAsQemuStrtosz() throws Exception {
+        java.util.List<String> warnings = new java.util.ArrayList<>();
+        assertEquals(1024, Sizes.parse("+1k"));
+        assertEquals(12, Sizes.parse("00012"));
+        assertEquals(1024, Sizes.parse("1.k"));
+        assertEquals(1331, Sizes.parse("1.3k")); // 1331.2: rounded to the nearest byte
+        assertEquals(102, Sizes.parse("0.1k")); // 102.4, as qemu-img create makes it
+        assertEquals(16384, Sizes.parse("0x10k", warnings::add));
+        assertEquals(java.util.List.of("Using a multiplier suffix on hex numbers is deprecated: 0x10k"), warnings);
+        assertEquals(31, Sizes.parse("0X1f"));
+        assertEquals(-1L, Sizes.parseUnsigned("18446744073709551615", w -> { })); // 2^64 - 1, unsigned
+        assertEquals(Long.MIN_VALUE, Sizes.parseUnsigned("8E", w -> { }));
+        for (String bad : new String[] {"1.5", "1e3", "1.5e3k", "-0", "-1k", "0x", "0x1.5k", "1kk", "k", "", "1 "}) {
+            BlockException e = assertThrows(BlockException.class, () -> Sizes.parse(bad), bad);
+            assertEquals(BlockException.Reason.INVALID_ARGUMENT, e.reason(), bad);
+        }
+        for (String big : new String[] {"8E", "16E", "18446744073709551616", "0x10000000000000000"}) {
+            BlockException e = assertThrows(BlockException.class, () -> Sizes.parse(big), big);
+            assertEquals(BlockException.Reason.OUT_OF_RANGE, e.reason(), big);
+        }
+        BlockException e = assertThrows(BlockException.class, () -> Sizes.parseOption("size", "16E", w -> { }));
+        assertEquals("Value '16E' is out of range for parameter 'size'", e.getMessage());
+    }
 }

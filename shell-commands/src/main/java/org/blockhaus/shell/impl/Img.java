@@ -164,7 +164,7 @@ final class Img {
         Options o = Options.parseKeyValue(optText, null);
         if (pos.size() == 2) {
             long size;
-            size = parseSize(pos.get(1), "image size");
+            size = parseSize(pos.get(1), "image size", Long.MAX_VALUE, this::warn);
             if (o.has("size")) {
                 throw BlockException.invalid(filename + ": The image size must be specified only once");
             }
@@ -198,7 +198,7 @@ final class Img {
         String[] summary = new String[1];
         try {
             core.create(filename, fmt, o, unsafe, s -> {
-                summary[0] = normalizeSummary(s, specs);
+                summary[0] = s;
                 if (!quiet) {
                     // qemu-img shows what it will create before it tries, so a late failure follows it
                     out.print("Formatting '" + filename + "', " + summary[0] + "\n");
@@ -251,29 +251,6 @@ final class Img {
                     + m.substring(i + ": Could not open backing image: ".length()) + "\nCould not open backing image.");
         }
         return e;
-    }
-
-    /** qemu-img prints size options in bytes in its "Formatting" line ("cluster_size=4k" shows as 4096). */
-    static String normalizeSummary(String summary, List<OptionSpec> specs) {
-        StringBuilder sb = new StringBuilder();
-        for (String token : summary.split(" ", -1)) {
-            int eq = token.indexOf('=');
-            if (eq > 0) {
-                String key = token.substring(0, eq);
-                String value = token.substring(eq + 1);
-                boolean isSize = specs.stream().anyMatch(sp -> sp.name().equals(key)
-                        && sp.type() == OptionSpec.OptionType.SIZE);
-                if (isSize) {
-                    try {
-                        token = key + "=" + Sizes.parse(value);
-                    } catch (BlockException ignored) {
-                        // the driver rejects it; show it as given
-                    }
-                }
-            }
-            sb.append(sb.isEmpty() ? "" : " ").append(token);
-        }
-        return sb.toString();
     }
 
     /**
@@ -1160,8 +1137,14 @@ final class Img {
 
     /** As {@link #parseSize(String, String)} for an argument qemu-img keeps in a smaller range. */
     static long parseSize(String text, String what, long max) throws BlockException {
+        return parseSize(text, what, max, w -> { });
+    }
+
+    /** As {@link #parseSize(String, String, long)}; {@code warn} gets qemu's hexadecimal-suffix warning. */
+    static long parseSize(String text, String what, long max, java.util.function.Consumer<String> warn)
+            throws BlockException {
         try {
-            long v = Sizes.parse(text);
+            long v = Sizes.parse(text, warn);
             if (v > max) {
                 throw new BlockException(BlockException.Reason.OUT_OF_RANGE, "too large");
             }

@@ -105,7 +105,7 @@ final class ImgBitmap {
         }
         long gran = 0;
         if (granularity != null) {
-            gran = Img.parseSize(granularity, "granularity");
+            gran = Img.parseSize(granularity, "granularity", Long.MAX_VALUE, img::warn);
         }
         String filename = positional.get(0);
         String bitmap = positional.get(1);

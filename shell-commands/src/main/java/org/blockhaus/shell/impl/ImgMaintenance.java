@@ -11,6 +11,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicLong;
 import org.blockhaus.api.BlockException;
+import org.blockhaus.api.Sizes;
 import org.blockhaus.api.BlockException.Reason;
 import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
@@ -137,7 +138,7 @@ final class ImgMaintenance {
             }
         }
         int relative = sizeText.startsWith("+") ? 1 : sizeText.startsWith("-") ? -1 : 0;
-        long n = SizeArg.parse(relative == 0 ? sizeText : sizeText.substring(1), "size", img::warn);
+        long n = Sizes.parseOption("size", relative == 0 ? sizeText : sizeText.substring(1), img::warn);
         Image image = img.open(filename, a.get("f"), a.has("image-opts"), true, false);
         try {
             long current = image.size();
@@ -211,7 +212,7 @@ final class ImgMaintenance {
         }
         if (a.has("size")) {
             long size;
-            size = Img.parseSize(a.get("size"), "image size");
+            size = Img.parseSize(a.get("size"), "image size", Long.MAX_VALUE, img::warn);
             return new Results.Measure(withoutBitmaps(core.measure(outFmt, o, size, null)), output);
         }
         Image image = img.open(pos.get(0), a.get("f"), a.has("image-opts"), false, a.has("U")
@@ -633,8 +634,8 @@ final class ImgMaintenance {
         String filename = Img.single(a, "Expecting one image file name");
         long count = parseNum(a.get("c", "75000"), "request count");
         int depth = (int) parseNum(a.get("d", "64"), "queue depth");
-        long sizeArg = Img.parseSize(a.get("s", "4096"), "buffer size", Integer.MAX_VALUE);
-        long stepArg = a.has("S") ? Img.parseSize(a.get("S"), "step_size", Integer.MAX_VALUE) : 0;
+        long sizeArg = Img.parseSize(a.get("s", "4096"), "buffer size", Integer.MAX_VALUE, img::warn);
+        long stepArg = a.has("S") ? Img.parseSize(a.get("S"), "step_size", Integer.MAX_VALUE, img::warn) : 0;
         // qemu-img: no step (or -S 0) means one buffer after the other
         long step = stepArg == 0 ? sizeArg : stepArg;
         long start = a.has("o") ? benchSize(a.get("o"), "offset") : 0;

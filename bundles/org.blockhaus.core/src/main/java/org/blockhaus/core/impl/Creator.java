@@ -84,7 +84,7 @@ final class Creator {
             String v = given.get(s.name());
             if (v != null) {
                 try {
-                    checkValue(s, v);
+                    checkValue(s, v, warnings);
                 } catch (BlockException e) {
                     throw e.prepend(filename + ": ");
                 }
@@ -180,6 +180,12 @@ final class Creator {
             if (e instanceof RuntimeException re) {
                 throw new BlockException(Reason.IO, filename + ": Driver '" + format + "' failed: " + re, re);
             }
+            if (((BlockException) e).reason() == Reason.OUT_OF_RANGE) {
+                // as qemu's image creation: a file too large (EFBIG) is told in the format's words
+                boolean clusterSize = specs.stream().anyMatch(sp -> sp.name().equals("cluster_size"));
+                throw new BlockException(Reason.OUT_OF_RANGE, filename + ": The image size is too large for file"
+                        + " format '" + format + "'" + (clusterSize ? " (try using a larger cluster size)" : ""), e);
+            }
             throw ((BlockException) e).prepend(filename + ": ");
         }
         closeAll(opened);
@@ -269,7 +275,7 @@ final class Creator {
                 v = s.defaultValue();
             }
             if (v != null) {
-                shown.put(s.name(), v);
+                shown.put(s.name(), s.type() == OptionSpec.OptionType.SIZE ? bytes(v) : v);
             }
         }
         StringBuilder sb = new StringBuilder("fmt=").append(format);
@@ -277,16 +283,21 @@ final class Creator {
         return sb.toString();
     }
 
-    static void checkValue(OptionSpec s, String v) throws BlockException {
+    /** qemu-img shows size options in bytes ("cluster_size=4k" as 4096); checkValue has parsed them. */
+    private static String bytes(String size) {
+        try {
+            return Long.toString(Sizes.parseUnsigned(size, w -> { }));
+        } catch (BlockException e) {
+            return size;
+        }
+    }
+
+    static void checkValue(OptionSpec s, String v, Consumer<String> warnings) throws BlockException {
         switch (s.type()) {
             case SIZE -> {
-                try {
-                    Sizes.parse(v);
-                } catch (BlockException e) {
-                    throw BlockException.invalid("Parameter '" + s.name() + "' expects a non-negative number below"
-                            + " 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                            + "and exabytes, respectively.");
-                }
+                // qemu parses the -o string twice (qemu-img, then the block layer) and so prints a
+                // hexadecimal number's suffix warning twice; once here
+                Sizes.parseOption(s.name(), v, warnings);
             }
             case BOOL -> {
                 if (!List.of("on", "off", "true", "false", "yes", "no").contains(v)) {

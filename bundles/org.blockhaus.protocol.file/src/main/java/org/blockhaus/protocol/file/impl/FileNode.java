@@ -463,8 +463,9 @@ final class FileNode implements org.blockhaus.api.spi.PermissionAwareNode {
                 case METADATA -> throw BlockException.invalid("Unsupported preallocation mode: metadata");
             }
         } catch (IOException e) {
-            throw new BlockException(e.getMessage() != null && e.getMessage().contains("No space")
-                    ? Reason.NO_SPACE : Reason.IO, "Could not resize file: " + e.getMessage(), e);
+            String m = e.getMessage() == null ? "" : e.getMessage();
+            throw new BlockException(m.contains("No space") ? Reason.NO_SPACE
+                    : m.contains("File too large") ? Reason.OUT_OF_RANGE : Reason.IO, "Could not resize file: " + m, e);
         }
     }
 
