@@ -2,37 +2,14 @@
 # Benchmark (not a test): ./blk convert against qemu-img convert, raw to raw, on a 2 GiB image
 # of 1 MiB chunks cycling random / zeros / random / text; plus start-up of `info` for both.
 # Usage: bench/convert-raw.sh [workdir]   (needs hyperfine and qemu-img; writes bench/RESULTS-convert-raw.md)
-set -euo pipefail
-here="$(cd "$(dirname "$0")/.." && pwd)"
-. "$here/scripts/jdk.sh"
-blk_find_jdk
-work="${1:-$here/bench/out}"
-mkdir -p "$work"
+. "$(dirname "$0")/common.sh"
 src="$work/mixed-2g.raw"
-if [ ! -f "$src" ]; then
-  python3 - "$src" <<'PY'
-import os, sys
-MiB = 1 << 20
-text = (b"Blockhaus benchmark text, compressible and not zero. " * 20000)[:MiB]
-with open(sys.argv[1], "wb") as f:
-    for i in range(2048):
-        kind = i % 4
-        if kind in (0, 2):
-            f.write(os.urandom(MiB))
-        elif kind == 1:
-            f.seek(MiB, 1)          # zeros, left as a hole like a fresh disk's free space
-        else:
-            f.write(text)
-    f.truncate(2048 * MiB)
-PY
-fi
+bench_mixed 2 "$src"
 "$here/blk" info "$src" >/dev/null   # builds if needed, trains the JVM's AOT cache
 sleep 15                              # which is assembled in the background after that first run
 load_start="$(uptime | sed 's/.*load average: //')"
 export BLK_NO_BUILD=1                 # timed runs must never include a build
-# fresh host backing for the pages both tools write into (free page reporting; see bench/qcow2.sh)
-warm='head -c 3G /dev/zero > /dev/shm/blk-bench-warm; rm -f /dev/shm/blk-bench-warm'
-[ -z "${BENCH_NO_WARM:-}" ] || warm=true
+bench_warm 3 # fresh host backing for the pages both tools write into (see bench/common.sh)
 hyperfine --warmup 1 --runs 5 --export-markdown "$work/convert.md" \
   --prepare "rm -f $work/q.raw; sync; $warm" --prepare "rm -f $work/b.raw; sync; $warm" \
   "qemu-img convert -f raw -O raw $src $work/q.raw" \

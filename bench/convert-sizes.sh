@@ -5,33 +5,9 @@
 # Usage: bench/convert-sizes.sh [workdir]   (BENCH_SIZES="2 4 6" in GiB, BENCH_RUNS=3)
 # Writes bench/RESULTS-convert-sizes.md. Needs hyperfine and qemu-img; page cache room for the
 # largest image and its copy.
-set -euo pipefail
-here="$(cd "$(dirname "$0")/.." && pwd)"
-. "$here/scripts/jdk.sh"
-blk_find_jdk
-work="${1:-$here/bench/out}"
-mkdir -p "$work"
+. "$(dirname "$0")/common.sh"
 blk="$here/blk"
 sizes="${BENCH_SIZES:-2 4 6}"
-# the same pattern as bench/convert-raw.sh: 1 MiB chunks cycling random / zeros (a hole) / random / text
-mixed() { # GiB, path
-  [ -f "$2" ] || python3 - "$1" "$2" <<'PY'
-import os, sys
-MiB = 1 << 20
-n = int(sys.argv[1]) * 1024
-text = (b"Blockhaus benchmark text, compressible and not zero. " * 20000)[:MiB]
-with open(sys.argv[2], "wb") as f:
-    for i in range(n):
-        kind = i % 4
-        if kind in (0, 2):
-            f.write(os.urandom(MiB))
-        elif kind == 1:
-            f.seek(MiB, 1)
-        else:
-            f.write(text)
-    f.truncate(n * MiB)
-PY
-}
 "$blk" info /dev/null >/dev/null 2>&1 || true # builds if needed, trains the AOT cache
 sleep 15
 export BLK_NO_BUILD=1
@@ -44,13 +20,11 @@ out="$work/sizes.md"
 } > "$out"
 for g in $sizes; do
   src="$work/mixed-${g}g.raw"
-  mixed "$g" "$src"
-  # fresh host backing for the written pages (free page reporting; see bench/qcow2.sh): one and a
+  bench_mixed "$g" "$src"
+  # fresh host backing for the written pages (free page reporting; see bench/common.sh): one and a
   # half times the image's size, at least 3 GiB (with 3 GiB, 4 GiB converts took 1-4 s at random,
   # for both tools)
-  w=$(( g * 3 / 2 > 3 ? g * 3 / 2 : 3 ))
-  warm="head -c ${w}G /dev/zero > /dev/shm/blk-bench-warm; rm -f /dev/shm/blk-bench-warm"
-  [ -z "${BENCH_NO_WARM:-}" ] || warm=true
+  bench_warm $(( g * 3 / 2 > 3 ? g * 3 / 2 : 3 ))
   cat "$src" >/dev/null # page cache warm, as for qemu-img
   qemu-img convert -f raw -O qcow2 "$src" "src-${g}g.qcow2"
   for kind in raw-to-qcow2 qcow2-to-raw qcow2-to-qcow2; do

@@ -1,15 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): qcow2 work side by side with qemu-img 7.2, in one run, on the 2 GiB
-# mixed image of bench/convert-raw.sh. Writes bench/RESULTS-qcow2.md with the machine it ran on.
+# mixed image (bench/common.sh). Writes bench/RESULTS-qcow2.md with the machine it ran on.
 # Usage: bench/qcow2.sh [workdir]    (needs hyperfine, qemu-img; ./blk builds itself first)
-set -euo pipefail
-here="$(cd "$(dirname "$0")/.." && pwd)"
-. "$here/scripts/jdk.sh"
-blk_find_jdk
-work="${1:-$here/bench/out}"
-mkdir -p "$work"
+. "$(dirname "$0")/common.sh"
 src="$work/mixed-2g.raw"
-[ -f "$src" ] || { echo "run bench/convert-raw.sh first (it makes $src)"; exit 1; }
+bench_mixed 2 "$src"
 blk="$here/blk"
 "$blk" info "$src" >/dev/null
 export BLK_NO_BUILD=1
@@ -19,14 +14,7 @@ cd "$work"
 qemu-img convert -f raw -O qcow2 "$src" src.qcow2
 qemu-img convert -f raw -O qcow2 -c "$src" srcz.qcow2
 
-# This VM's balloon reports freed guest pages to the host (virtio-balloon free page reporting,
-# visible in /sys/bus/virtio/devices/*/features): the first write into such a page faults in the
-# host, invisibly to the guest, and a convert that happened to get those pages for its page cache
-# took 2-4 s of system time instead of 0.4 s, for qemu-img and blk alike, at random. Touching 3 GiB
-# of tmpfs just before each run hands both tools pages the host still backs. The prepare step is
-# not timed and is the same for both; set BENCH_NO_WARM=1 to see the raw behaviour.
-warm='head -c 3G /dev/zero > /dev/shm/blk-bench-warm; rm -f /dev/shm/blk-bench-warm'
-[ -z "${BENCH_NO_WARM:-}" ] || warm=true
+bench_warm 3 # see bench/common.sh
 run() { # name, qemu command, blk command, files to remove before each run
   local name="$1" q="$2" b="$3" rmq="$4" rmb="$5"
   hyperfine --warmup 1 --runs "${BENCH_RUNS:-5}" --export-markdown "$work/$name.md" \
