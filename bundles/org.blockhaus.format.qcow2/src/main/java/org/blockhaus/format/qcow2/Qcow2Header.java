@@ -325,7 +325,11 @@ record Qcow2Header(
         if (nbSnapshots > MAX_SNAPSHOTS) {
             throw corrupt("Too many snapshots: " + nbSnapshots + " (at most " + MAX_SNAPSHOTS + ")");
         }
-        // (an open for check leaves the snapshot table to Qcow2Check, which reports it as qemu-img check does)
+        // (an open for check leaves the snapshot table to Qcow2Check, which reports it as qemu-img
+        // check does, except at offset 0: qemu reads the header as snapshot entries there)
+        if (forCheck && nbSnapshots > 0 && snapshotsOffset == 0) {
+            throw corrupt("Snapshot table offset 0 is invalid (" + nbSnapshots + " snapshots)");
+        }
         if (!forCheck && nbSnapshots > 0) {
             checkTable("Snapshot table", snapshotsOffset, 40L * nbSnapshots, clusterSize, fileSize);
         } else if (!forCheck && !validTableOffset(snapshotsOffset, 0, clusterSize)) {
