@@ -617,7 +617,7 @@ final class Qcow2Check {
         }
     }
 
-    /** Persistent dirty bitmaps (spec: "Bitmaps extension"): directory, bitmap tables, bitmap data. */
+    /** Whether any byte of {@code b} in {@code [from, to)} is not zero. */
     private static boolean nonZero(ByteBuffer b, long from, long to) {
         for (long p = from; p < to; p++) {
             if (b.get((int) p) != 0) {
@@ -627,6 +627,7 @@ final class Qcow2Check {
         return false;
     }
 
+    /** Persistent dirty bitmaps (spec: "Bitmaps extension"): directory, bitmap tables, bitmap data. */
     private void walkBitmaps(ByteBuffer ext) throws BlockException {
         if (ext.remaining() < 24) {
             corruptions++;

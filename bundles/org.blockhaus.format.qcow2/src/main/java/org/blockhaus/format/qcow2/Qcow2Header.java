@@ -306,20 +306,23 @@ record Qcow2Header(
         if (l1Size > 0) {
             checkTable("L1 table", l1TableOffset, l1Size * 8, clusterSize, fileSize);
         }
-        // Refcount table
-        if (refcountTableOffset == 0 || refcountTableClusters == 0) {
-            throw corrupt("Invalid reference count table: offset " + refcountTableOffset + ", " + refcountTableClusters
-                    + " clusters");
-        }
+        // Refcount table. An open for check takes, as qemu's, a table that reaches past the end of
+        // the file (read as zeroes there) and an empty one (every refcount reads 0): check reports
+        // them and -r all rebuilds.
         if (refcountTableClusters > MAX_REFTABLE_BYTES / clusterSize) {
             throw corrupt("Reference count table too large: " + refcountTableClusters + " clusters");
         }
-        if (forCheck) {
-            checkTableOffset("Reference count table", refcountTableOffset, refcountTableClusters * clusterSize,
-                    clusterSize);
-        } else {
+        if (!forCheck && (refcountTableOffset == 0 || refcountTableClusters == 0)) {
+            throw corrupt("Invalid reference count table: offset " + refcountTableOffset + ", " + refcountTableClusters
+                    + " clusters");
+        } else if (!forCheck) {
             checkTable("Reference count table", refcountTableOffset, refcountTableClusters * clusterSize, clusterSize,
                     fileSize);
+        } else if (refcountTableClusters > 0) {
+            checkTableOffset("Reference count table", refcountTableOffset, refcountTableClusters * clusterSize,
+                    clusterSize);
+        } else if (!validTableOffset(refcountTableOffset, 0, clusterSize)) {
+            throw corrupt("Reference count table offset " + refcountTableOffset + " is invalid (not cluster aligned)");
         }
         // Snapshot table: its size is only known after parsing; check the start here.
         if (nbSnapshots > MAX_SNAPSHOTS) {

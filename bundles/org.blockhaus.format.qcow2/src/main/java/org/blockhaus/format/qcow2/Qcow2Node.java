@@ -192,10 +192,22 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     void openBitmaps() throws BlockException {
         lock.lock();
         try {
-            bitmaps = PersistentBitmaps.open(this, readOnly);
+            // a check open whose refcounts cannot place a cluster yet leaves the bitmaps as they
+            // are on disk: marking them in use would allocate a new directory before check rebuilt
+            // the refcounts (qemu's marks them in place)
+            bitmaps = PersistentBitmaps.open(this, readOnly || refcountTableUnusable());
         } finally {
             lock.unlock();
         }
+    }
+
+    /**
+     * An open for check whose refcount table is empty or reaches past the end of the file (where
+     * it reads as zeroes): no allocation can trust it until check -r all has rebuilt it.
+     */
+    private boolean refcountTableUnusable() {
+        long bytes = (long) refcounts.tableClusters() << clusterBits;
+        return forCheck && (bytes == 0 || refcounts.tableOffset() > file.size() - bytes);
     }
 
     /** Clears autoclear bits we do not maintain (the spec requires it before writing). */

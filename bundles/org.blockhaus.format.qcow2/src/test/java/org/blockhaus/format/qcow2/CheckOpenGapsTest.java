@@ -256,6 +256,51 @@ class CheckOpenGapsTest {
     }
 
     @Test
+    void emptyRefcountTableIsRebuiltLikeQemu() throws Exception {
+        Path img = snapshotImage();
+        Patch.writeInt(img, 56, 0); // refcount_table_clusters
+        assertNormalOpensRefuse(img, "Invalid reference count table");
+        assertCheckLikeQemu(img, Repair.NONE);
+        assertCheckLikeQemu(img, Repair.LEAKS);
+        assertRepairedLikeQemu(img, true);
+    }
+
+    @Test
+    void refcountTablePastTheEndWithBitmapsIsRebuiltLikeQemu() throws Exception {
+        // a read-write open marks bitmaps in use, which allocates: not from these refcounts
+        Path img = bitmapImage();
+        Patch.writeLong(img, 48, 64L << 20);
+        assertNormalOpensRefuse(img, "Reference count table", "beyond the end of the file");
+        assertCheckLikeQemu(img, Repair.NONE);
+        // -r leaks fails ("need to rebuild") on both; then qemu's close stores the bitmaps from
+        // the refcounts it could not trust, trips its overlap check on the header, marks the image
+        // corrupt and loses the bitmaps. Ours leaves the file as it was.
+        byte[] before = Files.readAllBytes(img);
+        Path twin = dir.resolve("twin.qcow2");
+        Files.copy(img, twin);
+        Qemu.Result q = Qemu.img("check", "-r", "leaks", twin.toString());
+        assertEquals(1, q.exit(), q.err());
+        Path mine = dir.resolve("mine.qcow2");
+        Files.copy(img, mine);
+        Ours leaks = ourCheck(mine, Repair.LEAKS);
+        assertEquals(1, leaks.exit());
+        List<String> theirs = lines(q.err());
+        assertEquals(theirs.subList(0, leaks.stderr().size()), leaks.stderr());
+        assertEquals(List.of("qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with"
+                + " qcow2_header); further corruption events will be suppressed"),
+                theirs.subList(leaks.stderr().size(), leaks.stderr().size() + 1));
+        assertTrue(Qemu.img("info", twin.toString()).out().contains("corrupt: true"), "qemu marked it corrupt");
+        assertArrayEquals(before, Files.readAllBytes(mine), "our failed -r leaks writes nothing");
+        // -r all: qemu's close stores the bitmaps anew (elsewhere); ours leaves them where they are
+        Checked c = assertCheckLikeQemu(img, Repair.ALL);
+        assertEquals(0, Qemu.img("check", c.ours().toString()).exit());
+        Qemu.img("compare", "-f", "qcow2", "-F", "qcow2", c.twin().toString(), c.ours().toString()).ok();
+        for (String b : List.of("b1", "second")) {
+            assertEquals(render(BitmapsTest.qemuDirty(c.twin(), b)), render(BitmapsTest.qemuDirty(c.ours(), b)), b);
+        }
+    }
+
+    @Test
     void refcountTableWhoseEndOverflowsIsRefusedByCheckToo() throws Exception {
         Path img = snapshotImage();
         Patch.writeLong(img, 48, 0x7fff_ffff_ffff_0000L); // plus one cluster passes 2^63

@@ -179,13 +179,22 @@ public final class MetadataFuzzer {
 
     /**
      * Classes of gap closed (CheckOpenGapsTest): check opens take a refcount table or a snapshot
-     * table that reaches past the end of the file, an empty snapshot table's unaligned offset and
-     * bitmap directory padding that is not zero, as qemu-img check opens them. Returns what a
+     * table that reaches past the end of the file, an empty refcount table, an empty snapshot
+     * table's unaligned offset and bitmap directory padding that is not zero, as qemu-img check
+     * opens them, and do not allocate from such refcount tables before the check. Returns what a
      * refusal of our check refused, where it is one of these, else null.
      */
     private static String closedCheckOpenGap(String refusal) {
         if (refusal.matches("(?s)qcow2: Reference count table at offset .* lies beyond the end of the file.*")) {
             return "a refcount table past the end of the file";
+        }
+        if (refusal.startsWith("qcow2: Invalid reference count table: ")) {
+            return "an empty refcount table";
+        }
+        if (refusal.startsWith("qcow2: Refcounts are corrupt: metadata cluster ")) {
+            // a check open's read-write start (marking bitmaps in use) allocating from refcounts
+            // that check has yet to rebuild
+            return "refcounts to rebuild (it allocated from them before the check)";
         }
         if (refusal.matches("(?s)qcow2: Snapshot table (entry \\d+ )?at offset .* lies beyond the end of the file.*")) {
             return "a snapshot table past the end of the file";
