@@ -166,7 +166,7 @@ public final class MetadataFuzzer {
                 // a class of gap closed: check opens take these entries and report them as qemu does
                 return "check -r all refused a refcount table qemu's check repairs: " + refused.getMessage();
             }
-            String closed = closedCheckOpenGap(refused.getMessage());
+            String closed = closedCheckOpenGap(refused.getMessage(), img);
             if (closed != null) {
                 return "check -r all refused " + closed + ", which qemu's check opens: " + refused.getMessage();
             }
@@ -184,16 +184,16 @@ public final class MetadataFuzzer {
      * opens them, and do not allocate from such refcount tables before the check. Returns what a
      * refusal of our check refused, where it is one of these, else null.
      */
-    private static String closedCheckOpenGap(String refusal) {
+    private static String closedCheckOpenGap(String refusal, Path img) throws java.io.IOException {
         if (refusal.matches("(?s)qcow2: Reference count table at offset .* lies beyond the end of the file.*")) {
             return "a refcount table past the end of the file";
         }
         if (refusal.startsWith("qcow2: Invalid reference count table: ")) {
             return "an empty refcount table";
         }
-        if (refusal.startsWith("qcow2: Refcounts are corrupt: metadata cluster ")) {
-            // a check open's read-write start (marking bitmaps in use) allocating from refcounts
-            // that check has yet to rebuild
+        if (refusal.startsWith("qcow2: Refcounts are corrupt: metadata cluster ") && refcountTableUnusable(img)) {
+            // a check open's read-write start (marking bitmaps in use) allocating from a refcount
+            // table that is empty or reaches past the end of the file, before check rebuilt it
             return "refcounts to rebuild (it allocated from them before the check)";
         }
         if (refusal.matches("(?s)qcow2: Snapshot table (entry \\d+ )?at offset .* lies beyond the end of the file.*")) {
@@ -206,6 +206,21 @@ public final class MetadataFuzzer {
             return "bitmap directory padding that is not zero";
         }
         return null;
+    }
+
+    /** Whether the header's refcount table is empty or reaches past the end of the file. */
+    private static boolean refcountTableUnusable(Path img) throws java.io.IOException {
+        int clusterBits = headerInt(img, 20);
+        if (Files.size(img) < 72 || clusterBits < 9 || clusterBits > 21) {
+            return false;
+        }
+        long clusters = Integer.toUnsignedLong(headerInt(img, 56));
+        try (var ch = java.nio.channels.FileChannel.open(img)) {
+            ByteBuffer b = ByteBuffer.allocate(8);
+            ch.read(b, 48);
+            long offset = b.flip().getLong();
+            return clusters == 0 || offset > Files.size(img) - (clusters << clusterBits);
+        }
     }
 
     /** Whether the header says no snapshots and gives a snapshot table offset that is not cluster aligned. */
