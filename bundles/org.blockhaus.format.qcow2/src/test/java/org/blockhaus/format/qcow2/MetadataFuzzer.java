@@ -208,18 +208,22 @@ public final class MetadataFuzzer {
         return null;
     }
 
-    /** Whether the header's refcount table is empty or reaches past the end of the file. */
+    /**
+     * Whether the header's refcount table is empty or reaches past the end of the file (its
+     * length rounded up to 512 bytes, as the file driver reports it, as qemu's).
+     */
     private static boolean refcountTableUnusable(Path img) throws java.io.IOException {
         int clusterBits = headerInt(img, 20);
         if (Files.size(img) < 72 || clusterBits < 9 || clusterBits > 21) {
             return false;
         }
         long clusters = Integer.toUnsignedLong(headerInt(img, 56));
+        long end = (Files.size(img) + 511) & ~511L;
         try (var ch = java.nio.channels.FileChannel.open(img)) {
             ByteBuffer b = ByteBuffer.allocate(8);
             ch.read(b, 48);
             long offset = b.flip().getLong();
-            return clusters == 0 || offset > Files.size(img) - (clusters << clusterBits);
+            return clusters == 0 || offset > end - (clusters << clusterBits);
         }
     }
 
