@@ -333,16 +333,19 @@ class CheckOpenGapsTest {
 
     @Test
     void snapshotTableRunningPastTheEndKeepsItsSnapshotLikeQemu() throws Exception {
-        // s1's entry copied to the end of the file (which then ends inside a cluster) and a second
-        // entry counted that lies past the end: s1 is kept, the second entry reads as zeroes
+        // s1's entry copied to the end of the file, which then ends inside a cluster, right after
+        // it, and 13 more entries counted: they read as zeroes (incomplete entries), the file's
+        // rest of the first 512 bytes (the file driver rounds lengths up to that, as qemu's) and
+        // then past its end, which only check opens take. s1 is kept.
         Path img = snapshotImage();
         long table = Patch.readLong(img, 64);
         int entry = (40 + 24 + 1 + 2 + 7) & ~7; // extra data 24, id "1", name "s1"
         assertEquals(24, Patch.readInt(img, table + 36), "qemu's extra data size");
         long end = Files.size(img);
         writeAt(img, end, readAt(img, table, entry));
-        Patch.writeInt(img, 60, 2);
+        Patch.writeInt(img, 60, 14); // 72 + 13 * 40 bytes: past the end of the rounded length
         Patch.writeLong(img, 64, end);
+        assertNormalOpensRefuse(img, "Snapshot table", "beyond the end of the file");
         assertCheckLikeQemu(img, Repair.NONE);
         assertCheckLikeQemu(img, Repair.LEAKS);
         assertRepairedLikeQemu(img, true);
