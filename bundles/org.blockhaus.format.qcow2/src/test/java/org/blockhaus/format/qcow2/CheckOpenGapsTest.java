@@ -30,8 +30,8 @@ import org.junit.jupiter.api.io.TempDir;
  * Damaged images that qemu-img 7.2's check opens (its BDRV_O_CHECK relaxes the same validations)
  * and our check open used to refuse, found by {@link MetadataFuzzTest}: a refcount table or a
  * snapshot table that reaches past the end of the file (read as zeroes there, as qemu reads it),
- * a snapshot table offset that is not cluster aligned, and a bitmap directory entry whose padding
- * is not zero. Each case is built from an image qemu-img makes; qemu-img check and ours run on
+ * an empty refcount table, a snapshot table offset that is not cluster aligned, and a bitmap
+ * directory entry whose padding is not zero. Each case is built from an image qemu-img makes; qemu-img check and ours run on
  * twins of the same bytes, plain, with {@code -r leaks} and with {@code -r all}, and are compared:
  * exit code (ours as qemu-img derives it), stderr lines, counts, and afterwards the repaired file
  * (qemu-img check clean, qemu-img compare equal to qemu's repair, the same snapshots; where the
