@@ -135,11 +135,12 @@ final class BitmapDirectory {
     }
 
     /**
-     * As {@link #read(HostFile, Extension, int, long)}; with {@code pastEndAsZero} (opens for
-     * check only) a table that runs past the end of the file is kept: qemu-img 7.2's check reads
-     * what lies past the end as zeroes, and {@link #readTable} does the same.
+     * As {@link #read(HostFile, Extension, int, long)}; with {@code forCheck} (opens for check
+     * only) a table that runs past the end of the file is kept: qemu-img 7.2's check reads what
+     * lies past the end as zeroes, and {@link #readTable} does the same; and padding that is not
+     * zero is taken, as qemu takes it (check reports it).
      */
-    static List<Entry> read(HostFile file, Extension ext, int clusterBits, long virtualSize, boolean pastEndAsZero)
+    static List<Entry> read(HostFile file, Extension ext, int clusterBits, long virtualSize, boolean forCheck)
             throws BlockException {
         long fileSize = file.size();
         ByteBuffer dir = file.read(ext.directoryOffset(), (int) ext.directorySize(), "Bitmap directory");
@@ -178,9 +179,14 @@ final class BitmapDirectory {
             dir.get(p + ENTRY_HEADER_BYTES + (int) extraSize, nameBytes);
             String name = new String(nameBytes, StandardCharsets.UTF_8);
             long padded = align8(entryBytes);
-            for (long z = pos + entryBytes; z < pos + padded; z++) {
-                if (z >= limit || dir.get((int) z) != 0) {
-                    throw corrupt("the padding of bitmap '" + name + "' is not zero or runs past the directory");
+            if (padded > limit - pos) {
+                // qemu refuses this too ("Broken bitmap directory"), also for check
+                throw corrupt("the padding of bitmap '" + name + "' runs past the end of the directory");
+            }
+            for (long z = pos + entryBytes; z < pos + padded && !forCheck; z++) {
+                // qemu does not look at the padding; check opens take it (Qcow2Check reports it)
+                if (dir.get((int) z) != 0) {
+                    throw corrupt("the padding of bitmap '" + name + "' is not zero");
                 }
             }
             if ((flags & ~KNOWN_FLAGS) != 0) {
@@ -214,7 +220,7 @@ final class BitmapDirectory {
                 throw new BlockException(Reason.UNSUPPORTED, "qcow2: bitmaps: the bitmap tables take more than "
                         + MAX_ALL_TABLES_BYTES + " bytes together; this driver keeps at most that in memory");
             }
-            if (tableSize > 0 && !(pastEndAsZero && tableOffset > 0 && (tableOffset & ((1L << clusterBits) - 1)) == 0)) {
+            if (tableSize > 0 && !(forCheck && tableOffset > 0 && (tableOffset & ((1L << clusterBits) - 1)) == 0)) {
                 Qcow2Header.checkTable("Bitmap table of '" + name + "'", tableOffset, tableSize * 8, 1L << clusterBits,
                         fileSize);
             }

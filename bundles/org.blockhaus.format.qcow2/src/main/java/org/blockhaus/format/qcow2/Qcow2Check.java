@@ -73,9 +73,10 @@ final class Qcow2Check {
         return new int[(int) n];
     }
 
-    private void addRef(long offset, long bytes) {
+    /** Counts a reference to {@code bytes} at {@code offset}; false where it was reported as exceeding the file instead. */
+    private boolean addRef(long offset, long bytes) {
         if (bytes <= 0) {
-            return;
+            return true;
         }
         long first = offset >>> clusterBits;
         long last = (offset + bytes - 1) >>> clusterBits;
@@ -91,7 +92,7 @@ final class Qcow2Check {
             findings.accept("ERROR: counting reference for region exceeding the end of the file by one cluster or"
                     + " more: offset 0x" + Long.toHexString(offset) + " size 0x" + Long.toHexString(bytes));
             corruptions++;
-            return;
+            return false;
         }
         for (long i = first; i <= last; i++) {
             // as qemu: a count that reaches the width's maximum stays there, reported as corruption
@@ -105,10 +106,12 @@ final class Qcow2Check {
             }
             refs[(int) i]++;
         }
+        return true;
     }
 
     CheckResult run(CheckResult.Repair repair) throws BlockException {
         repairAll = repair == CheckResult.Repair.ALL;
+        checkSnapshotTableOffset();
         // qemu reads the snapshot table first: entries without the extra data version 3 requires
         List<Snapshots.Entry> snapshots = node.snapshotEntries();
         long incomplete = 0;
@@ -181,6 +184,31 @@ final class Qcow2Check {
                 (highest + 1) * clusterSize, total, allocated, fragmented, compressed);
     }
 
+    /**
+     * The snapshot table's offset, before the table is read (opens for check take any offset whose
+     * sums do not overflow in the header, as qemu's). As qemu-img check: an offset that is not
+     * cluster aligned, or whose table would end past 2^63, is "ERROR snapshot table offset
+     * invalid" and the check fails. Where the table is empty, -r all clears the offset instead
+     * (qemu's -r all fails there too, and leaves an image its own open refuses); with entries
+     * nothing says where the table really is, so the check fails as qemu's.
+     */
+    private void checkSnapshotTableOffset() throws BlockException {
+        if (Qcow2Header.validTableOffset(h.snapshotsOffset(), 40L * h.nbSnapshots(), clusterSize)) {
+            return;
+        }
+        if (repairAll && h.nbSnapshots() == 0) {
+            findings.accept("Repairing snapshot table offset invalid");
+            node.flushLocked();
+            node.rewriteSnapshotTable(List.of());
+            corruptionsFixed++;
+            return;
+        }
+        // qemu-img reports this one through its error reporting, with its program name in front
+        findings.accept("qemu-img: ERROR snapshot table offset invalid");
+        checkErrors++;
+        throw BlockException.invalid("Invalid argument");
+    }
+
     /** Counts every reference (qemu's calculate_refcounts). */
     private void calculate() throws BlockException {
         Refcounts rc = node.refcounts();
@@ -199,7 +227,7 @@ final class Qcow2Check {
         }
         if (h.nbSnapshots() > 0) {
             long[] bytes = new long[1];
-            Snapshots.read(file, h, bytes);
+            Snapshots.read(file, h, bytes, node.forCheck());
             addRef(h.snapshotsOffset(), bytes[0]);
         }
         if ((h.autoclearFeatures() & Qcow2Header.AUTOCLEAR_BITMAPS) != 0) {
@@ -209,7 +237,13 @@ final class Qcow2Check {
                 }
             }
         }
-        addRef(rc.tableOffset(), (long) rc.tableClusters() * clusterSize);
+        if (!addRef(rc.tableOffset(), (long) rc.tableClusters() * clusterSize) && repairAll) {
+            // the refcount table reaches past the end of the file (only opens for check take it;
+            // it reads as zeroes there). qemu's -r all rebuilds only where the refcounts ask for it,
+            // so a table whose part inside the file is right stays as it is, and every later check
+            // reports it again; ours rebuilds the refcount structure, which puts the table inside
+            rebuild = true;
+        }
         long[] table = rc.table();
         long grown = growForRefcountBlocks(table);
         for (int i = 0; i < table.length; i++) {
@@ -618,6 +652,16 @@ final class Qcow2Check {
         }
     }
 
+    /** Whether any byte of {@code b} in {@code [from, to)} is not zero. */
+    private static boolean nonZero(ByteBuffer b, long from, long to) {
+        for (long p = from; p < to; p++) {
+            if (b.get((int) p) != 0) {
+                return true;
+            }
+        }
+        return false;
+    }
+
     /** Persistent dirty bitmaps (spec: "Bitmaps extension"): directory, bitmap tables, bitmap data. */
     private void walkBitmaps(ByteBuffer ext) throws BlockException {
         if (ext.remaining() < 24) {
@@ -644,7 +688,15 @@ final class Qcow2Check {
             long tableEntries = Integer.toUnsignedLong(dir.getInt(pos + 8));
             int nameSize = Short.toUnsignedInt(dir.getShort(pos + 18));
             long extra = Integer.toUnsignedLong(dir.getInt(pos + 20));
+            long end = pos + 24 + extra + nameSize;
             pos += (int) ((24 + extra + nameSize + 7) & ~7L);
+            if (nonZero(dir, end, Math.min(pos, dir.limit()))) {
+                // qemu-img does not look at the padding; ours is counted (normal opens refuse such
+                // a directory). -r (leaks or all) opens read-write, which stores the directory
+                // anew, padding zero, before the check runs (qemu's stores it at close)
+                findings.accept("ERROR bitmap directory entry " + i + " has padding that is not zero");
+                corruptions++;
+            }
             if (tableEntries == 0) {
                 continue;
             }

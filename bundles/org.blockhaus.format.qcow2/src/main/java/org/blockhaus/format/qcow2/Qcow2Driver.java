@@ -114,7 +114,7 @@ public final class Qcow2Driver implements BlockDriver {
     @Override
     public BlockNode open(OpenContext ctx) throws BlockException {
         HostFile file = new HostFile(ctx.openFile());
-        Qcow2Header h = readHeader(file);
+        Qcow2Header h = readHeader(file, ctx.forCheck());
         boolean readOnly = ctx.readOnly();
         if (!readOnly && h.corrupt()) {
             throw new BlockException(Reason.CORRUPT, "qcow2: image is corrupt (incompatible feature bit 1 is set);"
@@ -171,7 +171,8 @@ public final class Qcow2Driver implements BlockDriver {
         return node;
     }
 
-    static Qcow2Header readHeader(HostFile file) throws BlockException {
+    /** @param forCheck an open for check: see {@link Qcow2Header#parse(ByteBuffer, long, boolean)} */
+    static Qcow2Header readHeader(HostFile file, boolean forCheck) throws BlockException {
         long fileSize = file.size();
         int headLen = (int) Math.min(fileSize, Qcow2Header.V3_HEADER_LENGTH);
         ByteBuffer head = file.read(0, headLen, "qcow2 header");
@@ -184,10 +185,10 @@ public final class Qcow2Driver implements BlockDriver {
         }
         if (headLen < Qcow2Header.V2_HEADER_LENGTH || head.getInt(20) < Qcow2Header.MIN_CLUSTER_BITS
                 || head.getInt(20) > Qcow2Header.MAX_CLUSTER_BITS) {
-            return Qcow2Header.parse(head, fileSize); // fails with the precise reason
+            return Qcow2Header.parse(head, fileSize, forCheck); // fails with the precise reason
         }
         ByteBuffer first = file.read(0, (int) Math.min(fileSize, clusterSize), "qcow2 header");
-        return Qcow2Header.parse(first, fileSize);
+        return Qcow2Header.parse(first, fileSize, forCheck);
     }
 
     @Override

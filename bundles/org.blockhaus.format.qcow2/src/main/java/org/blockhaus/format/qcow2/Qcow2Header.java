@@ -133,6 +133,17 @@ record Qcow2Header(
      * file has) against {@code fileSize}.
      */
     static Qcow2Header parse(ByteBuffer first, long fileSize) throws BlockException {
+        return parse(first, fileSize, false);
+    }
+
+    /**
+     * As {@link #parse(ByteBuffer, long)}; with {@code forCheck} (an open for check, qemu's
+     * BDRV_O_CHECK) the refcount table may reach past the end of the file (check reads that part
+     * as zeroes and reports it) and the snapshot table is left to {@link Qcow2Check}, which
+     * reports an invalid offset and reads a table past the end as zeroes, as qemu-img check does.
+     * Offsets whose sums overflow are refused either way.
+     */
+    static Qcow2Header parse(ByteBuffer first, long fileSize, boolean forCheck) throws BlockException {
         ByteBuffer b = first.duplicate().order(java.nio.ByteOrder.BIG_ENDIAN);
         int avail = b.remaining();
         if (avail < V2_HEADER_LENGTH) {
@@ -295,22 +306,39 @@ record Qcow2Header(
         if (l1Size > 0) {
             checkTable("L1 table", l1TableOffset, l1Size * 8, clusterSize, fileSize);
         }
-        // Refcount table
-        if (refcountTableOffset == 0 || refcountTableClusters == 0) {
-            throw corrupt("Invalid reference count table: offset " + refcountTableOffset + ", " + refcountTableClusters
-                    + " clusters");
-        }
+        // Refcount table. An open for check takes, as qemu's, a table that reaches past the end of
+        // the file (read as zeroes there) and an empty one (every refcount reads 0): check reports
+        // them and -r all rebuilds.
         if (refcountTableClusters > MAX_REFTABLE_BYTES / clusterSize) {
             throw corrupt("Reference count table too large: " + refcountTableClusters + " clusters");
         }
-        checkTable("Reference count table", refcountTableOffset, refcountTableClusters * clusterSize, clusterSize,
-                fileSize);
+        if (!forCheck && (refcountTableOffset == 0 || refcountTableClusters == 0)) {
+            throw corrupt("Invalid reference count table: offset " + refcountTableOffset + ", " + refcountTableClusters
+                    + " clusters");
+        } else if (!forCheck) {
+            checkTable("Reference count table", refcountTableOffset, refcountTableClusters * clusterSize, clusterSize,
+                    fileSize);
+        } else if (refcountTableClusters > 0) {
+            checkTableOffset("Reference count table", refcountTableOffset, refcountTableClusters * clusterSize,
+                    clusterSize);
+        } else if (!validTableOffset(refcountTableOffset, 0, clusterSize)) {
+            throw corrupt("Reference count table offset " + refcountTableOffset + " is invalid (not cluster aligned)");
+        }
         // Snapshot table: its size is only known after parsing; check the start here.
         if (nbSnapshots > MAX_SNAPSHOTS) {
             throw corrupt("Too many snapshots: " + nbSnapshots + " (at most " + MAX_SNAPSHOTS + ")");
         }
-        if (nbSnapshots > 0) {
+        // (an open for check leaves the snapshot table to Qcow2Check, which reports it as qemu-img
+        // check does, except at offset 0: qemu reads the header as snapshot entries there)
+        if (forCheck && nbSnapshots > 0 && snapshotsOffset == 0) {
+            throw corrupt("Snapshot table offset 0 is invalid (" + nbSnapshots + " snapshots)");
+        }
+        if (!forCheck && nbSnapshots > 0) {
             checkTable("Snapshot table", snapshotsOffset, 40L * nbSnapshots, clusterSize, fileSize);
+        } else if (!forCheck && !validTableOffset(snapshotsOffset, 0, clusterSize)) {
+            // as qemu: an empty table needs no offset, but a set one must still be a valid one
+            throw corrupt("Snapshot table offset " + snapshotsOffset + " is invalid (must be a multiple of the"
+                    + " cluster size, also when there are no snapshots)");
         }
         // Backing file name: inside the first cluster.
         String backingFile = null;
@@ -347,6 +375,27 @@ record Qcow2Header(
             throw corrupt(what + " at offset " + offset + " (" + bytes + " bytes) lies beyond the end of the file ("
                     + fileSize + " bytes)");
         }
+    }
+
+    /**
+     * The part of {@link #checkTable} that does not depend on the file's size: the offset is a
+     * non-zero multiple of the cluster size and offset + bytes does not overflow.
+     */
+    static void checkTableOffset(String what, long offset, long bytes, long clusterSize) throws BlockException {
+        if (offset <= 0 || (offset & (clusterSize - 1)) != 0) {
+            throw corrupt(what + " offset " + offset + " is invalid (must be a non-zero multiple of the cluster size)");
+        }
+        if (!validTableOffset(offset, bytes, clusterSize)) {
+            throw corrupt(what + " offset " + offset + " is invalid (" + bytes + " bytes from there overflow)");
+        }
+    }
+
+    /**
+     * qemu's validity of a table's offset, without the file's size: cluster aligned, not negative,
+     * and offset + bytes at most 2^63 - 1 (0 is valid: no table).
+     */
+    static boolean validTableOffset(long offset, long bytes, long clusterSize) {
+        return offset >= 0 && (offset & (clusterSize - 1)) == 0 && bytes >= 0 && bytes <= Long.MAX_VALUE - offset;
     }
 
     static BlockException corrupt(String message) {

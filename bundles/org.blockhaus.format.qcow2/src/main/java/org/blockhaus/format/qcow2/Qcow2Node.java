@@ -147,6 +147,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         return header;
     }
 
+    /** The header as it is on disk now, validated as this node was opened (for check or not). */
+    private Qcow2Header rereadHeader() throws BlockException {
+        return Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
+                file.size(), forCheck);
+    }
+
     HostFile hostFile() {
         return file;
     }
@@ -186,10 +192,22 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     void openBitmaps() throws BlockException {
         lock.lock();
         try {
-            bitmaps = PersistentBitmaps.open(this, readOnly);
+            // a check open whose refcounts cannot place a cluster yet leaves the bitmaps as they
+            // are on disk: marking them in use would allocate a new directory before check rebuilt
+            // the refcounts (qemu's marks them in place)
+            bitmaps = PersistentBitmaps.open(this, readOnly || refcountTableUnusable());
         } finally {
             lock.unlock();
         }
+    }
+
+    /**
+     * An open for check whose refcount table is empty or reaches past the end of the file (where
+     * it reads as zeroes): no allocation can trust it until check -r all has rebuilt it.
+     */
+    private boolean refcountTableUnusable() {
+        long bytes = (long) refcounts.tableClusters() << clusterBits;
+        return forCheck && (bytes == 0 || refcounts.tableOffset() > file.size() - bytes);
     }
 
     /** Clears autoclear bits we do not maintain (the spec requires it before writing). */
@@ -1864,8 +1882,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
 
     /** Replaces the refcount structure (after a refcount width change) and re-reads the header. */
     void replaceRefcounts() throws BlockException {
-        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
-                file.size());
+        header = rereadHeader();
         refcounts = new Refcounts(file, header, this::refcountTableMoved, forCheck);
         refcounts.setGuard(this::isKnownMetadata);
         refcounts.setBeforeIncrease(this::markDirtyIfLazy);
@@ -1906,8 +1923,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 l1Offset, refcounts.tableOffset(), refcounts.tableClusters());
         file.write(0, b);
         file.flush();
-        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
-                file.size());
+        header = rereadHeader();
         if (header.version() != version || header.size() != size) {
             throw new IllegalStateException("header rewrite did not round-trip");
         }
@@ -2019,7 +2035,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         if (header.nbSnapshots() == 0) {
             return List.of();
         }
-        return Snapshots.read(file, header, new long[1]);
+        if (forCheck && !Qcow2Header.validTableOffset(header.snapshotsOffset(), 40L * header.nbSnapshots(),
+                clusterSize)) {
+            // opens for check take the header as it is; Qcow2Check reports the offset before this
+            throw Qcow2Header.corrupt("Snapshot table offset " + header.snapshotsOffset() + " is invalid");
+        }
+        return Snapshots.read(file, header, new long[1], forCheck);
     }
 
     @Override
@@ -2234,7 +2255,9 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
     void rewriteSnapshotTable(List<Snapshots.Entry> entries) throws BlockException {
         byte[] table = Snapshots.serialize(entries);
         long oldOffset = header.snapshotsOffset();
-        long oldBytes = header.nbSnapshots() == 0 ? 0 : Snapshots.tableBytes(file, header);
+        long oldBytes = header.nbSnapshots() == 0 ? 0 : Snapshots.tableBytes(file, header, forCheck);
+        // only the part inside the file has refcounts (check reads a table past the end as zeroes)
+        oldBytes = Math.max(0, Math.min(oldBytes, file.size() - oldOffset));
         long offset = 0;
         if (table.length > 0) {
             long clusters = Qcow2Header.ceilShift(table.length, clusterBits);
@@ -2246,8 +2269,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         ByteBuffer b = ByteBuffer.allocate(12).putInt(entries.size()).putLong(offset).flip();
         file.write(60, b);
         file.flush();
-        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
-                file.size());
+        header = rereadHeader();
         // as qemu: the old table's clusters that are free now are discarded in the file (read as zero)
         refcounts.queueFree(oldOffset, oldBytes, true);
         refcounts.applyQueuedFrees();
@@ -2264,8 +2286,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
      * back from the image and every cache of the old state is dropped.
      */
     void reloadMetadata() throws BlockException {
-        header = Qcow2Header.parse(file.read(0, (int) Math.min(clusterSize, file.size()), "qcow2 header"),
-                file.size());
+        header = rereadHeader();
         size = header.size();
         l1Offset = header.l1TableOffset();
         l1 = readL1(l1Offset, header.l1Size());

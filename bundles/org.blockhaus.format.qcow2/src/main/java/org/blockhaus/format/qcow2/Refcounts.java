@@ -94,7 +94,8 @@ final class Refcounts {
     /**
      * @param forCheck an open for check (qemu's BDRV_O_CHECK): a table entry with reserved bits
      *        set is kept, as its offset part (qemu reads the refcounts there too), and remembered
-     *        for check to report and rebuild, instead of refusing the image
+     *        for check to report and rebuild, instead of refusing the image; the part of the table
+     *        past the end of the file reads as zeroes
      */
     Refcounts(HostFile file, Qcow2Header h, TableMoved tableMoved, boolean forCheck) throws BlockException {
         this.file = file;
@@ -109,7 +110,17 @@ final class Refcounts {
         this.tableMoved = tableMoved;
         this.maxBlocks = maxBlocksForTests > 0 ? maxBlocksForTests : Math.max(16, (16 << 20) / clusterSize);
         int n = (int) ((long) tableClusters * clusterSize / 8);
-        ByteBuffer t = file.read(tableOffset, n * 8, "Reference count table");
+        ByteBuffer t;
+        if (forCheck) {
+            // as qemu's check: a table reaching past the end of the file reads as zeroes there
+            // (check reports the reference to the region past the end); the header checked that
+            // offset + length does not overflow
+            t = ByteBuffer.allocate(n * 8);
+            file.readClamped(tableOffset, t);
+            t.clear();
+        } else {
+            t = file.read(tableOffset, n * 8, "Reference count table");
+        }
         table = new long[n];
         for (int i = 0; i < n; i++) {
             table[i] = t.getLong();

@@ -45,11 +45,22 @@ final class Snapshots {
 
     /** Reads the table; returns the entries and, through {@code tableBytes[0]}, its size in bytes. */
     static List<Entry> read(HostFile file, Qcow2Header h, long[] tableBytes) throws BlockException {
+        return read(file, h, tableBytes, false);
+    }
+
+    /**
+     * As {@link #read(HostFile, Qcow2Header, long[])}; with {@code pastEndAsZero} (opens for check
+     * only) the table may reach past the end of the file, which reads as zeroes there, as qemu-img
+     * check reads it (such entries are empty and incomplete; check reports them). The offset must
+     * have been validated ({@link Qcow2Header#validTableOffset}).
+     */
+    static List<Entry> read(HostFile file, Qcow2Header h, long[] tableBytes, boolean pastEndAsZero)
+            throws BlockException {
         List<Entry> out = new ArrayList<>();
         long pos = h.snapshotsOffset();
         long total = 0;
         for (int i = 0; i < h.nbSnapshots(); i++) {
-            ByteBuffer fixed = file.read(pos, 40, "Snapshot table entry " + i);
+            ByteBuffer fixed = read(file, pos, 40, "Snapshot table entry " + i, pastEndAsZero);
             long l1Offset = fixed.getLong(0);
             long l1Size = Integer.toUnsignedLong(fixed.getInt(8));
             int idLen = Short.toUnsignedInt(fixed.getShort(12));
@@ -69,7 +80,8 @@ final class Snapshots {
             if (total > MAX_TABLE_BYTES) {
                 throw Qcow2Header.corrupt("Snapshot table is larger than " + MAX_TABLE_BYTES + " bytes");
             }
-            ByteBuffer rest = file.read(pos + 40, (int) (extraLen + idLen + nameLen), "Snapshot table entry " + i);
+            ByteBuffer rest = read(file, pos + 40, (int) (extraLen + idLen + nameLen), "Snapshot table entry " + i,
+                    pastEndAsZero);
             long diskSize = h.size();
             long icount = -1;
             if (extraLen >= 8) {
@@ -101,10 +113,28 @@ final class Snapshots {
         return out;
     }
 
+    private static ByteBuffer read(HostFile file, long offset, int len, String what, boolean pastEndAsZero)
+            throws BlockException {
+        if (!pastEndAsZero) {
+            return file.read(offset, len, what);
+        }
+        if (offset > Long.MAX_VALUE - len) {
+            throw Qcow2Header.corrupt(what + " at offset " + Long.toUnsignedString(offset) + " overflows");
+        }
+        ByteBuffer b = ByteBuffer.allocate(len);
+        file.readClamped(offset, b);
+        return b.clear();
+    }
+
     /** Size in bytes of the table the header describes. */
     static long tableBytes(HostFile file, Qcow2Header h) throws BlockException {
+        return tableBytes(file, h, false);
+    }
+
+    /** As {@link #tableBytes(HostFile, Qcow2Header)}, reading past the end of the file as zeroes (opens for check). */
+    static long tableBytes(HostFile file, Qcow2Header h, boolean pastEndAsZero) throws BlockException {
         long[] bytes = new long[1];
-        read(file, h, bytes);
+        read(file, h, bytes, pastEndAsZero);
         return bytes[0];
     }
 

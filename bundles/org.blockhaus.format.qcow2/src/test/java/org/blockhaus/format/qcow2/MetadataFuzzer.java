@@ -155,17 +155,89 @@ public final class MetadataFuzzer {
             if (res != null) {
                 REPAIRED.put(rw, new Repaired(res, null, findings));
             }
+            if (emptySnapshotTableMisaligned(img) && !findings.contains("Repairing snapshot table offset invalid")) {
+                // a class of gap closed: -r all clears the offset of an empty table that is not
+                // cluster aligned (qemu-img check reports it and fails; CheckOpenGapsTest)
+                return "check -r all left an empty snapshot table's unaligned offset: " + findings;
+            }
         } catch (BlockException refused) {
             // the check could not go on (qemu-img's "Check failed") or the image cannot be opened
             if (refused.getMessage().contains("Reference count table entry")) {
                 // a class of gap closed: check opens take these entries and report them as qemu does
                 return "check -r all refused a refcount table qemu's check repairs: " + refused.getMessage();
             }
+            String closed = closedCheckOpenGap(refused.getMessage(), img);
+            if (closed != null) {
+                return "check -r all refused " + closed + ", which qemu's check opens: " + refused.getMessage();
+            }
             REPAIRED.put(rw, new Repaired(null, refused.getMessage(), findings));
         } catch (Throwable t) {
             return "check -r all threw " + describe(t);
         }
         return null;
+    }
+
+    /**
+     * Classes of gap closed (CheckOpenGapsTest): check opens take a refcount table or a snapshot
+     * table that reaches past the end of the file, an empty refcount table, an empty snapshot
+     * table's unaligned offset and bitmap directory padding that is not zero, as qemu-img check
+     * opens them, and do not allocate from such refcount tables before the check. Returns what a
+     * refusal of our check refused, where it is one of these, else null.
+     */
+    private static String closedCheckOpenGap(String refusal, Path img) throws java.io.IOException {
+        if (refusal.matches("(?s)qcow2: Reference count table at offset .* lies beyond the end of the file.*")) {
+            return "a refcount table past the end of the file";
+        }
+        if (refusal.startsWith("qcow2: Invalid reference count table: ")) {
+            return "an empty refcount table";
+        }
+        if (refusal.startsWith("qcow2: Refcounts are corrupt: metadata cluster ") && refcountTableUnusable(img)) {
+            // a check open's read-write start (marking bitmaps in use) allocating from a refcount
+            // table that is empty or reaches past the end of the file, before check rebuilt it
+            return "refcounts to rebuild (it allocated from them before the check)";
+        }
+        if (refusal.matches("(?s)qcow2: Snapshot table (entry \\d+ )?at offset .* lies beyond the end of the file.*")) {
+            return "a snapshot table past the end of the file";
+        }
+        if (refusal.contains("also when there are no snapshots")) {
+            return "an empty snapshot table's unaligned offset";
+        }
+        if (refusal.matches("(?s).*the padding of bitmap '.*' is not zero.*")) {
+            return "bitmap directory padding that is not zero";
+        }
+        return null;
+    }
+
+    /**
+     * Whether the header's refcount table is empty or reaches past the end of the file (its
+     * length rounded up to 512 bytes, as the file driver reports it, as qemu's).
+     */
+    private static boolean refcountTableUnusable(Path img) throws java.io.IOException {
+        int clusterBits = headerInt(img, 20);
+        if (Files.size(img) < 72 || clusterBits < 9 || clusterBits > 21) {
+            return false;
+        }
+        long clusters = Integer.toUnsignedLong(headerInt(img, 56));
+        long end = (Files.size(img) + 511) & ~511L;
+        try (var ch = java.nio.channels.FileChannel.open(img)) {
+            ByteBuffer b = ByteBuffer.allocate(8);
+            ch.read(b, 48);
+            long offset = b.flip().getLong();
+            return clusters == 0 || offset > end - (clusters << clusterBits);
+        }
+    }
+
+    /** Whether the header says no snapshots and gives a snapshot table offset that is not cluster aligned. */
+    private static boolean emptySnapshotTableMisaligned(Path img) throws java.io.IOException {
+        int clusterBits = headerInt(img, 20);
+        if (Files.size(img) < 72 || nbSnapshots(img) != 0 || clusterBits < 9 || clusterBits > 21) {
+            return false;
+        }
+        try (var ch = java.nio.channels.FileChannel.open(img)) {
+            ByteBuffer b = ByteBuffer.allocate(8);
+            ch.read(b, 64);
+            return (b.flip().getLong() & ((1L << clusterBits) - 1)) != 0;
+        }
     }
 
     /** Our check -r all: its result, or why it refused; and what it printed. */
