@@ -1688,6 +1688,18 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         long perL2 = 1L << (clusterBits + l2Bits);
         boolean oneRun = mode == Preallocation.FALLOC || mode == Preallocation.FULL;
         long start = from & -clusterSize;
+        // A grow from an old end inside a cluster: the guest bytes before it (from the backing file,
+        // or zeroes) must survive that cluster being mapped, so they are read now and copied into
+        // it below, as qemu's copy on write does. With subclusters the new cluster's subclusters
+        // stay unallocated and still read through, so nothing needs copying.
+        ByteBuffer head = null;
+        if (start < from && !external && !extL2) {
+            head = ByteBuffer.allocate((int) (from - start));
+            readLocked(start, head);
+            head.flip();
+        }
+        long headHost = -1;
+        long lastHost = -1;
         long host = -1;
         if (oneRun && !external) {
             int total = 0;
@@ -1719,6 +1731,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 // with subclusters, qemu gives the cluster a host offset but leaves every subcluster
                 // unallocated (it still reads as zeroes or from the backing file)
                 setEntry(t, idx, h | OFLAG_COPIED, extL2 ? 0 : ALL_SUBCLUSTERS);
+                if (guest == start) {
+                    headHost = h;
+                }
+                if (guest + clusterSize >= to) {
+                    lastHost = h;
+                }
                 host += clusterSize;
                 last = Math.max(last, h + clusterSize);
             }
@@ -1741,6 +1759,15 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             file.growWith(last, mode);
         } else {
             file.ensureSize(last);
+        }
+        if (head != null && headHost >= 0) {
+            file.write(headHost, head);
+        }
+        long tail = (to + clusterSize - 1 & -clusterSize) - to;
+        if (mode == Preallocation.METADATA && !external && !extL2 && tail > 0 && lastHost >= 0) {
+            // as qemu's copy on write past the guest's end: the rest of a partly used last cluster
+            // is written with zeroes (falloc and full reserved it already, and qemu leaves it)
+            file.write(lastHost + clusterSize - tail, ByteBuffer.allocate((int) tail));
         }
         flushLocked();
     }
