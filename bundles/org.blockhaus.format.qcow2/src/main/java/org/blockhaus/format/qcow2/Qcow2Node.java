@@ -1708,6 +1708,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                         Math.min(region + perL2, to));
             }
             host = total == 0 ? -1 : refcounts.allocate(total);
+            file.zeroStale(host, (long) total << clusterBits, false);
         }
         long runStart = host;
         long last = 0;
@@ -1721,6 +1722,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
             if (!oneRun && !external) {
                 host = refcounts.allocate(unmapped);
+                file.zeroStale(host, (long) unmapped << clusterBits, true);
             }
             for (long guest = first; guest < end; guest += clusterSize) {
                 int idx = l2Index(guest);

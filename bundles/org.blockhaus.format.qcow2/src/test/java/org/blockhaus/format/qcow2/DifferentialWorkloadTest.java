@@ -47,6 +47,8 @@ class DifferentialWorkloadTest {
 
     private final BlockCore core = Fixtures.core();
     private final List<String> log = new ArrayList<>();
+    /** Set when qemu's preallocating resize exposed stale bytes: the twin is no reference any more. */
+    private boolean qemuStale;
     /** The option set's preallocation mode: the image's creation, and half of its resizes. */
     private Preallocation prealloc = Preallocation.OFF;
 
@@ -135,6 +137,17 @@ class DifferentialWorkloadTest {
         try {
             run(ours, twin, new Random(seed));
         } catch (AssertionError | Exception e) {
+            String keep = System.getProperty("diff.keep");
+            if (keep != null) { // -Ddiff.keep=DIR: the failed case's images stay in DIR/SEED
+                Path to = Path.of(keep, Long.toString(seed));
+                java.nio.file.Files.createDirectories(to);
+                try (var files = java.nio.file.Files.list(dir)) {
+                    for (Path f : files.toList()) {
+                        java.nio.file.Files.copy(f, to.resolve(f.getFileName()),
+                                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                    }
+                }
+            }
             throw new AssertionError("seed " + seed + " options " + optionText + "\noperations:\n  "
                     + String.join("\n  ", log) + "\n" + e, e);
         }
@@ -280,6 +293,19 @@ class DifferentialWorkloadTest {
                     assertEquals(qemuOk, ourOk, "resize: qemu and we must agree");
                     if (ourOk && mode != Preallocation.OFF) {
                         touched.set((int) (size / clusterSize), (int) ((size + grow + clusterSize - 1) / clusterSize));
+                        byte[] grown = new byte[(int) grow];
+                        img.read(size, ByteBuffer.wrap(grown));
+                        assertArrayEquals(new byte[(int) grow], grown, "the grown area must read as zeroes");
+                        if (Qemu.io("-r", "-f", "qcow2", "-c", "read -P 0 " + size + " " + grow, twin.toString())
+                                .out().contains("Pattern verification failed")) {
+                            // qemu 7.2 maps clusters it freed before (old snapshot tables, say)
+                            // without writing them, so the grown area shows their old bytes; ours
+                            // reads zeroes (checked above). Nothing more to compare with qemu.
+                            log.add("  (qemu's grown area shows stale bytes of freed clusters: compared no further)");
+                            qemuStale = true;
+                            size += grow;
+                            break;
+                        }
                     }
                     if (ourOk) {
                         size += grow;
@@ -371,6 +397,9 @@ class DifferentialWorkloadTest {
         Qemu.Result check = Qemu.img("check", ours.toString());
         assertEquals(0, check.exit(), "qemu-img check on ours: " + check.out() + check.err());
         assertEquals(virtualSize(twin), virtualSize(ours), "virtual size");
+        if (qemuStale) {
+            return;
+        }
         Qemu.Result cmp = Qemu.img("compare", "-f", "qcow2", "-F", "qcow2", ours.toString(), twin.toString());
         assertEquals(0, cmp.exit(), "qemu-img compare: " + cmp.out() + cmp.err());
         if (!Qemu.img("info", twin.toString()).out().contains("data file raw: true")) {
