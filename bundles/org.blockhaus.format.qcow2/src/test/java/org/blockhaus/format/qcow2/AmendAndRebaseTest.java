@@ -89,6 +89,42 @@ class AmendAndRebaseTest {
         assertEquals(0, Qemu.img("check", img.toString()).exit());
     }
 
+    /**
+     * Found by DifferentialWorkloadTest (seeds 7015, 7024): a downgrade refused for its refcount
+     * width wrote the version 2 header first. Each amend goes to a qemu twin too: both refuse or
+     * both succeed, and afterwards both headers say the same and read the same.
+     */
+    @org.junit.jupiter.params.ParameterizedTest(name = "refcount_bits={0}: amend {1}")
+    @org.junit.jupiter.params.provider.CsvSource(delimiter = ';', value = {
+        "16; compat=0.10,refcount_bits=32", "8; compat=0.10,refcount_bits=16", "8; compat=0.10",
+        "16; compat=0.10,lazy_refcounts=on", "1; compat=0.10,refcount_bits=16,lazy_refcounts=off"})
+    void refusedAmendsChangeNothingAndWidthsGoBackBeforeADowngrade(int from, String opts) throws Exception {
+        Path img = dir.resolve("o.qcow2");
+        Path twin = dir.resolve("t.qcow2");
+        for (Path p : new Path[] {img, twin}) {
+            Qemu.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096,refcount_bits=" + from, p.toString(), "4M")
+                    .ok();
+            Qemu.io("-f", "qcow2", "-c", "write -P 9 0 1M", "-c", "write -z 2M 64k", p.toString()).ok();
+        }
+        byte[] before = Files.readAllBytes(img);
+        boolean ourOk = true;
+        try {
+            amend(img, opts.split("[,=]"));
+        } catch (BlockException e) {
+            ourOk = false;
+        }
+        boolean qemuOk = Qemu.img("amend", "-f", "qcow2", "-o", opts, twin.toString()).exit() == 0;
+        assertEquals(qemuOk, ourOk, "both refuse or both amend");
+        if (!ourOk) {
+            assertArrayEquals(before, Files.readAllBytes(img), "a refused amend leaves the file as it was");
+        }
+        String ours = info(img).replaceAll("\"(filename|actual-size|dirty-flag)\": [^,]*,", "");
+        String theirs = info(twin).replaceAll("\"(filename|actual-size|dirty-flag)\": [^,]*,", "");
+        assertEquals(theirs, ours);
+        assertEquals(0, Qemu.img("check", img.toString()).exit());
+        assertArrayEquals(Fixtures.qemuRaw(twin, dir), Fixtures.qemuRaw(img, dir));
+    }
+
     @Test
     void refusesWhatItCannotChange() throws Exception {
         Path img = dir.resolve("r.qcow2");
