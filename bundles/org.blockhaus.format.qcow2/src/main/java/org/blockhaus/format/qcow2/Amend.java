@@ -109,6 +109,7 @@ final class Amend {
             }
             node.expandZeroClusters();
             node.flushLocked();
+            node.expandSnapshotZeroClusters();
             node.rewriteHeader(version, backing, backing == null ? null : backingFmt, compat);
         } else {
             node.rewriteHeader(version, backing, backing == null ? null : backingFmt, compat);
@@ -124,7 +125,7 @@ final class Amend {
         }
     }
 
-    private static void downgradeChecks(Qcow2Header header) throws BlockException {
+    private void downgradeChecks(Qcow2Header header) throws BlockException {
         if ((header.incompatibleFeatures() & Qcow2Header.INCOMPAT_DATA_FILE) != 0) {
             throw BlockException.invalid("Cannot downgrade an image with a data file");
         }
@@ -134,9 +135,12 @@ final class Amend {
         if (header.compressionType() != Qcow2Header.COMPRESSION_ZLIB) {
             throw BlockException.invalid("Cannot downgrade an image with a compression type other than zlib");
         }
-        if (header.nbSnapshots() > 0) {
-            throw new BlockException(Reason.UNSUPPORTED, "Downgrading qcow2 images with internal snapshots is not"
-                    + " supported yet");
+        // As qemu: a version 2 reader would not know that a snapshot's disk size or large VM state
+        // size (kept in the extra data) matter, so only snapshots that need neither are kept.
+        for (Snapshots.Entry e : node.snapshotEntries()) {
+            if (e.vmStateSize() > 0xffff_ffffL || e.diskSize() != node.size()) {
+                throw new BlockException(Reason.UNSUPPORTED, "Internal snapshots prevent downgrade of image");
+            }
         }
     }
 

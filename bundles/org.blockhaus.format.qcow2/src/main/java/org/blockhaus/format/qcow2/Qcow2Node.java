@@ -1884,6 +1884,67 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         }
     }
 
+    /**
+     * The same for the snapshots' L2 tables, after the active ones: each table is rewritten in
+     * place, once however many snapshots share it (the change means the same to each of them).
+     * A zero cluster without a host cluster becomes unallocated (no backing file) or gets a new
+     * cluster of zeroes, counted once for every reference to its table; one with a host cluster
+     * gets that cluster written with zeroes when nothing else refers to it, else a new one (qemu
+     * 7.2 writes zeroes into a shared one, and another snapshot's data with it). The active
+     * tables hold no zero cluster any more, so none of these tables is one of theirs.
+     */
+    void expandSnapshotZeroClusters() throws BlockException {
+        flushLocked();
+        java.util.Set<Long> done = new java.util.HashSet<>();
+        ByteBuffer zeroes = ByteBuffer.allocate(clusterSize);
+        for (Snapshots.Entry e : snapshotEntries()) {
+            for (long entry : readL1(e.l1TableOffset(), e.l1Size())) {
+                long table = entry & L1_OFFSET_MASK;
+                if (table == 0 || !done.add(table)) {
+                    continue;
+                }
+                ByteBuffer b = file.read(table, clusterSize, "snapshot L2 table");
+                boolean changed = false;
+                for (int j = 0; j < (1 << l2Bits); j++) {
+                    long w = b.getLong(j * 8);
+                    if ((w & OFLAG_COMPRESSED) != 0 || (w & OFLAG_ZERO) == 0) {
+                        continue;
+                    }
+                    long host = w & L2_OFFSET_MASK;
+                    long refs = refcounts.get(table >>> clusterBits);
+                    if (host == 0 && backing == null) {
+                        w = 0;
+                    } else if (host != 0 && refcounts.get(host >>> clusterBits) == refs) {
+                        // only this table refers to it: zeroes in place
+                        file.write(host, zeroes.clear());
+                        w &= ~OFLAG_ZERO;
+                    } else {
+                        // no cluster, or one that other tables still map as data (a snapshot taken
+                        // before the zero write): a new cluster of zeroes, the old one released
+                        if (host != 0) {
+                            for (long k = 0; k < refs; k++) {
+                                refcounts.queueFree(host, clusterSize);
+                            }
+                        }
+                        long fresh = refcounts.allocate(1);
+                        if (refs > 1) {
+                            refcounts.increment(fresh >>> clusterBits, refs - 1);
+                        }
+                        file.write(fresh, zeroes.clear());
+                        w = fresh | (refs == 1 ? OFLAG_COPIED : 0);
+                    }
+                    b.putLong(j * 8, w);
+                    changed = true;
+                }
+                if (changed) {
+                    file.write(table, b.clear());
+                }
+            }
+        }
+        l2.clear(); // a cached copy of a rewritten table would be stale
+        flushLocked();
+    }
+
     /** Writes a new header for the current state (see {@link Qcow2Header#rewrite}) and reads it back. */
     void rewriteHeader(int version, String backingFile, String backingFormat, long compatible)
             throws BlockException {

@@ -332,6 +332,15 @@ class DifferentialWorkloadTest {
                     log.add("qemu-img amend -o " + opts + (qemuOk ? "" : " (refused: " + res.err().strip() + ")"));
                     assertEquals(qemuOk, ourOk, "amend " + opts + ": qemu and we must agree (ours: " + ourError + ")");
                     img = Fixtures.openRw(core, ours);
+                    if (qemuOk && opts.contains("compat=0.10") && !snapshots.isEmpty()
+                            && Qemu.img("check", twin.toString()).exit() != 0) {
+                        // qemu 7.2's downgrade writes zeroes into a cluster that a zero write of
+                        // the active layer kept and a snapshot still maps (its data is lost, check
+                        // reports COPIED with refcount 2; AmendAndRebaseTest). Ours keeps it.
+                        log.add("  (qemu's downgrade broke a snapshot of its twin: compared no further)");
+                        qemuStale = true;
+                        break;
+                    }
                     info = Qemu.img("info", twin.toString()).out();
                     v2 = info.contains("compat: 0.10");
                     noSnapshots |= info.contains("refcount bits: 1\n");
