@@ -29,9 +29,10 @@ import org.junit.jupiter.params.ParameterizedTest;
 /**
  * Differential workloads: one seeded random sequence of operations (unaligned writes with
  * patterns, compressed writes of whole clusters, write-zeroes with and without unmap, discard, flush, snapshot create/apply/delete,
- * bitmap add/clear/remove, resize grow, close and reopen) is applied to an image through our
- * driver and, by qemu-io (one process per run of I/O) and qemu-img, to a twin made with the same
- * options. Each operation must succeed on both or fail on both. Afterwards: qemu-img check is
+ * bitmap add/clear/remove, resize grow (with the image's preallocation mode half the time), close
+ * and reopen, amend of compat, lazy_refcounts and refcount_bits with the image closed) is applied
+ * to an image through our driver and, by qemu-io (one process per run of I/O) and qemu-img, to a
+ * twin made with the same options. Each operation must succeed on both or fail on both. Afterwards: qemu-img check is
  * clean on ours, qemu-img compare finds the twins equal, qemu-img map (without host offsets,
  * which depend on allocation order) is the same, our reads equal qemu's at random ranges, and
  * every bitmap holds the same dirty ranges (qemu's read through qemu-nbd -B and nbdinfo).
