@@ -288,9 +288,19 @@ class DifferentialWorkloadTest {
                     } catch (BlockException e) {
                         ourOk = false;
                     }
-                    boolean qemuOk = Qemu.img("resize", "-f", "qcow2", "--preallocation=" + mode.qemuName(),
-                            twin.toString(), "+" + grow).exit() == 0;
+                    Qemu.Result resized = Qemu.img("resize", "-f", "qcow2", "--preallocation=" + mode.qemuName(),
+                            twin.toString(), "+" + grow);
+                    boolean qemuOk = resized.exit() == 0;
                     log.add("resize --preallocation=" + mode.qemuName() + " +" + grow + (qemuOk ? "" : " (refused)"));
+                    if (ourOk && !qemuOk && resized.err().contains("Cannot use preallocation for shrinking files")) {
+                        // qemu 7.2 puts falloc/full data after the last used cluster and truncates
+                        // the file to its end, which fails when the file runs on past that (freed
+                        // clusters at its end); ours grows the file. The twin stays behind.
+                        log.add("  (qemu's preallocating grow would have shrunk its file: compared no further)");
+                        qemuStale = true;
+                        size += grow;
+                        break;
+                    }
                     assertEquals(qemuOk, ourOk, "resize: qemu and we must agree");
                     if (ourOk && mode != Preallocation.OFF) {
                         touched.set((int) (size / clusterSize), (int) ((size + grow + clusterSize - 1) / clusterSize));
@@ -406,10 +416,10 @@ class DifferentialWorkloadTest {
     private void verify(Path ours, Path twin, Random r, Set<String> bitmaps) throws Exception {
         Qemu.Result check = Qemu.img("check", ours.toString());
         assertEquals(0, check.exit(), "qemu-img check on ours: " + check.out() + check.err());
-        assertEquals(virtualSize(twin), virtualSize(ours), "virtual size");
         if (qemuStale) {
             return;
         }
+        assertEquals(virtualSize(twin), virtualSize(ours), "virtual size");
         Qemu.Result cmp = Qemu.img("compare", "-f", "qcow2", "-F", "qcow2", ours.toString(), twin.toString());
         assertEquals(0, cmp.exit(), "qemu-img compare: " + cmp.out() + cmp.err());
         if (!Qemu.img("info", twin.toString()).out().contains("data file raw: true")) {
