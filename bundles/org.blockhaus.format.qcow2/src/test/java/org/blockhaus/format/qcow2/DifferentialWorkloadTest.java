@@ -240,6 +240,13 @@ class DifferentialWorkloadTest {
                             .exit() == 0;
                     log.add(op + (qemuOk ? "" : " (refused)"));
                     assertEquals(qemuOk, ourOk, op + ": qemu and we must agree whether it works");
+                    if (!qemuOk && what == 1 && virtualSize(twin) != img.size()) {
+                        // qemu 7.2 sets the snapshot's disk size before it finds that the refcounts
+                        // would overflow (refcount_bits=2, say), and leaves it so when it fails
+                        log.add("  (qemu's refused apply changed its twin's size: compared no further)");
+                        qemuStale = true;
+                        break;
+                    }
                     size = img.size(); // applying a snapshot brings back its disk size
                     if (qemuOk && what == 0) {
                         snapshots.add(name);
