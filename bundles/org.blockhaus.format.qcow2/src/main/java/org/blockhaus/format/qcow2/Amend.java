@@ -78,25 +78,44 @@ final class Amend {
         if (version < 3) {
             compat &= ~Qcow2Header.COMPAT_LAZY_REFCOUNTS;
         }
-        if (version < header.version()) {
+        int bits = header.refcountBits();
+        if (o.has("refcount_bits")) {
+            long b = o.getLong("refcount_bits", 16);
+            if (b < 1 || b > 64 || Long.bitCount(b) != 1) {
+                throw BlockException.invalid("Refcount width must be a power of two and may not exceed 64 bits");
+            }
+            bits = (int) b;
+        }
+        // Everything refusable is refused before the first change, so a refused amend leaves the
+        // image as it was (a downgrade refused for its refcount width used to leave a version 2
+        // header behind).
+        if (bits != 16 && version < 3) {
+            throw BlockException.invalid(o.has("refcount_bits")
+                    ? "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1"
+                    + " or greater)"
+                    : "compat=0.10 requires refcount_bits=16");
+        }
+        boolean downgrade = version < header.version();
+        if (downgrade) {
             downgradeChecks(header);
-            node.expandZeroClusters();
-            node.flushLocked();
         }
         String backing = o.has("backing_file") ? o.get("backing_file") : header.backingFile();
         String backingFmt = o.has("backing_fmt") ? o.get("backing_fmt")
                 : o.has("backing_file") ? null : header.backingFormat();
-        node.rewriteHeader(version, backing, backing == null ? null : backingFmt, compat);
-        if (o.has("refcount_bits") && o.getLong("refcount_bits", 16) != node.header().refcountBits()) {
-            long bits = o.getLong("refcount_bits", 16);
-            if (bits < 1 || bits > 64 || Long.bitCount(bits) != 1) {
-                throw BlockException.invalid("Refcount width must be a power of two and may not exceed 64 bits");
+        if (downgrade) {
+            // as qemu: the width goes back to 16 bits while version 3 still allows any, then down
+            if (bits != header.refcountBits()) {
+                changeRefcountWidth(bits);
             }
-            if (node.header().version() < 3) {
-                throw BlockException.invalid("Different refcount widths than 16 bits require compatibility level"
-                        + " 1.1 or above (use compat=1.1 or greater)");
+            node.expandZeroClusters();
+            node.flushLocked();
+            node.expandSnapshotZeroClusters();
+            node.rewriteHeader(version, backing, backing == null ? null : backingFmt, compat);
+        } else {
+            node.rewriteHeader(version, backing, backing == null ? null : backingFmt, compat);
+            if (bits != node.header().refcountBits()) {
+                changeRefcountWidth(bits);
             }
-            changeRefcountWidth((int) bits);
         }
     }
 
@@ -106,9 +125,9 @@ final class Amend {
         }
     }
 
-    private static void downgradeChecks(Qcow2Header header) throws BlockException {
-        if (header.refcountBits() != 16) {
-            throw BlockException.invalid("Cannot downgrade an image with refcount_bits != 16 to compat=0.10");
+    private void downgradeChecks(Qcow2Header header) throws BlockException {
+        if ((header.incompatibleFeatures() & Qcow2Header.INCOMPAT_DATA_FILE) != 0) {
+            throw BlockException.invalid("Cannot downgrade an image with a data file");
         }
         if (header.extendedL2()) {
             throw BlockException.invalid("Cannot downgrade an image with extended L2 entries to compat=0.10");
@@ -116,9 +135,12 @@ final class Amend {
         if (header.compressionType() != Qcow2Header.COMPRESSION_ZLIB) {
             throw BlockException.invalid("Cannot downgrade an image with a compression type other than zlib");
         }
-        if (header.nbSnapshots() > 0) {
-            throw new BlockException(Reason.UNSUPPORTED, "Downgrading qcow2 images with internal snapshots is not"
-                    + " supported yet");
+        // As qemu: a version 2 reader would not know that a snapshot's disk size or large VM state
+        // size (kept in the extra data) matter, so only snapshots that need neither are kept.
+        for (Snapshots.Entry e : node.snapshotEntries()) {
+            if (e.vmStateSize() > 0xffff_ffffL || e.diskSize() != node.size()) {
+                throw new BlockException(Reason.UNSUPPORTED, "Internal snapshots prevent downgrade of image");
+            }
         }
     }
 

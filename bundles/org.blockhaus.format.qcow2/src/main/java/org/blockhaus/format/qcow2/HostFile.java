@@ -118,6 +118,20 @@ final class HostFile {
         }
     }
 
+    /**
+     * Preallocation maps clusters without writing them and counts on them reading as zeroes, which
+     * holds past the file's end but not for free clusters inside it: those still hold what was
+     * freed there (an old snapshot table, say), so the part of {@code [offset, offset+len)} inside
+     * the file is zeroed. {@code unmap}: as a hole (preallocation=metadata, where the rest of a new
+     * run is a hole past the end too), else kept allocated (falloc, full).
+     */
+    void zeroStale(long offset, long len, boolean unmap) throws BlockException {
+        if (offset < 0 || offset >= size || len <= 0) {
+            return;
+        }
+        file.writeZeroes(offset, Math.min(len, size - offset), unmap ? BlockNode.MAY_UNMAP : 0);
+    }
+
     void flush() throws BlockException {
         file.flush();
     }

@@ -1748,6 +1748,18 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
         long perL2 = 1L << (clusterBits + l2Bits);
         boolean oneRun = mode == Preallocation.FALLOC || mode == Preallocation.FULL;
         long start = from & -clusterSize;
+        // A grow from an old end inside a cluster: the guest bytes before it (from the backing file,
+        // or zeroes) must survive that cluster being mapped, so they are read now and copied into
+        // it below, as qemu's copy on write does. With subclusters the new cluster's subclusters
+        // stay unallocated and still read through, so nothing needs copying.
+        ByteBuffer head = null;
+        if (start < from && !external && !extL2) {
+            head = ByteBuffer.allocate((int) (from - start));
+            readLocked(start, head);
+            head.flip();
+        }
+        long headHost = -1;
+        long lastHost = -1;
         long host = -1;
         if (oneRun && !external) {
             int total = 0;
@@ -1756,6 +1768,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                         Math.min(region + perL2, to));
             }
             host = total == 0 ? -1 : refcounts.allocate(total);
+            file.zeroStale(host, (long) total << clusterBits, false);
         }
         long runStart = host;
         long last = 0;
@@ -1769,6 +1782,7 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             }
             if (!oneRun && !external) {
                 host = refcounts.allocate(unmapped);
+                file.zeroStale(host, (long) unmapped << clusterBits, true);
             }
             for (long guest = first; guest < end; guest += clusterSize) {
                 int idx = l2Index(guest);
@@ -1779,6 +1793,12 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 // with subclusters, qemu gives the cluster a host offset but leaves every subcluster
                 // unallocated (it still reads as zeroes or from the backing file)
                 setEntry(t, idx, h | OFLAG_COPIED, extL2 ? 0 : ALL_SUBCLUSTERS);
+                if (guest == start) {
+                    headHost = h;
+                }
+                if (guest + clusterSize >= to) {
+                    lastHost = h;
+                }
                 host += clusterSize;
                 last = Math.max(last, h + clusterSize);
             }
@@ -1801,6 +1821,15 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
             file.growWith(last, mode);
         } else {
             file.ensureSize(last);
+        }
+        if (head != null && headHost >= 0) {
+            file.write(headHost, head);
+        }
+        long tail = (to + clusterSize - 1 & -clusterSize) - to;
+        if (mode == Preallocation.METADATA && !external && !extL2 && tail > 0 && lastHost >= 0) {
+            // as qemu's copy on write past the guest's end: the rest of a partly used last cluster
+            // is written with zeroes (falloc and full reserved it already, and qemu leaves it)
+            file.write(lastHost + clusterSize - tail, ByteBuffer.allocate((int) tail));
         }
         flushLocked();
     }
@@ -1912,6 +1941,67 @@ final class Qcow2Node implements CheckableNode, SnapshotNode, AmendableNode, Bit
                 }
             }
         }
+    }
+
+    /**
+     * The same for the snapshots' L2 tables, after the active ones: each table is rewritten in
+     * place, once however many snapshots share it (the change means the same to each of them).
+     * A zero cluster without a host cluster becomes unallocated (no backing file) or gets a new
+     * cluster of zeroes, counted once for every reference to its table; one with a host cluster
+     * gets that cluster written with zeroes when nothing else refers to it, else a new one (qemu
+     * 7.2 writes zeroes into a shared one, and another snapshot's data with it). The active
+     * tables hold no zero cluster any more, so none of these tables is one of theirs.
+     */
+    void expandSnapshotZeroClusters() throws BlockException {
+        flushLocked();
+        java.util.Set<Long> done = new java.util.HashSet<>();
+        ByteBuffer zeroes = ByteBuffer.allocate(clusterSize);
+        for (Snapshots.Entry e : snapshotEntries()) {
+            for (long entry : readL1(e.l1TableOffset(), e.l1Size())) {
+                long table = entry & L1_OFFSET_MASK;
+                if (table == 0 || !done.add(table)) {
+                    continue;
+                }
+                ByteBuffer b = file.read(table, clusterSize, "snapshot L2 table");
+                boolean changed = false;
+                for (int j = 0; j < (1 << l2Bits); j++) {
+                    long w = b.getLong(j * 8);
+                    if ((w & OFLAG_COMPRESSED) != 0 || (w & OFLAG_ZERO) == 0) {
+                        continue;
+                    }
+                    long host = w & L2_OFFSET_MASK;
+                    long refs = refcounts.get(table >>> clusterBits);
+                    if (host == 0 && backing == null) {
+                        w = 0;
+                    } else if (host != 0 && refcounts.get(host >>> clusterBits) == refs) {
+                        // only this table refers to it: zeroes in place
+                        file.write(host, zeroes.clear());
+                        w &= ~OFLAG_ZERO;
+                    } else {
+                        // no cluster, or one that other tables still map as data (a snapshot taken
+                        // before the zero write): a new cluster of zeroes, the old one released
+                        if (host != 0) {
+                            for (long k = 0; k < refs; k++) {
+                                refcounts.queueFree(host, clusterSize);
+                            }
+                        }
+                        long fresh = refcounts.allocate(1);
+                        if (refs > 1) {
+                            refcounts.increment(fresh >>> clusterBits, refs - 1);
+                        }
+                        file.write(fresh, zeroes.clear());
+                        w = fresh | (refs == 1 ? OFLAG_COPIED : 0);
+                    }
+                    b.putLong(j * 8, w);
+                    changed = true;
+                }
+                if (changed) {
+                    file.write(table, b.clear());
+                }
+            }
+        }
+        l2.clear(); // a cached copy of a rewritten table would be stale
+        flushLocked();
     }
 
     /** Writes a new header for the current state (see {@link Qcow2Header#rewrite}) and reads it back. */
