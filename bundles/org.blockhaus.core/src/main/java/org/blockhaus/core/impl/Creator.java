@@ -180,7 +180,7 @@ final class Creator {
             if (e instanceof RuntimeException re) {
                 throw new BlockException(Reason.IO, filename + ": Driver '" + format + "' failed: " + re, re);
             }
-            if (((BlockException) e).reason() == Reason.OUT_OF_RANGE) {
+            if (fileTooLarge((BlockException) e)) {
                 // as qemu's image creation: a file too large (EFBIG) is told in the format's words
                 boolean clusterSize = specs.stream().anyMatch(sp -> sp.name().equals("cluster_size"));
                 throw new BlockException(Reason.OUT_OF_RANGE, filename + ": The image size is too large for file"
@@ -281,6 +281,15 @@ final class Creator {
         StringBuilder sb = new StringBuilder("fmt=").append(format);
         shown.forEach((k, v) -> sb.append(' ').append(k).append('=').append(v));
         return sb.toString();
+    }
+
+    /**
+     * Whether a create failed because the file system refused the file's size (EFBIG, which the
+     * file protocol reports as OUT_OF_RANGE "...: File too large"); qemu rewords only that error,
+     * not other range errors a create may meet.
+     */
+    private static boolean fileTooLarge(BlockException e) {
+        return e.reason() == Reason.OUT_OF_RANGE && e.getMessage() != null && e.getMessage().endsWith("File too large");
     }
 
     /** qemu-img shows size options in bytes ("cluster_size=4k" as 4096); checkValue has parsed them. */
