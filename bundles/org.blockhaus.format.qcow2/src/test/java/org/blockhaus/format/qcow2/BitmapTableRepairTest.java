@@ -11,8 +11,6 @@ import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
@@ -59,33 +57,6 @@ class BitmapTableRepairTest {
         }
     }
 
-    private static long field(String json, String name) {
-        Matcher m = Pattern.compile("\"" + name + "\": (\\d+)").matcher(json);
-        return m.find() ? Long.parseLong(m.group(1)) : 0;
-    }
-
-    private static String counts(String json) {
-        return "corruptions=" + field(json, "corruptions") + " leaks=" + field(json, "leaks")
-                + " corruptions-fixed=" + field(json, "corruptions-fixed") + " leaks-fixed=" + field(json, "leaks-fixed")
-                + " check-errors=" + field(json, "check-errors");
-    }
-
-    private static String counts(CheckResult r) {
-        return "corruptions=" + r.corruptions() + " leaks=" + r.leaks() + " corruptions-fixed=" + r.corruptionsFixed()
-                + " leaks-fixed=" + r.leaksFixed() + " check-errors=" + r.checkErrors();
-    }
-
-    private static List<String> lines(String stderr) {
-        List<String> out = new ArrayList<>();
-        for (String l : stderr.split("\n")) {
-            // printed by qemu's close (it tries to free the old entry's cluster), not by check
-            if (!l.isEmpty() && !l.startsWith("qcow2_free_clusters failed: ")) {
-                out.add(l);
-            }
-        }
-        return out;
-    }
-
     /** The offset of bitmap {@code index}'s table, from the header's bitmaps extension and the directory. */
     private static long bitmapTable(Path img, int index) throws Exception {
         return Patch.readLong(img, directoryEntry(img, index));
@@ -129,8 +100,8 @@ class BitmapTableRepairTest {
         byte[] before = Files.readAllBytes(img);
         Qemu.Result q = Qemu.img("check", "--output=json", img.toString());
         Ours ours = ourCheck(img, CheckResult.Repair.NONE);
-        assertEquals(lines(q.err()), ours.findings());
-        assertEquals(counts(q.out()), counts(ours.result()));
+        assertEquals(Fixtures.checkLines(q.err()), ours.findings());
+        assertEquals(Fixtures.checkCounts(q.out()), Fixtures.checkCounts(ours.result()));
         assertEquals(q.exit(), ours.result().corruptions() > 0 ? 2 : ours.result().leaks() > 0 ? 3 : 0);
         assertArrayEquals(before, Files.readAllBytes(img), "a plain check must not write");
 
@@ -144,8 +115,8 @@ class BitmapTableRepairTest {
         Files.copy(img, twin, StandardCopyOption.REPLACE_EXISTING);
         Qemu.Result qr = Qemu.img("check", "-r", "all", "--output=json", twin.toString());
         Ours repaired = ourCheck(img, CheckResult.Repair.ALL);
-        assertEquals(lines(qr.err()), repaired.findings());
-        assertEquals(counts(qr.out()), counts(repaired.result()));
+        assertEquals(Fixtures.checkLines(qr.err()), repaired.findings());
+        assertEquals(Fixtures.checkCounts(qr.out()), Fixtures.checkCounts(repaired.result()));
         Qemu.Result qAfter = Qemu.img("check", twin.toString());
         assertEquals(0, qAfter.exit(), "qemu's close stores the bitmap anew: " + qAfter.out() + qAfter.err());
         Qemu.Result after = Qemu.img("check", img.toString());

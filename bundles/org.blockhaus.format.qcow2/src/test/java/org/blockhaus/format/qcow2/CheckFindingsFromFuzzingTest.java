@@ -8,8 +8,6 @@ import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
 import org.blockhaus.api.Options;
@@ -27,11 +25,6 @@ import org.junit.jupiter.api.io.TempDir;
 class CheckFindingsFromFuzzingTest {
     @TempDir
     Path dir;
-
-    private static long corruptions(String json) {
-        Matcher m = Pattern.compile("\"corruptions\": (\\d+)").matcher(json);
-        return m.find() ? Long.parseLong(m.group(1)) : 0;
-    }
 
     private record Ours(CheckResult result, List<String> findings) {
     }
@@ -61,7 +54,7 @@ class CheckFindingsFromFuzzingTest {
         Qemu.Result q = Qemu.img("check", "--output=json", img.toString());
         assertEquals(2, q.exit(), "qemu-img check must call it corrupt: " + q.out() + q.err());
         Ours ours = ourCheck(img, CheckResult.Repair.NONE);
-        assertEquals(corruptions(q.out()), ours.result().corruptions(), "qemu: " + q.err() + "\nours: " + ours.findings());
+        assertEquals(Fixtures.checkField(q.out(), "corruptions"), ours.result().corruptions(), "qemu: " + q.err() + "\nours: " + ours.findings());
         assertTrue(ours.findings().stream().anyMatch(l -> l.startsWith(expectedLine)), ours.findings().toString());
     }
 

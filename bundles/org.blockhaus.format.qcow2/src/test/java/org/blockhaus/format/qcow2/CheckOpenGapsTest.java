@@ -14,8 +14,6 @@ import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
@@ -74,34 +72,6 @@ class CheckOpenGapsTest {
         }
     }
 
-    private static long field(String json, String name) {
-        Matcher m = Pattern.compile("\"" + name + "\": (\\d+)").matcher(json);
-        return m.find() ? Long.parseLong(m.group(1)) : 0;
-    }
-
-    private static String counts(String json) {
-        return "corruptions=" + field(json, "corruptions") + " leaks=" + field(json, "leaks")
-                + " corruptions-fixed=" + field(json, "corruptions-fixed") + " leaks-fixed=" + field(json, "leaks-fixed")
-                + " check-errors=" + field(json, "check-errors");
-    }
-
-    private static String counts(CheckResult r) {
-        return "corruptions=" + r.corruptions() + " leaks=" + r.leaks() + " corruptions-fixed=" + r.corruptionsFixed()
-                + " leaks-fixed=" + r.leaksFixed() + " check-errors=" + r.checkErrors();
-    }
-
-    private static List<String> lines(String stderr) {
-        List<String> out = new ArrayList<>();
-        for (String l : stderr.split("\n")) {
-            // printed by qemu's close (it frees the old snapshot table, part of which lies past the
-            // end of the file), not by check; ours frees only the part inside the file
-            if (!l.isEmpty() && !l.startsWith("qcow2_free_clusters failed: ")) {
-                out.add(l);
-            }
-        }
-        return out;
-    }
-
     private static String[] checkArgs(Repair repair, Path img) {
         List<String> a = new ArrayList<>(List.of("check", "--output=json"));
         if (repair != Repair.NONE) {
@@ -131,9 +101,9 @@ class CheckOpenGapsTest {
         String what = "check -r " + repair + " of " + img.getFileName() + "\nqemu: " + q.err() + q.out()
                 + "\nours: " + ours.stderr() + " " + ours.result();
         assertEquals(q.exit(), ours.exit(), what);
-        assertEquals(lines(q.err()), ours.stderr(), what);
+        assertEquals(Fixtures.checkLines(q.err()), ours.stderr(), what);
         if (ours.failed() == null) {
-            assertEquals(counts(q.out()), counts(ours.result()), what);
+            assertEquals(Fixtures.checkCounts(q.out()), Fixtures.checkCounts(ours.result()), what);
         }
         if (repair == Repair.NONE || ours.failed() != null) {
             assertArrayEquals(before, Files.readAllBytes(mine), "ours must not write: " + what);
@@ -246,7 +216,7 @@ class CheckOpenGapsTest {
         assertEquals(List.of("ERROR: counting reference for region exceeding the end of the file by one cluster or more:"
                 + " offset 0x" + Long.toHexString(end) + " size 0x20000", "Leaked cluster 1 refcount=1 reference=0",
                 "Rebuilding refcount structure", "Repairing cluster 2 refcount=1 reference=0"), ours.stderr());
-        assertEquals("corruptions=0 leaks=0 corruptions-fixed=1 leaks-fixed=1 check-errors=0", counts(ours.result()));
+        assertEquals("corruptions=0 leaks=0 corruptions-fixed=1 leaks-fixed=1 check-errors=0", Fixtures.checkCounts(ours.result()));
         Qemu.Result after = Qemu.img("check", img.toString());
         assertEquals(0, after.exit(), "qemu-img check after our repair: " + after.out() + after.err());
         assertTrue(Patch.readLong(img, 48) + Patch.readInt(img, 56) * 65536L <= Files.size(img), "the table is inside");
@@ -284,7 +254,7 @@ class CheckOpenGapsTest {
         Files.copy(img, mine);
         Ours leaks = ourCheck(mine, Repair.LEAKS);
         assertEquals(1, leaks.exit());
-        List<String> theirs = lines(q.err());
+        List<String> theirs = Fixtures.checkLines(q.err());
         assertEquals(theirs.subList(0, leaks.stderr().size()), leaks.stderr());
         assertEquals(List.of("qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with"
                 + " qcow2_header); further corruption events will be suppressed"),
@@ -372,7 +342,7 @@ class CheckOpenGapsTest {
         assertEquals(1, Qemu.img("check", "-r", "all", twin.toString()).exit());
         Ours ours = ourCheck(img, Repair.ALL);
         assertEquals(List.of("Repairing snapshot table offset invalid"), ours.stderr());
-        assertEquals("corruptions=0 leaks=0 corruptions-fixed=1 leaks-fixed=0 check-errors=0", counts(ours.result()));
+        assertEquals("corruptions=0 leaks=0 corruptions-fixed=1 leaks-fixed=0 check-errors=0", Fixtures.checkCounts(ours.result()));
         assertEquals(0, Patch.readLong(img, 64));
         assertEquals(0, Qemu.img("check", img.toString()).exit());
         Qemu.img("compare", "-f", "qcow2", "-F", "qcow2", good.toString(), img.toString()).ok();
@@ -417,7 +387,7 @@ class CheckOpenGapsTest {
         assertEquals(0, Qemu.img("check", img.toString()).exit());
         Ours plain = ourCheck(img, Repair.NONE);
         assertEquals(List.of("ERROR bitmap directory entry 0 has padding that is not zero"), plain.stderr());
-        assertEquals("corruptions=1 leaks=0 corruptions-fixed=0 leaks-fixed=0 check-errors=0", counts(plain.result()));
+        assertEquals("corruptions=1 leaks=0 corruptions-fixed=0 leaks-fixed=0 check-errors=0", Fixtures.checkCounts(plain.result()));
         assertArrayEquals(before, Files.readAllBytes(img));
         // -r leaks and -r all open read-write, which stores the directory anew (qemu's at close)
         for (Repair r : new Repair[] {Repair.LEAKS, Repair.ALL}) {

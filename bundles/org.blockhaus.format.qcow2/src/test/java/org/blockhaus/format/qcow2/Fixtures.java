@@ -9,6 +9,7 @@ import org.blockhaus.api.BlockException;
 import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
 import org.blockhaus.api.Options;
+import org.blockhaus.api.spi.CheckResult;
 import org.blockhaus.core.BlockCore;
 import org.blockhaus.format.raw.RawDriver;
 import org.blockhaus.protocol.file.impl.FileDriver;
@@ -80,5 +81,38 @@ final class Fixtures {
     /** A file's data and holes as qemu-img map of the file protocol reports them. */
     static String fileMap(Path f) {
         return Qemu.img("map", "-f", "file", "--output=json", f.toString()).ok().out().replaceAll("\\s+", " ").trim();
+    }
+
+    /** A count from qemu-img check --output=json (0 where the field is absent). */
+    static long checkField(String json, String name) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("\"" + name + "\": (\\d+)").matcher(json);
+        return m.find() ? Long.parseLong(m.group(1)) : 0;
+    }
+
+    /** qemu-img check's counts from --output=json, in the order {@link #checkCounts(CheckResult)} gives ours. */
+    static String checkCounts(String json) {
+        return "corruptions=" + checkField(json, "corruptions") + " leaks=" + checkField(json, "leaks")
+                + " corruptions-fixed=" + checkField(json, "corruptions-fixed") + " leaks-fixed="
+                + checkField(json, "leaks-fixed") + " check-errors=" + checkField(json, "check-errors");
+    }
+
+    static String checkCounts(CheckResult r) {
+        return "corruptions=" + r.corruptions() + " leaks=" + r.leaks() + " corruptions-fixed=" + r.corruptionsFixed()
+                + " leaks-fixed=" + r.leaksFixed() + " check-errors=" + r.checkErrors();
+    }
+
+    /**
+     * qemu-img check's finding lines: its stderr without empty lines and without what qemu's close
+     * prints after check ("qcow2_free_clusters failed: ...", freeing a cluster past the end of the
+     * file or an old table entry's), which is not a finding.
+     */
+    static List<String> checkLines(String stderr) {
+        List<String> out = new ArrayList<>();
+        for (String l : stderr.split("\n")) {
+            if (!l.isEmpty() && !l.startsWith("qcow2_free_clusters failed: ")) {
+                out.add(l);
+            }
+        }
+        return out;
     }
 }

@@ -9,8 +9,6 @@ import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 import org.blockhaus.api.BlockService.OpenMode;
 import org.blockhaus.api.Image;
 import org.blockhaus.api.Options;
@@ -52,21 +50,13 @@ class RefcountTableRepairTest {
     /** What our last check printed. */
     private List<String> ourCheckLines = List.of();
 
-    private static long field(String json, String name) {
-        Matcher m = Pattern.compile("\"" + name + "\": (\\d+)").matcher(json);
-        return m.find() ? Long.parseLong(m.group(1)) : 0;
-    }
-
-    /** qemu-img's counts from --output=json, in the order {@link #counts(CheckResult)} gives ours. */
+    /** qemu-img's counts from --output=json and the image end, in the order {@link #counts(CheckResult)} gives ours. */
     private static String counts(String json) {
-        return "corruptions=" + field(json, "corruptions") + " leaks=" + field(json, "leaks")
-                + " corruptions-fixed=" + field(json, "corruptions-fixed") + " leaks-fixed=" + field(json, "leaks-fixed")
-                + " check-errors=" + field(json, "check-errors") + " end=" + field(json, "image-end-offset");
+        return Fixtures.checkCounts(json) + " end=" + Fixtures.checkField(json, "image-end-offset");
     }
 
     private static String counts(CheckResult r) {
-        return "corruptions=" + r.corruptions() + " leaks=" + r.leaks() + " corruptions-fixed=" + r.corruptionsFixed()
-                + " leaks-fixed=" + r.leaksFixed() + " check-errors=" + r.checkErrors() + " end=" + r.imageEndOffset();
+        return Fixtures.checkCounts(r) + " end=" + r.imageEndOffset();
     }
 
     private static List<String> lines(String stderr) {
